@@ -1,0 +1,422 @@
+// Fused CPU kernels for the modular (block-diagonal + block-sparse) recurrence.
+//
+//   hopfield: h_t = (1-a) h_{t-1} + a (W phi(h_{t-1}) + L h_{t-1} + u_t)
+//   rate:     h_t = (1-a) h_{t-1} + a (phi(W h_{t-1} + u_t) + L h_{t-1})
+//
+// W is block diagonal (p blocks of n x n); L has k non-zero n x n blocks at
+// (target, source) = L_index[r]. The whole time loop runs inside one call, the
+// batch is split over threads in groups of up to kRows rows, and every group keeps
+// its state in a padded per-area layout (n rounded up to the SIMD width) so that
+// the inner product loops are plain vector FMAs over whole registers.
+//
+// Forward returns the trajectory [T+1, B, p*n] (h_0 first) and, for the rate
+// form when a backward pass will follow, the pre-activations z_t = W h_{t-1} + u_t.
+// Backward runs backpropagation through time from the saved trajectory and
+// returns the gradients of the drive, W, L_blocks and h_0. The weight gradients
+// are reductions over (t, b) of outer products of per-step gradients with the
+// saved states; they are done after the loop, one GEMM per block.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/tanh.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define RNNOFRNNS_HAS_MXCSR 1
+#endif
+
+#include "validate.h"
+
+namespace rnnofrnns {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int kRows = 4;  // batch rows that share one pass over the weights
+
+// Flush subnormals to zero (FTZ) and treat subnormal inputs as zero (DAZ) in the
+// current thread for the lifetime of the object.
+struct FlushDenormalGuard {
+#ifdef RNNOFRNNS_HAS_MXCSR
+  unsigned int saved;
+  FlushDenormalGuard() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+  ~FlushDenormalGuard() { _mm_setcsr(saved); }
+#endif
+};
+
+template <typename T>
+int64_t padded_size(int64_t n) {
+  const int64_t v = Vectorized<T>::size();
+  return (n + v - 1) / v * v;
+}
+
+// dst[blk] (np x np, zero padded) = scale * src[blk] (n x n), optionally transposed.
+template <typename T>
+void pack_blocks(const T* src, int64_t count, int64_t n, int64_t np, bool transpose, T scale,
+                 std::vector<T>& dst) {
+  dst.assign(static_cast<size_t>(std::max<int64_t>(count, 1) * np * np), T(0));
+  for (int64_t b = 0; b < count; ++b) {
+    const T* s = src + b * n * n;
+    T* d = dst.data() + b * np * np;
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < n; ++c)
+        d[transpose ? c * np + r : r * np + c] = scale * s[r * n + c];
+  }
+}
+
+// acc[b*ld + r] += sum_{c<n} x[b*ld + c] * A[c*np + r]  for b < NB, r < np.
+// np is a multiple of the vector width; two vectors of outputs for NB rows are
+// held in registers while the weights stream through once.
+template <typename T, int NB>
+inline void rows_matmul_acc(T* acc, const T* x, int64_t ld, const T* A, int64_t n, int64_t np) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  int64_t r0 = 0;
+  for (; r0 + 2 * V <= np; r0 += 2 * V) {
+    Vec a0[NB], a1[NB];
+    for (int b = 0; b < NB; ++b) {
+      a0[b] = Vec::loadu(acc + b * ld + r0);
+      a1[b] = Vec::loadu(acc + b * ld + r0 + V);
+    }
+    const T* a = A + r0;
+    for (int64_t c = 0; c < n; ++c, a += np) {
+      const Vec w0 = Vec::loadu(a);
+      const Vec w1 = Vec::loadu(a + V);
+      for (int b = 0; b < NB; ++b) {
+        const Vec xb(x[b * ld + c]);
+        a0[b] = at::vec::fmadd(w0, xb, a0[b]);
+        a1[b] = at::vec::fmadd(w1, xb, a1[b]);
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      a0[b].store(acc + b * ld + r0);
+      a1[b].store(acc + b * ld + r0 + V);
+    }
+  }
+  if (r0 < np) {
+    Vec a0[NB];
+    for (int b = 0; b < NB; ++b) a0[b] = Vec::loadu(acc + b * ld + r0);
+    const T* a = A + r0;
+    for (int64_t c = 0; c < n; ++c, a += np) {
+      const Vec w0 = Vec::loadu(a);
+      for (int b = 0; b < NB; ++b) a0[b] = at::vec::fmadd(w0, Vec(x[b * ld + c]), a0[b]);
+    }
+    for (int b = 0; b < NB; ++b) a0[b].store(acc + b * ld + r0);
+  }
+}
+
+template <typename T>
+inline void matmul_acc(int rows, T* acc, const T* x, int64_t ld, const T* A, int64_t n, int64_t np) {
+  switch (rows) {
+    case 4: rows_matmul_acc<T, 4>(acc, x, ld, A, n, np); break;
+    case 3: rows_matmul_acc<T, 3>(acc, x, ld, A, n, np); break;
+    case 2: rows_matmul_acc<T, 2>(acc, x, ld, A, n, np); break;
+    default: rows_matmul_acc<T, 1>(acc, x, ld, A, n, np); break;
+  }
+}
+
+template <typename T>
+inline Vectorized<T> apply_phi(Nonlinearity nl, const Vectorized<T>& z) {
+  switch (nl) {
+    case Nonlinearity::Relu: return at::vec::maximum(z, Vectorized<T>(T(0)));
+    case Nonlinearity::Tanh: return z.tanh();
+    default: return z;
+  }
+}
+
+// phi'(z) * g, written with the values a backward pass has at hand.
+template <typename T>
+inline Vectorized<T> apply_dphi(Nonlinearity nl, const Vectorized<T>& z, const Vectorized<T>& g) {
+  using Vec = Vectorized<T>;
+  switch (nl) {
+    case Nonlinearity::Relu: return Vec::blendv(Vec(T(0)), g, z > Vec(T(0)));
+    case Nonlinearity::Tanh: {
+      const Vec th = z.tanh();
+      return g * (Vec(T(1)) - th * th);
+    }
+    default: return g;
+  }
+}
+
+// Copy `rows` rows of p areas of n values from an unpadded [.., p*n] tensor (row
+// stride H) into the padded scratch (row stride p*np), and back.
+template <typename T>
+inline void gather_rows(T* dst, const T* src, int rows, int64_t p, int64_t n, int64_t np, int64_t H) {
+  for (int b = 0; b < rows; ++b)
+    for (int64_t i = 0; i < p; ++i)
+      std::copy(src + b * H + i * n, src + b * H + i * n + n, dst + b * p * np + i * np);
+}
+
+template <typename T>
+inline void scatter_rows(T* dst, const T* src, int rows, int64_t p, int64_t n, int64_t np, int64_t H) {
+  for (int b = 0; b < rows; ++b)
+    for (int64_t i = 0; i < p; ++i)
+      std::copy(src + b * p * np + i * np, src + b * p * np + i * np + n, dst + b * H + i * n);
+}
+
+struct Shape {
+  int64_t T, B, p, n, k, H;
+};
+
+template <typename T>
+void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, T* traj, T* pre,
+                    const Shape s, const T alpha, const Nonlinearity nl, const Form form) {
+  using Vec = Vectorized<T>;
+  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H;
+  const bool hopfield = form == Form::Hopfield;
+  // Packed weights, transposed for the row-times-matrix microkernel. In the
+  // hopfield form the factor alpha is folded into W; alpha always goes into L.
+  std::vector<T> Wt, Lt;
+  pack_blocks<T>(W, s.p, s.n, np, /*transpose=*/true, hopfield ? alpha : T(1), Wt);
+  pack_blocks<T>(Lb, s.k, s.n, np, /*transpose=*/true, alpha, Lt);
+  const int64_t groups = (s.B + kRows - 1) / kRows;
+
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    FlushDenormalGuard ftz;
+    const Vec va(alpha), v1a(T(1) - alpha);
+    std::vector<T> buf(static_cast<size_t>(4 * kRows * HP), T(0));
+    T* hp = buf.data();
+    T* hn = hp + kRows * HP;
+    T* u = hn + kRows * HP;
+    T* tmp = u + kRows * HP;
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t b0 = g * kRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, s.B - b0));
+      const int64_t len = rows * HP;
+      std::fill(buf.begin(), buf.end(), T(0));
+      gather_rows(hp, traj + b0 * s.H, rows, s.p, s.n, np, s.H);
+      for (int64_t t = 0; t < s.T; ++t) {
+        gather_rows(u, drive + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        if (hopfield) {
+          // hn = (1-a) h + a u + (aW) phi(h) + (aL) h
+          for (int64_t j = 0; j < len; j += Vec::size()) {
+            const Vec h = Vec::loadu(hp + j);
+            apply_phi(nl, h).store(tmp + j);
+            at::vec::fmadd(v1a, h, va * Vec::loadu(u + j)).store(hn + j);
+          }
+          for (int64_t i = 0; i < s.p; ++i)
+            matmul_acc(rows, hn + i * np, tmp + i * np, HP, Wt.data() + i * np * np, s.n, np);
+        } else {
+          // z = W h + u ; hn = (1-a) h + a phi(z) + (aL) h
+          for (int64_t i = 0; i < s.p; ++i)
+            matmul_acc(rows, u + i * np, hp + i * np, HP, Wt.data() + i * np * np, s.n, np);
+          if (pre) scatter_rows(pre + t * BH + b0 * s.H, u, rows, s.p, s.n, np, s.H);
+          for (int64_t j = 0; j < len; j += Vec::size()) {
+            const Vec h = Vec::loadu(hp + j);
+            at::vec::fmadd(v1a, h, va * apply_phi(nl, Vec::loadu(u + j))).store(hn + j);
+          }
+        }
+        for (int64_t r = 0; r < s.k; ++r) {
+          const int64_t tgt = Lidx[2 * r], src = Lidx[2 * r + 1];
+          matmul_acc(rows, hn + tgt * np, hp + src * np, HP, Lt.data() + r * np * np, s.n, np);
+        }
+        scatter_rows(traj + (t + 1) * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
+        std::swap(hp, hn);
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const T* grad_traj, const T* W, const T* Lb, const int64_t* Lidx, const T* traj,
+                     const T* pre, T* grad_drive, T* grad_ag, T* grad_h0, const Shape s, const T alpha,
+                     const Nonlinearity nl, const Form form) {
+  using Vec = Vectorized<T>;
+  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H;
+  const bool hopfield = form == Form::Hopfield;
+  // Untransposed packed weights: the microkernel then computes x -> W^T x.
+  std::vector<T> Wp, Lp;
+  pack_blocks<T>(W, s.p, s.n, np, /*transpose=*/false, hopfield ? alpha : T(1), Wp);
+  pack_blocks<T>(Lb, s.k, s.n, np, /*transpose=*/false, alpha, Lp);
+  const int64_t groups = (s.B + kRows - 1) / kRows;
+
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    FlushDenormalGuard ftz;
+    const Vec va(alpha), v1a(T(1) - alpha);
+    std::vector<T> buf(static_cast<size_t>(4 * kRows * HP), T(0));
+    T* carry = buf.data();        // dLoss/dh_t through steps > t
+    T* g = carry + kRows * HP;    // total gradient of h_t, then reused
+    T* x = g + kRows * HP;        // pre-activation (rate) or previous state (hopfield)
+    T* d = x + kRows * HP;        // gradient of the pre-activation / a*g
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const int64_t b0 = gi * kRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, s.B - b0));
+      const int64_t len = rows * HP;
+      std::fill(buf.begin(), buf.end(), T(0));
+      for (int64_t t = s.T - 1; t >= 0; --t) {
+        gather_rows(g, grad_traj + (t + 1) * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        for (int64_t j = 0; j < len; j += Vec::size())
+          (Vec::loadu(g + j) + Vec::loadu(carry + j)).store(g + j);
+        if (hopfield) {
+          // d = a g (the drive's gradient); carry = (1-a) g + phi'(h) * ((aW)^T g) + (aL)^T g
+          gather_rows(x, traj + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+          for (int64_t j = 0; j < len; j += Vec::size()) {
+            (va * Vec::loadu(g + j)).store(d + j);
+            Vec(T(0)).store(carry + j);
+          }
+          scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
+          for (int64_t i = 0; i < s.p; ++i)
+            matmul_acc(rows, carry + i * np, g + i * np, HP, Wp.data() + i * np * np, s.n, np);
+          for (int64_t j = 0; j < len; j += Vec::size())
+            at::vec::fmadd(v1a, Vec::loadu(g + j), apply_dphi(nl, Vec::loadu(x + j), Vec::loadu(carry + j)))
+                .store(carry + j);
+        } else {
+          // d = a g phi'(z) (the drive's gradient); carry = (1-a) g + W^T d + (aL)^T g
+          gather_rows(x, pre + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+          for (int64_t j = 0; j < len; j += Vec::size()) {
+            const Vec gv = Vec::loadu(g + j);
+            apply_dphi(nl, Vec::loadu(x + j), va * gv).store(d + j);
+            (v1a * gv).store(carry + j);
+          }
+          scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
+          if (grad_ag) {
+            for (int64_t j = 0; j < len; j += Vec::size()) (va * Vec::loadu(g + j)).store(x + j);
+            scatter_rows(grad_ag + t * BH + b0 * s.H, x, rows, s.p, s.n, np, s.H);
+          }
+          for (int64_t i = 0; i < s.p; ++i)
+            matmul_acc(rows, carry + i * np, d + i * np, HP, Wp.data() + i * np * np, s.n, np);
+        }
+        for (int64_t r = 0; r < s.k; ++r) {
+          const int64_t tgt = Lidx[2 * r], src = Lidx[2 * r + 1];
+          matmul_acc(rows, carry + src * np, g + tgt * np, HP, Lp.data() + r * np * np, s.n, np);
+        }
+      }
+      gather_rows(g, grad_traj + b0 * s.H, rows, s.p, s.n, np, s.H);
+      for (int64_t j = 0; j < len; j += Vec::size())
+        (Vec::loadu(g + j) + Vec::loadu(carry + j)).store(g + j);
+      scatter_rows(grad_h0 + b0 * s.H, g, rows, s.p, s.n, np, s.H);
+    }
+  });
+}
+
+Shape shape_of(const at::Tensor& drive, const at::Tensor& W, const at::Tensor& L_blocks) {
+  return Shape{drive.size(0), drive.size(1), W.size(0), W.size(1), L_blocks.size(0), drive.size(2)};
+}
+
+std::tuple<at::Tensor, at::Tensor> modular_rnn_fwd(const at::Tensor& drive_in, const at::Tensor& W_in,
+                                                   const at::Tensor& L_in, const at::Tensor& idx_in,
+                                                   const at::Tensor& h0_in, double alpha,
+                                                   c10::string_view nonlinearity, c10::string_view form,
+                                                   bool save_pre) {
+  check_inputs(drive_in, W_in, L_in, idx_in, h0_in, alpha, at::kCPU);
+  const Nonlinearity nl = parse_nonlinearity(nonlinearity);
+  const Form fm = parse_form(form);
+  const at::Tensor drive = drive_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
+  const at::Tensor idx = idx_in.contiguous(), h0 = h0_in.contiguous();
+  const Shape s = shape_of(drive, W, Lb);
+  at::Tensor traj = at::empty({s.T + 1, s.B, s.H}, drive.options());
+  traj[0].copy_(h0);
+  const bool keep_pre = save_pre && fm == Form::Rate;
+  at::Tensor pre = at::empty({keep_pre ? s.T : 0, s.B, s.H}, drive.options());
+  AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "modular_rnn_fwd", [&] {
+    forward_kernel<scalar_t>(drive.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
+                             Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
+                             traj.mutable_data_ptr<scalar_t>(),
+                             keep_pre ? pre.mutable_data_ptr<scalar_t>() : nullptr, s,
+                             static_cast<scalar_t>(alpha), nl, fm);
+  });
+  return {traj, pre};
+}
+
+// Weight gradients: reductions over all (t, b) of outer products, one GEMM per
+// block on strided views of the saved buffers (no copies):
+//   dW_i = sum_tb d[tb, i]^T x[tb, i]     (x = h_{t-1} for rate, phi(h_{t-1}) for hopfield)
+//   dL_r = sum_tb ag[tb, tgt_r]^T h_{t-1}[tb, src_r]
+void weight_grads(const Shape s, const at::Tensor& grad_drive, const at::Tensor& ag, const at::Tensor& traj,
+                  const at::Tensor& idx, Nonlinearity nl, Form fm, at::Tensor* grad_W, at::Tensor* grad_L) {
+  const int64_t TB = s.T * s.B, p = s.p, n = s.n;
+  const at::Tensor hprev = traj.narrow(0, 0, s.T).view({TB, p, n});
+  if (grad_W) {
+    at::Tensor x = hprev;
+    if (fm == Form::Hopfield && nl == Nonlinearity::Relu) x = at::relu(hprev);
+    if (fm == Form::Hopfield && nl == Nonlinearity::Tanh) x = at::tanh(hprev);
+    const at::Tensor d = grad_drive.view({TB, p, n});
+    for (int64_t i = 0; i < p; ++i) {
+      at::Tensor out = grad_W->select(0, i);
+      at::mm_out(out, d.select(1, i).t(), x.select(1, i));
+    }
+  }
+  if (grad_L) {
+    const at::Tensor g = ag.view({TB, p, n});
+    const int64_t* ix = idx.const_data_ptr<int64_t>();
+    for (int64_t r = 0; r < grad_L->size(0); ++r) {
+      at::Tensor out = grad_L->select(0, r);
+      at::mm_out(out, g.select(1, ix[2 * r]).t(), hprev.select(1, ix[2 * r + 1]));
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
+    const at::Tensor& grad_traj_in, const at::Tensor& W_in, const at::Tensor& L_in, const at::Tensor& idx_in,
+    const at::Tensor& traj_in, const at::Tensor& pre_in, double alpha, c10::string_view nonlinearity,
+    c10::string_view form, bool need_W_grad, bool need_L_grad) {
+  const Nonlinearity nl = parse_nonlinearity(nonlinearity);
+  const Form fm = parse_form(form);
+  TORCH_CHECK_VALUE(traj_in.dim() == 3 && traj_in.size(0) >= 2,
+                    "modular_rnn_bwd: traj must be [T+1, B, p*n] with T >= 1, got ", traj_in.sizes());
+  const at::Tensor drive_like = traj_in.narrow(0, 1, traj_in.size(0) - 1);
+  check_inputs(drive_like, W_in, L_in, idx_in, traj_in[0], alpha, at::kCPU);
+  TORCH_CHECK_VALUE(grad_traj_in.sizes() == traj_in.sizes(), "modular_rnn_bwd: grad_traj must have shape ",
+                    traj_in.sizes(), ", got ", grad_traj_in.sizes());
+  TORCH_CHECK_TYPE(grad_traj_in.scalar_type() == traj_in.scalar_type(), "modular_rnn_bwd: grad_traj must be ",
+                   traj_in.scalar_type(), ", got ", grad_traj_in.scalar_type());
+  TORCH_CHECK_VALUE(grad_traj_in.device() == traj_in.device(), "modular_rnn_bwd: grad_traj must be on ",
+                    traj_in.device(), ", got ", grad_traj_in.device());
+  if (fm == Form::Rate)
+    TORCH_CHECK_VALUE(pre_in.sizes() == drive_like.sizes() && pre_in.scalar_type() == traj_in.scalar_type() &&
+                          pre_in.device() == traj_in.device(),
+                      "modular_rnn_bwd: the rate form needs the saved pre-activations, shape ", drive_like.sizes(),
+                      ", got ", pre_in.sizes(), " (run the forward with save_pre=True)");
+  const at::Tensor grad_traj = grad_traj_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
+  const at::Tensor idx = idx_in.contiguous(), traj = traj_in.contiguous(), pre = pre_in.contiguous();
+  const Shape s = shape_of(drive_like, W, Lb);
+  at::Tensor grad_drive = at::empty({s.T, s.B, s.H}, traj.options());
+  const bool separate_ag = need_L_grad && fm == Form::Rate && s.k > 0;
+  at::Tensor ag = separate_ag ? at::empty({s.T, s.B, s.H}, traj.options()) : grad_drive;
+  at::Tensor grad_h0 = at::empty({s.B, s.H}, traj.options());
+  at::Tensor grad_W = at::zeros_like(W);
+  at::Tensor grad_L = at::zeros_like(Lb);
+  AT_DISPATCH_FLOATING_TYPES(traj.scalar_type(), "modular_rnn_bwd", [&] {
+    backward_kernel<scalar_t>(grad_traj.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
+                              Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
+                              traj.const_data_ptr<scalar_t>(),
+                              fm == Form::Rate ? pre.const_data_ptr<scalar_t>() : nullptr,
+                              grad_drive.mutable_data_ptr<scalar_t>(),
+                              separate_ag ? ag.mutable_data_ptr<scalar_t>() : nullptr,
+                              grad_h0.mutable_data_ptr<scalar_t>(), s, static_cast<scalar_t>(alpha), nl, fm);
+  });
+  weight_grads(s, grad_drive, ag, traj, idx, nl, fm, need_W_grad ? &grad_W : nullptr,
+               need_L_grad && s.k > 0 ? &grad_L : nullptr);
+  return {grad_drive, grad_W, grad_L, grad_h0};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnnofrnns, m) {
+  m.def(
+      "modular_rnn_fwd(Tensor drive, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, float alpha, "
+      "str nonlinearity, str form, bool save_pre) -> (Tensor traj, Tensor pre)");
+  m.def(
+      "modular_rnn_bwd(Tensor grad_traj, Tensor W, Tensor L_blocks, Tensor L_index, Tensor traj, Tensor pre, "
+      "float alpha, str nonlinearity, str form, bool need_W_grad, bool need_L_grad) "
+      "-> (Tensor grad_drive, Tensor grad_W, Tensor grad_L_blocks, Tensor grad_h0)");
+}
+
+TORCH_LIBRARY_IMPL(rnnofrnns, CPU, m) {
+  m.impl("modular_rnn_fwd", &modular_rnn_fwd);
+  m.impl("modular_rnn_bwd", &modular_rnn_bwd);
+}
+
+}  // namespace rnnofrnns

@@ -1,0 +1,1 @@
+"""Triton kernels of rnnofrnns, installed as rnnofrnns.kernels."""

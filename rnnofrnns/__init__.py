@@ -1,0 +1,6 @@
+"""rnnofrnns: fused kernels and stable models for RNNs of RNNs."""
+from ._backend import BACKENDS, cpu_extension_available, triton_available
+from .ops import modular_rnn, modular_rnn_reference
+
+__version__ = "0.1.0"
+__all__ = ["modular_rnn", "modular_rnn_reference", "BACKENDS", "cpu_extension_available", "triton_available"]

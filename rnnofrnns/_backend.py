@@ -1,0 +1,69 @@
+"""Which kernels are available, and which one a call uses."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton")
+
+_ext_error: Optional[BaseException] = None
+try:  # loading the shared library registers the C++ ops with the dispatcher
+    from rnnofrnns import _C  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on how the package was installed
+    _ext_error = e
+
+
+def cpu_extension_available() -> bool:
+    """True when the compiled C++ kernels (rnnofrnns._C) are loaded."""
+    return _ext_error is None
+
+
+def triton_available() -> bool:
+    """True when triton is importable (GPU, or CPU tensors under TRITON_INTERPRET=1)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    """Pick the backend for tensors on ``device``.
+
+    Order: the ``backend`` argument, then the RNNOFRNNS_BACKEND environment variable,
+    then the default (CPU tensors -> "cpu", CUDA tensors -> "triton"). A forced
+    backend that cannot run raises RuntimeError saying how to get it.
+    """
+    choice = backend if backend is not None else os.environ.get("RNNOFRNNS_BACKEND") or None
+    if choice is None:
+        if device.type == "cuda" and triton_available():
+            return "triton"
+        if device.type == "cpu" and cpu_extension_available():
+            return "cpu"
+        return "reference"
+    if choice not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {choice!r}")
+    if choice == "cpu":
+        if not cpu_extension_available():
+            raise RuntimeError(
+                "backend='cpu' needs the compiled extension rnnofrnns._C, which failed to load "
+                f"({_ext_error}). Build it with `pip install --no-build-isolation -e .` "
+                "(needs a C++ compiler and ninja), or use backend='reference'."
+            )
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors, got tensors on {device}")
+    if choice == "triton":
+        if not triton_available():
+            raise RuntimeError(
+                "backend='triton' needs triton: `pip install triton` (3.7.1 matches torch 2.13.0)."
+            )
+        if device.type == "cpu" and not triton_interpreting():
+            raise RuntimeError(
+                "backend='triton' on CPU tensors only runs in Triton's interpreter: set "
+                "TRITON_INTERPRET=1 in the environment before triton is imported, or move the "
+                "tensors to a GPU."
+            )
+    return choice

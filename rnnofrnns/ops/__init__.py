@@ -1,0 +1,4 @@
+"""Fused ops of rnnofrnns, each with a dense PyTorch reference."""
+from .modular_rnn import modular_rnn, modular_rnn_reference
+
+__all__ = ["modular_rnn", "modular_rnn_reference"]

@@ -1,0 +1,11 @@
+"""The modular recurrence: block-diagonal intra-area matrix plus block-sparse feedback."""
+from ..._backend import cpu_extension_available
+from .autograd import register_op_pair
+from .functional import check_modular_rnn_args, modular_rnn
+from .reference import dense_feedback, modular_rnn_reference
+from . import triton_op  # noqa: F401  (registers the Triton custom ops)
+
+if cpu_extension_available():
+    register_op_pair("rnnofrnns::modular_rnn_fwd", "rnnofrnns::modular_rnn_bwd")
+
+__all__ = ["modular_rnn", "modular_rnn_reference", "dense_feedback", "check_modular_rnn_args"]
