@@ -1,0 +1,254 @@
+"""Triton kernels for the modular recurrence, with the whole time loop inside the kernel.
+
+One program owns BLOCK_B batch rows for all T steps. Each step walks the p areas:
+the intra-area block and every inter-area block that targets the area are applied
+with tl.dot on [BLOCK_B, BLOCK_N] tiles (n padded to BLOCK_N >= 16 and masked).
+The states live in the trajectory buffer [T+1, B, p*n]; a barrier separates the
+writes of step t from the reads of step t+1 inside the program. Blocks are found
+through CSR lists (by target for the forward, by source for the backward), so
+only the non-zero blocks are touched.
+
+On a machine without a GPU these kernels run in Triton's interpreter on CPU
+tensors (TRITON_INTERPRET=1), which is how the test suite checks them.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+NONLINEARITY_CODES = {"relu": 0, "tanh": 1, "identity": 2}
+BLOCK_B = 16
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|): never overflows.
+    e = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def _phi(x, NONLIN: tl.constexpr):
+    if NONLIN == 0:
+        return tl.maximum(x, 0.0)
+    elif NONLIN == 1:
+        return _tanh(x)
+    else:
+        return x
+
+
+@triton.jit
+def _dphi_times(x, g, NONLIN: tl.constexpr):
+    """phi'(x) * g."""
+    if NONLIN == 0:
+        return tl.where(x > 0, g, 0.0)
+    elif NONLIN == 1:
+        th = _tanh(x)
+        return g * (1.0 - th * th)
+    else:
+        return g
+
+
+@triton.jit
+def _modular_rnn_fwd_kernel(
+    drive_ptr, w_ptr, l_ptr, tgt_rowptr_ptr, tgt_blk_ptr, src_ptr, traj_ptr, pre_ptr,
+    T, B, H, P, N, alpha,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
+    HOPFIELD: tl.constexpr, SAVE_PRE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rn = tl.arange(0, BLOCK_N)
+    m2 = (rb < B)[:, None] & (rn < N)[None, :]
+    mw = (rn < N)[:, None] & (rn < N)[None, :]
+    row = rb[:, None] * H + rn[None, :]
+    w_t = rn[None, :] * N + rn[:, None]  # loads a block transposed: tile[c, r] = M[r, c]
+    prev_ptr = traj_ptr
+    u_ptr = drive_ptr
+    z_ptr = pre_ptr
+    for t in range(T):
+        cur_ptr = prev_ptr + B * H
+        for i in range(P):
+            h_i = tl.load(prev_ptr + row + i * N, mask=m2, other=0.0)
+            u = tl.load(u_ptr + row + i * N, mask=m2, other=0.0)
+            wt = tl.load(w_ptr + i * N * N + w_t, mask=mw, other=0.0)
+            if HOPFIELD:
+                acc = (1.0 - alpha) * h_i + alpha * (tl.dot(_phi(h_i, NONLIN), wt, input_precision=PRECISION) + u)
+            else:
+                z = tl.dot(h_i, wt, input_precision=PRECISION) + u
+                if SAVE_PRE:
+                    tl.store(z_ptr + row + i * N, z, mask=m2)
+                acc = (1.0 - alpha) * h_i + alpha * _phi(z, NONLIN)
+            start = tl.load(tgt_rowptr_ptr + i)
+            end = tl.load(tgt_rowptr_ptr + i + 1)
+            for r in range(start, end):
+                blk = tl.load(tgt_blk_ptr + r)
+                j = tl.load(src_ptr + blk)
+                h_j = tl.load(prev_ptr + row + j * N, mask=m2, other=0.0)
+                lt = tl.load(l_ptr + blk * N * N + w_t, mask=mw, other=0.0)
+                acc += alpha * tl.dot(h_j, lt, input_precision=PRECISION)
+            tl.store(cur_ptr + row + i * N, acc, mask=m2)
+        tl.debug_barrier()
+        prev_ptr = cur_ptr
+        u_ptr += B * H
+        z_ptr += B * H
+
+
+@triton.jit
+def _modular_rnn_bwd_kernel(
+    gtraj_ptr, w_ptr, l_ptr, traj_ptr, pre_ptr, gd_ptr, ag_ptr, carry_ptr, gh0_ptr,
+    src_rowptr_ptr, src_blk_ptr, tgt_ptr,
+    T, B, H, P, N, alpha,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
+    HOPFIELD: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rn = tl.arange(0, BLOCK_N)
+    m2 = (rb < B)[:, None] & (rn < N)[None, :]
+    mw = (rn < N)[:, None] & (rn < N)[None, :]
+    row = rb[:, None] * H + rn[None, :]
+    w_n = rn[:, None] * N + rn[None, :]  # loads a block as is: x @ M computes (M^T x^T)^T
+    BH = B * H
+    # carry_ptr holds two [B, H] buffers (zeroed by the launcher): read one, write the other.
+    cin_ptr = carry_ptr
+    cout_ptr = carry_ptr + BH
+    g_ptr = gtraj_ptr + T * BH        # gradient arriving at h_t (t = T first)
+    h_ptr = traj_ptr + (T - 1) * BH   # h_{t-1}
+    d_ptr = gd_ptr + (T - 1) * BH
+    a_ptr = ag_ptr + (T - 1) * BH
+    z_ptr = pre_ptr + (T - 1) * BH
+    for step in range(T):
+        # phase 1: total gradient g of h_t; drive gradient d; a*g for the feedback terms
+        for i in range(P):
+            off = row + i * N
+            g = tl.load(g_ptr + off, mask=m2, other=0.0) + tl.load(cin_ptr + off, mask=m2, other=0.0)
+            if HOPFIELD:
+                tl.store(d_ptr + off, alpha * g, mask=m2)
+            else:
+                z = tl.load(z_ptr + off, mask=m2, other=0.0)
+                tl.store(d_ptr + off, _dphi_times(z, alpha * g, NONLIN), mask=m2)
+                tl.store(a_ptr + off, alpha * g, mask=m2)
+        tl.debug_barrier()
+        # phase 2: gradient flowing into h_{t-1}, area by area (as the source of every block)
+        for j in range(P):
+            off = row + j * N
+            g = tl.load(g_ptr + off, mask=m2, other=0.0) + tl.load(cin_ptr + off, mask=m2, other=0.0)
+            d = tl.load(d_ptr + off, mask=m2, other=0.0)
+            w = tl.load(w_ptr + j * N * N + w_n, mask=mw, other=0.0)
+            back = tl.dot(d, w, input_precision=PRECISION)
+            if HOPFIELD:
+                h = tl.load(h_ptr + off, mask=m2, other=0.0)
+                acc = (1.0 - alpha) * g + _dphi_times(h, back, NONLIN)
+            else:
+                acc = (1.0 - alpha) * g + back
+            start = tl.load(src_rowptr_ptr + j)
+            end = tl.load(src_rowptr_ptr + j + 1)
+            for r in range(start, end):
+                blk = tl.load(src_blk_ptr + r)
+                i = tl.load(tgt_ptr + blk)
+                if HOPFIELD:
+                    ag = tl.load(d_ptr + row + i * N, mask=m2, other=0.0)
+                else:
+                    ag = tl.load(a_ptr + row + i * N, mask=m2, other=0.0)
+                lb = tl.load(l_ptr + blk * N * N + w_n, mask=mw, other=0.0)
+                acc += tl.dot(ag, lb, input_precision=PRECISION)
+            tl.store(cout_ptr + off, acc, mask=m2)
+        tl.debug_barrier()
+        tmp = cin_ptr
+        cin_ptr = cout_ptr
+        cout_ptr = tmp
+        g_ptr -= BH
+        h_ptr -= BH
+        d_ptr -= BH
+        a_ptr -= BH
+        z_ptr -= BH
+    for i in range(P):
+        off = row + i * N
+        g = tl.load(gtraj_ptr + off, mask=m2, other=0.0) + tl.load(cin_ptr + off, mask=m2, other=0.0)
+        tl.store(gh0_ptr + off, g, mask=m2)
+
+
+def _csr(keys: torch.Tensor, p: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row pointers [p+1] and block ids sorted by key (the target or source area)."""
+    order = torch.argsort(keys, stable=True)
+    counts = torch.bincount(keys, minlength=p)
+    rowptr = torch.zeros(p + 1, dtype=torch.int64, device=keys.device)
+    rowptr[1:] = torch.cumsum(counts, 0)
+    return rowptr, order.to(torch.int64)
+
+
+def _launch_config(n: int) -> dict:
+    return dict(
+        BLOCK_B=BLOCK_B,
+        BLOCK_N=max(16, triton.next_power_of_2(n)),
+        PRECISION="ieee",
+        num_warps=4,
+    )
+
+
+def forward(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre):
+    T, B, H = drive.shape
+    p, n, _ = W.shape
+    drive, W, L_blocks, L_index = drive.contiguous(), W.contiguous(), L_blocks.contiguous(), L_index.contiguous()
+    traj = torch.empty(T + 1, B, H, dtype=drive.dtype, device=drive.device)
+    traj[0].copy_(h0)
+    keep_pre = save_pre and form == "rate"
+    pre = torch.empty(T if keep_pre else 0, B, H, dtype=drive.dtype, device=drive.device)
+    rowptr, blk = _csr(L_index[:, 0], p)
+    src = L_index[:, 1].contiguous()
+    grid = (triton.cdiv(B, BLOCK_B),)
+    _modular_rnn_fwd_kernel[grid](
+        drive, W, L_blocks, rowptr, blk, src, traj, pre if keep_pre else traj,
+        T, B, H, p, n, float(alpha),
+        NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=form == "hopfield", SAVE_PRE=keep_pre,
+        **_launch_config(n),
+    )
+    return traj, pre
+
+
+def backward(grad_traj, W, L_blocks, L_index, traj, pre, alpha, nonlinearity, form, need_W_grad, need_L_grad):
+    T1, B, H = traj.shape
+    T = T1 - 1
+    p, n, _ = W.shape
+    hopfield = form == "hopfield"
+    if not hopfield and tuple(pre.shape) != (T, B, H):
+        raise ValueError(f"the rate form's backward needs pre of shape {(T, B, H)}, got {tuple(pre.shape)} "
+                         "(run the forward with save_pre=True)")
+    grad_traj, W, L_blocks = grad_traj.contiguous(), W.contiguous(), L_blocks.contiguous()
+    traj, pre, L_index = traj.contiguous(), pre.contiguous(), L_index.contiguous()
+    grad_drive = torch.empty(T, B, H, dtype=traj.dtype, device=traj.device)
+    ag = grad_drive if hopfield else torch.empty(T, B, H, dtype=traj.dtype, device=traj.device)
+    carry = torch.zeros(2, B, H, dtype=traj.dtype, device=traj.device)
+    grad_h0 = torch.empty(B, H, dtype=traj.dtype, device=traj.device)
+    rowptr, blk = _csr(L_index[:, 1], p)
+    tgt = L_index[:, 0].contiguous()
+    grid = (triton.cdiv(B, BLOCK_B),)
+    _modular_rnn_bwd_kernel[grid](
+        grad_traj, W, L_blocks, traj, pre if not hopfield else traj, grad_drive, ag, carry, grad_h0,
+        rowptr, blk, tgt,
+        T, B, H, p, n, float(alpha),
+        NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=hopfield,
+        **_launch_config(n),
+    )
+    grad_W = torch.zeros_like(W)
+    grad_L = torch.zeros_like(L_blocks)
+    hprev = traj[:T].reshape(T * B, p, n)
+    if need_W_grad:
+        x = hprev
+        if hopfield and nonlinearity == "relu":
+            x = torch.relu(hprev)
+        elif hopfield and nonlinearity == "tanh":
+            x = torch.tanh(hprev)
+        d = grad_drive.view(T * B, p, n)
+        for i in range(p):
+            torch.mm(d[:, i].T, x[:, i], out=grad_W[i])
+    if need_L_grad and L_blocks.shape[0]:
+        a = ag.view(T * B, p, n)
+        for r, (i, j) in enumerate(L_index.tolist()):
+            torch.mm(a[:, i].T, hprev[:, j], out=grad_L[r])
+    return grad_drive, grad_W, grad_L, grad_h0
