@@ -13,6 +13,7 @@ tensors (TRITON_INTERPRET=1), which is how the test suite checks them.
 """
 from __future__ import annotations
 
+import os
 from typing import Tuple
 
 import torch
@@ -173,6 +174,14 @@ def _modular_rnn_bwd_kernel(
         tl.store(gh0_ptr + off, g, mask=m2)
 
 
+def _new_output(*shape: int, like: torch.Tensor) -> torch.Tensor:
+    """A fresh buffer; NaN-filled under RNNOFRNNS_DEBUG_NAN_FILL=1 so that unwritten elements show."""
+    t = torch.empty(*shape, dtype=like.dtype, device=like.device)
+    if os.environ.get("RNNOFRNNS_DEBUG_NAN_FILL") == "1":
+        t.fill_(float("nan"))
+    return t
+
+
 def _csr(keys: torch.Tensor, p: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Row pointers [p+1] and block ids sorted by key (the target or source area)."""
     order = torch.argsort(keys, stable=True)
@@ -195,10 +204,10 @@ def forward(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre
     T, B, H = drive.shape
     p, n, _ = W.shape
     drive, W, L_blocks, L_index = drive.contiguous(), W.contiguous(), L_blocks.contiguous(), L_index.contiguous()
-    traj = torch.empty(T + 1, B, H, dtype=drive.dtype, device=drive.device)
+    traj = _new_output(T + 1, B, H, like=drive)
     traj[0].copy_(h0)
     keep_pre = save_pre and form == "rate"
-    pre = torch.empty(T if keep_pre else 0, B, H, dtype=drive.dtype, device=drive.device)
+    pre = _new_output(T if keep_pre else 0, B, H, like=drive)
     rowptr, blk = _csr(L_index[:, 0], p)
     src = L_index[:, 1].contiguous()
     grid = (triton.cdiv(B, BLOCK_B),)
@@ -221,10 +230,10 @@ def backward(grad_traj, W, L_blocks, L_index, traj, pre, alpha, nonlinearity, fo
                          "(run the forward with save_pre=True)")
     grad_traj, W, L_blocks = grad_traj.contiguous(), W.contiguous(), L_blocks.contiguous()
     traj, pre, L_index = traj.contiguous(), pre.contiguous(), L_index.contiguous()
-    grad_drive = torch.empty(T, B, H, dtype=traj.dtype, device=traj.device)
-    ag = grad_drive if hopfield else torch.empty(T, B, H, dtype=traj.dtype, device=traj.device)
+    grad_drive = _new_output(T, B, H, like=traj)
+    ag = grad_drive if hopfield else _new_output(T, B, H, like=traj)
     carry = torch.zeros(2, B, H, dtype=traj.dtype, device=traj.device)
-    grad_h0 = torch.empty(B, H, dtype=traj.dtype, device=traj.device)
+    grad_h0 = _new_output(B, H, like=traj)
     rowptr, blk = _csr(L_index[:, 1], p)
     tgt = L_index[:, 0].contiguous()
     grid = (triton.cdiv(B, BLOCK_B),)
@@ -235,8 +244,9 @@ def backward(grad_traj, W, L_blocks, L_index, traj, pre, alpha, nonlinearity, fo
         NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=hopfield,
         **_launch_config(n),
     )
-    grad_W = torch.zeros_like(W)
-    grad_L = torch.zeros_like(L_blocks)
+    # Weight gradients that are not asked for are returned as zeros.
+    grad_W = _new_output(*W.shape, like=W) if need_W_grad else torch.zeros_like(W)
+    grad_L = _new_output(*L_blocks.shape, like=L_blocks) if need_L_grad else torch.zeros_like(L_blocks)
     hprev = traj[:T].reshape(T * B, p, n)
     if need_W_grad:
         x = hprev
@@ -247,7 +257,7 @@ def backward(grad_traj, W, L_blocks, L_index, traj, pre, alpha, nonlinearity, fo
         d = grad_drive.view(T * B, p, n)
         for i in range(p):
             torch.mm(d[:, i].T, x[:, i], out=grad_W[i])
-    if need_L_grad and L_blocks.shape[0]:
+    if need_L_grad:
         a = ag.view(T * B, p, n)
         for r, (i, j) in enumerate(L_index.tolist()):
             torch.mm(a[:, i].T, hprev[:, j], out=grad_L[r])

@@ -21,6 +21,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/fill.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/tanh.h>
@@ -28,6 +29,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <limits>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -301,6 +304,15 @@ void backward_kernel(const T* grad_traj, const T* W, const T* Lb, const int64_t*
   });
 }
 
+// A fresh output buffer. With RNNOFRNNS_DEBUG_NAN_FILL=1 (set by the test suite)
+// it starts as NaN, so that an element the kernel forgets to write shows up.
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  const char* fill = std::getenv("RNNOFRNNS_DEBUG_NAN_FILL");
+  if (fill && fill[0] == '1') t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
 Shape shape_of(const at::Tensor& drive, const at::Tensor& W, const at::Tensor& L_blocks) {
   return Shape{drive.size(0), drive.size(1), W.size(0), W.size(1), L_blocks.size(0), drive.size(2)};
 }
@@ -316,10 +328,10 @@ std::tuple<at::Tensor, at::Tensor> modular_rnn_fwd(const at::Tensor& drive_in, c
   const at::Tensor drive = drive_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
   const at::Tensor idx = idx_in.contiguous(), h0 = h0_in.contiguous();
   const Shape s = shape_of(drive, W, Lb);
-  at::Tensor traj = at::empty({s.T + 1, s.B, s.H}, drive.options());
+  at::Tensor traj = new_output({s.T + 1, s.B, s.H}, drive.options());
   traj[0].copy_(h0);
   const bool keep_pre = save_pre && fm == Form::Rate;
-  at::Tensor pre = at::empty({keep_pre ? s.T : 0, s.B, s.H}, drive.options());
+  at::Tensor pre = new_output({keep_pre ? s.T : 0, s.B, s.H}, drive.options());
   AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "modular_rnn_fwd", [&] {
     forward_kernel<scalar_t>(drive.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                              Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
@@ -382,12 +394,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
   const at::Tensor grad_traj = grad_traj_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
   const at::Tensor idx = idx_in.contiguous(), traj = traj_in.contiguous(), pre = pre_in.contiguous();
   const Shape s = shape_of(drive_like, W, Lb);
-  at::Tensor grad_drive = at::empty({s.T, s.B, s.H}, traj.options());
+  at::Tensor grad_drive = new_output({s.T, s.B, s.H}, traj.options());
   const bool separate_ag = need_L_grad && fm == Form::Rate && s.k > 0;
-  at::Tensor ag = separate_ag ? at::empty({s.T, s.B, s.H}, traj.options()) : grad_drive;
-  at::Tensor grad_h0 = at::empty({s.B, s.H}, traj.options());
-  at::Tensor grad_W = at::zeros_like(W);
-  at::Tensor grad_L = at::zeros_like(Lb);
+  at::Tensor ag = separate_ag ? new_output({s.T, s.B, s.H}, traj.options()) : grad_drive;
+  at::Tensor grad_h0 = new_output({s.B, s.H}, traj.options());
+  // Weight gradients that are not asked for are returned as zeros.
+  at::Tensor grad_W = need_W_grad ? new_output(W.sizes(), W.options()) : at::zeros_like(W);
+  at::Tensor grad_L = need_L_grad ? new_output(Lb.sizes(), Lb.options()) : at::zeros_like(Lb);
   AT_DISPATCH_FLOATING_TYPES(traj.scalar_type(), "modular_rnn_bwd", [&] {
     backward_kernel<scalar_t>(grad_traj.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                               Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
@@ -398,7 +411,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
                               grad_h0.mutable_data_ptr<scalar_t>(), s, static_cast<scalar_t>(alpha), nl, fm);
   });
   weight_grads(s, grad_drive, ag, traj, idx, nl, fm, need_W_grad ? &grad_W : nullptr,
-               need_L_grad && s.k > 0 ? &grad_L : nullptr);
+               need_L_grad ? &grad_L : nullptr);
   return {grad_drive, grad_W, grad_L, grad_h0};
 }
 

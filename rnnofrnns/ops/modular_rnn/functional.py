@@ -20,7 +20,11 @@ def check_modular_rnn_args(
     nonlinearity: str,
     form: str,
 ) -> None:
-    """Raise ValueError/TypeError naming the argument, what was expected and what was given."""
+    """Raise ValueError/TypeError naming the argument, what was expected and what was given.
+
+    Checks shapes, dtypes, devices and scalars (safe under tracing); the values of
+    L_index are checked by `check_block_index`.
+    """
     check_tensor("drive", drive, 3, "[T, B, p*n]")
     check_tensor("W", W, 3, "[p, n, n]")
     p, n, n2 = W.shape
@@ -55,23 +59,30 @@ def check_modular_rnn_args(
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    if k:
-        idx = L_index.detach().cpu()
-        bad = (idx < 0) | (idx >= p)
-        if bad.any():
-            r = int(bad.any(1).nonzero()[0])
-            raise ValueError(f"L_index[{r}] = {tuple(idx[r].tolist())} is out of range for p = {p} areas")
-        diag = idx[:, 0] == idx[:, 1]
-        if diag.any():
-            r = int(diag.nonzero()[0])
-            raise ValueError(f"L_index[{r}] = {tuple(idx[r].tolist())} lies on the diagonal; intra-area weights belong in W")
-        flat = idx[:, 0] * p + idx[:, 1]
-        if torch.unique(flat).numel() != k:
-            seen = set()
-            for r, v in enumerate(flat.tolist()):
-                if v in seen:
-                    raise ValueError(f"L_index[{r}] = {tuple(idx[r].tolist())} is a duplicate block")
-                seen.add(v)
+
+
+def check_block_index(L_index: torch.Tensor, p: int) -> None:
+    """Every block (target, source) in range, off the diagonal, and listed once.
+
+    Reads the index values, so it runs outside traced code: the fused ops call it
+    (or its C++ twin) inside their own bodies.
+    """
+    if L_index.shape[0] == 0:
+        return
+    idx = L_index.detach().cpu()
+    bad = (idx < 0) | (idx >= p)
+    if bad.any():
+        r = int(bad.any(1).nonzero()[0])
+        raise ValueError(f"L_index[{r}] = {tuple(idx[r].tolist())} is out of range for p = {p} areas")
+    diag = idx[:, 0] == idx[:, 1]
+    if diag.any():
+        r = int(diag.nonzero()[0])
+        raise ValueError(f"L_index[{r}] = {tuple(idx[r].tolist())} lies on the diagonal; intra-area weights belong in W")
+    seen = set()
+    for r, v in enumerate((idx[:, 0] * p + idx[:, 1]).tolist()):
+        if v in seen:
+            raise ValueError(f"L_index[{r}] = {tuple(idx[r].tolist())} is a duplicate block")
+        seen.add(v)
 
 
 def modular_rnn(
@@ -108,6 +119,8 @@ def modular_rnn(
     name = resolve_backend(backend, drive.device)
     alpha = float(alpha)
     if name == "reference":
+        if not torch.compiler.is_compiling():
+            check_block_index(L_index, W.shape[0])
         return modular_rnn_reference(drive, W, L_blocks, L_index, h0, alpha=alpha, nonlinearity=nonlinearity, form=form)
     if h0 is None:
         h0 = drive.new_zeros(drive.shape[1], drive.shape[2])

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .autograd import register_op_pair
+from .functional import check_block_index
 
 
 @torch.library.custom_op("rnnofrnns::modular_rnn_fwd_triton", mutates_args=())
@@ -21,6 +22,7 @@ def modular_rnn_fwd_triton(
 ) -> Tuple[Tensor, Tensor]:
     from rnnofrnns.kernels.modular_rnn import forward
 
+    check_block_index(L_index, W.shape[0])
     return forward(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre)
 
 

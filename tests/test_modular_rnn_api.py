@@ -1,0 +1,235 @@
+"""Argument checking, backend dispatch, torch.library registration and torch.compile."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import rnnofrnns
+from rnnofrnns import _backend
+from rnnofrnns.ops import modular_rnn, modular_rnn_reference
+from problems import all_to_all, device_for, make_problem, star
+
+
+def good_args(dtype=torch.float32):
+    prob = make_problem(3, 2, 3, 4, [(0, 1), (1, 2)], dtype=dtype, requires_grad=False)
+    return dict(drive=prob.drive, W=prob.W, L_blocks=prob.L_blocks, L_index=prob.L_index, h0=prob.h0)
+
+
+def with_(**changes):
+    a = good_args()
+    a.update(changes)
+    return a
+
+
+BAD_INPUTS = [
+    # (changes, exception, message fragment)
+    (dict(drive=torch.zeros(3, 12)), ValueError, r"drive must be 3-D \[T, B, p\*n\]"),
+    (dict(drive=torch.zeros(3, 2, 11)), ValueError, r"drive must be \[T, B, p\*n\] = \[3, 2, 12\].*got \(3, 2, 11\)|got \[3, 2, 11\]"),
+    (dict(drive=torch.zeros(0, 2, 12)), ValueError, r"T >= 1"),
+    (dict(W=torch.zeros(3, 4, 5)), ValueError, r"W must be \[p, n, n\]"),
+    (dict(W=torch.zeros(3, 4)), ValueError, r"W must be"),
+    (dict(L_blocks=torch.zeros(2, 4, 3)), ValueError, r"L_blocks must be \[k, 4, 4\]"),
+    (dict(L_index=torch.tensor([[0, 1]])), ValueError, r"L_index must be \[k, 2\] = \[2, 2\]"),
+    (dict(L_index=torch.tensor([[0, 1], [1, 2]], dtype=torch.int32)), TypeError, r"L_index must be int64"),
+    (dict(L_index=torch.tensor([[0, 1], [1, 3]])), ValueError, r"L_index\[1\] = \(1, 3\) is out of range for p = 3"),
+    (dict(L_index=torch.tensor([[0, 1], [-1, 2]])), ValueError, r"L_index\[1\] = \(-1, 2\) is out of range"),
+    (dict(L_index=torch.tensor([[0, 1], [2, 2]])), ValueError, r"L_index\[1\] = \(2, 2\) lies on the diagonal"),
+    (dict(L_index=torch.tensor([[0, 1], [0, 1]])), ValueError, r"L_index\[1\] = \(0, 1\) is a duplicate"),
+    (dict(h0=torch.zeros(3, 12)), ValueError, r"h0 must be \[B, p\*n\] = \[2, 12\]"),
+    (dict(W=torch.zeros(3, 4, 4, dtype=torch.float64)), TypeError, r"dtype"),
+    (dict(drive=torch.zeros(3, 2, 12, dtype=torch.int64)), TypeError, r"float32 or float64"),
+    (dict(drive=torch.zeros(3, 2, 12, dtype=torch.float16)), TypeError, r"float32 or float64"),
+]
+
+
+@pytest.mark.parametrize("changes,exc,match", BAD_INPUTS)
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+def test_functional_rejects_bad_input(changes, exc, match, backend):
+    a = with_(**changes)
+    with pytest.raises(exc, match=match):
+        modular_rnn(a["drive"], a["W"], a["L_blocks"], a["L_index"], a["h0"], backend=backend)
+
+
+@pytest.mark.parametrize("changes,exc,match", BAD_INPUTS)
+def test_cpp_op_rejects_bad_input(changes, exc, match):
+    """The C++ op checks its own arguments: a direct call can raise, never crash."""
+    a = with_(**changes)
+    with pytest.raises(exc, match=match):
+        torch.ops.rnnofrnns.modular_rnn_fwd(a["drive"], a["W"], a["L_blocks"], a["L_index"], a["h0"],
+                                            0.5, "tanh", "rate", False)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(alpha=0.0), r"alpha must be .*\(0, 1\]"),
+        (dict(alpha=1.5), r"alpha must be .*\(0, 1\]"),
+        (dict(alpha=float("nan")), r"alpha must be"),
+        (dict(nonlinearity="sigmoid"), r"nonlinearity must be one of .*'sigmoid'"),
+        (dict(form="lstm"), r"form must be .*'lstm'"),
+    ],
+)
+def test_bad_scalars(kw, match):
+    a = good_args()
+    with pytest.raises(ValueError, match=match):
+        modular_rnn(*a.values(), **kw)
+    op_kw = dict(alpha=0.5, nonlinearity="tanh", form="rate")
+    op_kw.update(kw)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.rnnofrnns.modular_rnn_fwd(*a.values(), op_kw["alpha"], op_kw["nonlinearity"], op_kw["form"], False)
+
+
+def test_cpp_backward_needs_saved_preactivations():
+    a = good_args()
+    traj, pre = torch.ops.rnnofrnns.modular_rnn_fwd(*a.values(), 0.5, "tanh", "rate", False)
+    with pytest.raises(ValueError, match="save_pre=True"):
+        torch.ops.rnnofrnns.modular_rnn_bwd(torch.ones_like(traj), a["W"], a["L_blocks"], a["L_index"], traj, pre,
+                                            0.5, "tanh", "rate", True, True)
+
+
+def test_backend_dispatch(monkeypatch):
+    cpu = torch.device("cpu")
+    assert _backend.resolve_backend(None, cpu) == "cpu"
+    monkeypatch.setenv("RNNOFRNNS_BACKEND", "reference")
+    assert _backend.resolve_backend(None, cpu) == "reference"
+    assert _backend.resolve_backend("cpu", cpu) == "cpu"  # the argument wins over the variable
+    monkeypatch.setenv("RNNOFRNNS_BACKEND", "cuda-magic")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        _backend.resolve_backend(None, cpu)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        modular_rnn(*good_args().values(), backend="fast")
+
+
+def test_forced_backend_unavailable_says_how_to_get_it(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(_backend, "_ext_error", ImportError("no _C"))
+    with pytest.raises(RuntimeError, match="pip install --no-build-isolation"):
+        _backend.resolve_backend("cpu", cpu)
+    assert _backend.resolve_backend(None, cpu) == "reference"  # the default falls back
+    monkeypatch.setattr(_backend, "_ext_error", None)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        _backend.resolve_backend("triton", cpu)
+    monkeypatch.setattr(_backend, "triton_available", lambda: False)
+    with pytest.raises(RuntimeError, match="pip install triton"):
+        _backend.resolve_backend("triton", cpu)
+
+
+def test_env_var_forces_backend(monkeypatch):
+    """RNNOFRNNS_BACKEND=triton makes the default call run the Triton kernels."""
+    a = good_args(torch.float64)
+    ref = modular_rnn_reference(*a.values(), alpha=0.5)
+    calls = []
+    import rnnofrnns.kernels.modular_rnn as tk
+
+    real = tk.forward
+    monkeypatch.setattr(tk, "forward", lambda *args: calls.append(1) or real(*args))
+    monkeypatch.setenv("RNNOFRNNS_BACKEND", "triton")
+    out = modular_rnn(*a.values(), alpha=0.5)
+    assert calls == [1]
+    torch.testing.assert_close(out, ref)
+
+
+def opcheck_args(form, device="cpu"):
+    prob = make_problem(3, 2, 3, 4, all_to_all(3), device=device)
+    return (prob.drive, prob.W, prob.L_blocks, prob.L_index, prob.h0, 0.7, "tanh", form, True)
+
+
+@pytest.mark.parametrize("form", ["rate", "hopfield"])
+@pytest.mark.parametrize("op_name", ["modular_rnn_fwd", "modular_rnn_fwd_triton"])
+def test_opcheck_forward(op_name, form):
+    op = getattr(torch.ops.rnnofrnns, op_name)
+    device = device_for("triton") if op_name.endswith("triton") else "cpu"
+    torch.library.opcheck(op, opcheck_args(form, device))
+
+
+@pytest.mark.parametrize("form", ["rate", "hopfield"])
+@pytest.mark.parametrize("suffix", ["", "_triton"])
+def test_opcheck_backward(suffix, form):
+    device = device_for("triton") if suffix else "cpu"
+    drive, W, L, idx, h0, alpha, nl, fm, _ = opcheck_args(form, device)
+    with torch.no_grad():
+        traj, pre = getattr(torch.ops.rnnofrnns, "modular_rnn_fwd" + suffix)(drive, W, L, idx, h0, alpha, nl, fm, True)
+    bwd = getattr(torch.ops.rnnofrnns, "modular_rnn_bwd" + suffix)
+    torch.library.opcheck(bwd, (torch.randn_like(traj), W.detach(), L.detach(), idx, traj, pre, alpha, nl, fm, True, True),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_torch_compile_traces_the_op(backend):
+    """A model that calls modular_rnn compiles with fullgraph=True (fake impl + autograd)."""
+    prob = make_problem(5, 3, 4, 4, star(4), device=device_for(backend))
+
+    def loss_fn(drive, L):
+        states = modular_rnn(drive, prob.W, L, prob.L_index, prob.h0, alpha=0.5, nonlinearity="relu",
+                             form="hopfield", backend=backend)
+        return (states[-1] ** 2).sum()
+
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    loss = compiled(prob.drive, prob.L_blocks)
+    g = torch.autograd.grad(loss, (prob.drive, prob.L_blocks))
+    ref = loss_fn(prob.drive, prob.L_blocks)
+    gr = torch.autograd.grad(ref, (prob.drive, prob.L_blocks))
+    torch.testing.assert_close(loss, ref)
+    for a, b in zip(g, gr):
+        torch.testing.assert_close(a, b)
+
+
+def test_public_api():
+    assert rnnofrnns.modular_rnn is modular_rnn
+    assert set(rnnofrnns.BACKENDS) == {"reference", "cpu", "triton"}
+    assert rnnofrnns.cpu_extension_available()
+
+
+# --- hypothesis: random shapes and arguments thrown at the C++ op -----------------
+
+dims = st.integers(min_value=0, max_value=5)
+
+
+@st.composite
+def random_call(draw):
+    def shape(nd):
+        return [draw(dims) for _ in range(nd)]
+
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int64]))
+    drive = torch.randn(*shape(draw(st.sampled_from([3, 3, 3, 2, 4])))).to(dtype)
+    W = torch.randn(*shape(draw(st.sampled_from([3, 3, 2])))).to(draw(st.sampled_from([dtype, torch.float32])))
+    L = torch.randn(*shape(draw(st.sampled_from([3, 3, 1])))).to(dtype)
+    k = draw(st.integers(0, 4))
+    idx = torch.tensor(draw(st.lists(st.lists(st.integers(-2, 6), min_size=2, max_size=2), min_size=k, max_size=k)),
+                       dtype=draw(st.sampled_from([torch.int64, torch.int64, torch.int32]))).reshape(-1, 2)
+    h0 = torch.randn(*shape(draw(st.sampled_from([2, 2, 1])))).to(dtype)
+    alpha = draw(st.sampled_from([0.5, 1.0, 0.0, -1.0, 2.0, float("inf")]))
+    nl = draw(st.sampled_from(["relu", "tanh", "identity", "bogus"]))
+    form = draw(st.sampled_from(["rate", "hopfield", "other"]))
+    return drive, W, L, idx, h0, alpha, nl, form, draw(st.booleans())
+
+
+@given(random_call())
+def test_hypothesis_cpp_op_errors_never_crashes(call):
+    drive, W, L, idx, h0, alpha, nl, form, save_pre = call
+    try:
+        traj, _ = torch.ops.rnnofrnns.modular_rnn_fwd(*call)
+    except (ValueError, TypeError) as e:
+        assert "modular_rnn" in str(e)
+        return
+    # accepted: then it must agree with the reference
+    ref = modular_rnn_reference(drive, W, L, idx, h0, alpha=alpha, nonlinearity=nl, form=form)
+    torch.testing.assert_close(traj[1:], ref)
+
+
+@given(T=st.integers(1, 6), B=st.integers(1, 9), p=st.integers(1, 4), n=st.integers(1, 9),
+       density=st.floats(0, 1), form=st.sampled_from(["rate", "hopfield"]),
+       nl=st.sampled_from(["relu", "tanh", "identity"]), alpha=st.floats(0.05, 1.0))
+def test_hypothesis_valid_shapes_match_reference(T, B, p, n, density, form, nl, alpha):
+    g = torch.Generator().manual_seed(T * 1000 + B * 100 + p * 10 + n)
+    pairs = [pr for pr in all_to_all(p) if torch.rand((), generator=g).item() < density]
+    prob = make_problem(T, B, p, n, pairs)
+    out, ref = (modular_rnn(*prob.args(), alpha=alpha, nonlinearity=nl, form=form, backend="cpu"),
+                modular_rnn_reference(*prob.args(), alpha=alpha, nonlinearity=nl, form=form))
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    grads = torch.autograd.grad(out.sum(), prob.grad_inputs())
+    ref_grads = torch.autograd.grad(ref.sum(), prob.grad_inputs())
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
