@@ -13,8 +13,9 @@
 // form when a backward pass will follow, the pre-activations z_t = W h_{t-1} + u_t.
 // Backward runs backpropagation through time from the saved trajectory and
 // returns the gradients of the drive, W, L_blocks and h_0. The weight gradients
-// are reductions over (t, b) of outer products of per-step gradients with the
-// saved states; they are done after the loop, one GEMM per block.
+// are reductions over all (t, b) of outer products; they are fused into the
+// backward loop: every kStage (t, b) rows are staged in a small buffer and applied
+// to per-thread accumulators (which stay in cache) as one rank-kStage update.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -22,18 +23,20 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/fill.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/relu.h>
-#include <ATen/ops/tanh.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <cmath>
 #include <string>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
@@ -47,7 +50,8 @@ namespace {
 
 using at::vec::Vectorized;
 
-constexpr int kRows = 4;  // batch rows that share one pass over the weights
+constexpr int kRows = 4;    // batch rows that share one pass over the weights
+constexpr int kStage = 16;  // (t, b) rows per weight-gradient update; a multiple of kRows
 
 // Flush subnormals to zero (FTZ) and treat subnormal inputs as zero (DAZ) in the
 // current thread for the lifetime of the object.
@@ -79,56 +83,80 @@ void pack_blocks(const T* src, int64_t count, int64_t n, int64_t np, bool transp
   }
 }
 
-// acc[b*ld + r] += sum_{c<n} x[b*ld + c] * A[c*np + r]  for b < NB, r < np.
-// np is a multiple of the vector width; two vectors of outputs for NB rows are
-// held in registers while the weights stream through once.
+// acc[b*acc_ld + r] += sum_{c<nred} x[b*x_rs + c*x_cs] * A[c*a_ld + r]  for b < NB, r < width.
+// width is a multiple of the vector width; two vectors of outputs for NB rows are
+// held in registers while A streams through once. The same routine serves the
+// per-step products (rows = batch rows) and the weight-gradient updates (rows =
+// rows of a block, reduction over staged (t, b) rows).
 template <typename T, int NB>
-inline void rows_matmul_acc(T* acc, const T* x, int64_t ld, const T* A, int64_t n, int64_t np) {
+inline void rows_matmul_acc(T* acc, int64_t acc_ld, const T* x, int64_t x_rs, int64_t x_cs, const T* A,
+                            int64_t a_ld, int64_t nred, int64_t width) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   int64_t r0 = 0;
-  for (; r0 + 2 * V <= np; r0 += 2 * V) {
+  for (; r0 + 2 * V <= width; r0 += 2 * V) {
     Vec a0[NB], a1[NB];
     for (int b = 0; b < NB; ++b) {
-      a0[b] = Vec::loadu(acc + b * ld + r0);
-      a1[b] = Vec::loadu(acc + b * ld + r0 + V);
+      a0[b] = Vec::loadu(acc + b * acc_ld + r0);
+      a1[b] = Vec::loadu(acc + b * acc_ld + r0 + V);
     }
     const T* a = A + r0;
-    for (int64_t c = 0; c < n; ++c, a += np) {
+    const T* xc = x;
+    for (int64_t c = 0; c < nred; ++c, a += a_ld, xc += x_cs) {
       const Vec w0 = Vec::loadu(a);
       const Vec w1 = Vec::loadu(a + V);
       for (int b = 0; b < NB; ++b) {
-        const Vec xb(x[b * ld + c]);
+        const Vec xb(xc[b * x_rs]);
         a0[b] = at::vec::fmadd(w0, xb, a0[b]);
         a1[b] = at::vec::fmadd(w1, xb, a1[b]);
       }
     }
     for (int b = 0; b < NB; ++b) {
-      a0[b].store(acc + b * ld + r0);
-      a1[b].store(acc + b * ld + r0 + V);
+      a0[b].store(acc + b * acc_ld + r0);
+      a1[b].store(acc + b * acc_ld + r0 + V);
     }
   }
-  if (r0 < np) {
+  if (r0 < width) {
     Vec a0[NB];
-    for (int b = 0; b < NB; ++b) a0[b] = Vec::loadu(acc + b * ld + r0);
+    for (int b = 0; b < NB; ++b) a0[b] = Vec::loadu(acc + b * acc_ld + r0);
     const T* a = A + r0;
-    for (int64_t c = 0; c < n; ++c, a += np) {
+    const T* xc = x;
+    for (int64_t c = 0; c < nred; ++c, a += a_ld, xc += x_cs) {
       const Vec w0 = Vec::loadu(a);
-      for (int b = 0; b < NB; ++b) a0[b] = at::vec::fmadd(w0, Vec(x[b * ld + c]), a0[b]);
+      for (int b = 0; b < NB; ++b) a0[b] = at::vec::fmadd(w0, Vec(xc[b * x_rs]), a0[b]);
     }
-    for (int b = 0; b < NB; ++b) a0[b].store(acc + b * ld + r0);
+    for (int b = 0; b < NB; ++b) a0[b].store(acc + b * acc_ld + r0);
   }
 }
 
 template <typename T>
-inline void matmul_acc(int rows, T* acc, const T* x, int64_t ld, const T* A, int64_t n, int64_t np) {
+inline void matmul_acc(int rows, T* acc, int64_t acc_ld, const T* x, int64_t x_rs, int64_t x_cs, const T* A,
+                       int64_t a_ld, int64_t nred, int64_t width) {
   switch (rows) {
-    case 4: rows_matmul_acc<T, 4>(acc, x, ld, A, n, np); break;
-    case 3: rows_matmul_acc<T, 3>(acc, x, ld, A, n, np); break;
-    case 2: rows_matmul_acc<T, 2>(acc, x, ld, A, n, np); break;
-    default: rows_matmul_acc<T, 1>(acc, x, ld, A, n, np); break;
+    case 4: rows_matmul_acc<T, 4>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
+    case 3: rows_matmul_acc<T, 3>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
+    case 2: rows_matmul_acc<T, 2>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
+    default: rows_matmul_acc<T, 1>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
   }
 }
+
+// The padded per-area layout of a group of batch rows: row stride HP = p * np.
+struct Layout {
+  int64_t n, np, HP;
+  // acc[b, :] += x[b, :] @ A for one area (A an np x np packed block), b < rows.
+  template <typename T>
+  void block_step(int rows, T* acc, const T* x, const T* A) const {
+    matmul_acc(rows, acc, HP, x, HP, 1, A, np, n, np);
+  }
+  // acc (n x np block) += sum_{c<nred} xs[c, :]^T ys[c, :] for one area pair of nred staged rows.
+  template <typename T>
+  void block_outer(T* acc, const T* xs, const T* ys, int64_t nred) const {
+    for (int64_t i0 = 0; i0 < n; i0 += kRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, n - i0));
+      matmul_acc(rows, acc + i0 * np, np, xs + i0, 1, HP, ys, HP, nred, np);
+    }
+  }
+};
 
 template <typename T>
 inline Vectorized<T> apply_phi(Nonlinearity nl, const Vectorized<T>& z) {
@@ -139,7 +167,7 @@ inline Vectorized<T> apply_phi(Nonlinearity nl, const Vectorized<T>& z) {
   }
 }
 
-// phi'(z) * g, written with the values a backward pass has at hand.
+// phi'(z) * g.
 template <typename T>
 inline Vectorized<T> apply_dphi(Nonlinearity nl, const Vectorized<T>& z, const Vectorized<T>& g) {
   using Vec = Vectorized<T>;
@@ -178,6 +206,7 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
                     const Shape s, const T alpha, const Nonlinearity nl, const Form form) {
   using Vec = Vectorized<T>;
   const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H;
+  const Layout lay{s.n, np, HP};
   const bool hopfield = form == Form::Hopfield;
   // Packed weights, transposed for the row-times-matrix microkernel. In the
   // hopfield form the factor alpha is folded into W; alpha always goes into L.
@@ -209,22 +238,18 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
             apply_phi(nl, h).store(tmp + j);
             at::vec::fmadd(v1a, h, va * Vec::loadu(u + j)).store(hn + j);
           }
-          for (int64_t i = 0; i < s.p; ++i)
-            matmul_acc(rows, hn + i * np, tmp + i * np, HP, Wt.data() + i * np * np, s.n, np);
+          for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, hn + i * np, tmp + i * np, Wt.data() + i * np * np);
         } else {
           // z = W h + u ; hn = (1-a) h + a phi(z) + (aL) h
-          for (int64_t i = 0; i < s.p; ++i)
-            matmul_acc(rows, u + i * np, hp + i * np, HP, Wt.data() + i * np * np, s.n, np);
+          for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, u + i * np, hp + i * np, Wt.data() + i * np * np);
           if (pre) scatter_rows(pre + t * BH + b0 * s.H, u, rows, s.p, s.n, np, s.H);
           for (int64_t j = 0; j < len; j += Vec::size()) {
             const Vec h = Vec::loadu(hp + j);
             at::vec::fmadd(v1a, h, va * apply_phi(nl, Vec::loadu(u + j))).store(hn + j);
           }
         }
-        for (int64_t r = 0; r < s.k; ++r) {
-          const int64_t tgt = Lidx[2 * r], src = Lidx[2 * r + 1];
-          matmul_acc(rows, hn + tgt * np, hp + src * np, HP, Lt.data() + r * np * np, s.n, np);
-        }
+        for (int64_t r = 0; r < s.k; ++r)
+          lay.block_step(rows, hn + Lidx[2 * r] * np, hp + Lidx[2 * r + 1] * np, Lt.data() + r * np * np);
         scatter_rows(traj + (t + 1) * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
         std::swap(hp, hn);
       }
@@ -234,80 +259,125 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
 
 template <typename T>
 void backward_kernel(const T* grad_traj, const T* W, const T* Lb, const int64_t* Lidx, const T* traj,
-                     const T* pre, T* grad_drive, T* grad_ag, T* grad_h0, const Shape s, const T alpha,
+                     const T* pre, T* grad_drive, T* grad_h0, T* grad_W, T* grad_L, const Shape s, const T alpha,
                      const Nonlinearity nl, const Form form) {
   using Vec = Vectorized<T>;
-  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H;
+  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H, blk = np * np;
+  const Layout lay{s.n, np, HP};
   const bool hopfield = form == Form::Hopfield;
   // Untransposed packed weights: the microkernel then computes x -> W^T x.
   std::vector<T> Wp, Lp;
   pack_blocks<T>(W, s.p, s.n, np, /*transpose=*/false, hopfield ? alpha : T(1), Wp);
   pack_blocks<T>(Lb, s.k, s.n, np, /*transpose=*/false, alpha, Lp);
   const int64_t groups = (s.B + kRows - 1) / kRows;
+  // Per-thread weight-gradient accumulators [p + k blocks of np x np], summed at the end.
+  const int64_t acc_size = (grad_W ? s.p : 0) * blk + (grad_L ? s.k : 0) * blk;
+  const int nthreads = at::get_num_threads();
+  std::vector<T> partial(static_cast<size_t>(std::max<int64_t>(nthreads * acc_size, 1)), T(0));
 
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     FlushDenormalGuard ftz;
     const Vec va(alpha), v1a(T(1) - alpha);
-    std::vector<T> buf(static_cast<size_t>(4 * kRows * HP), T(0));
-    T* carry = buf.data();        // dLoss/dh_t through steps > t
-    T* g = carry + kRows * HP;    // total gradient of h_t, then reused
-    T* x = g + kRows * HP;        // pre-activation (rate) or previous state (hopfield)
-    T* d = x + kRows * HP;        // gradient of the pre-activation / a*g
+    T* accW = partial.data() + at::get_thread_num() * acc_size;
+    T* accL = accW + (grad_W ? s.p : 0) * blk;
+    std::vector<T> buf(static_cast<size_t>(3 * kRows * HP + 4 * kStage * HP), T(0));
+    T* carry = buf.data();        // dLoss/dh_t through the steps after t
+    T* g = carry + kRows * HP;    // total gradient of h_t
+    T* z = g + kRows * HP;        // pre-activation (rate form)
+    // Staged rows for the weight gradients: a*g, h_{t-1}, the drive's gradient d
+    // (rate form), phi(h_{t-1}) (hopfield form).
+    T* st_ag = z + kRows * HP;
+    T* st_h = st_ag + kStage * HP;
+    T* st_d = st_h + kStage * HP;
+    T* st_f = st_d + kStage * HP;
+    auto flush = [&](int64_t nred) {
+      if (nred == 0) return;
+      if (grad_L)
+        for (int64_t r = 0; r < s.k; ++r)
+          lay.block_outer(accL + r * blk, st_ag + Lidx[2 * r] * np, st_h + Lidx[2 * r + 1] * np, nred);
+      if (grad_W)
+        for (int64_t i = 0; i < s.p; ++i)
+          lay.block_outer(accW + i * blk, (hopfield ? st_ag : st_d) + i * np, (hopfield ? st_f : st_h) + i * np, nred);
+    };
     for (int64_t gi = g0; gi < g1; ++gi) {
       const int64_t b0 = gi * kRows;
       const int rows = static_cast<int>(std::min<int64_t>(kRows, s.B - b0));
       const int64_t len = rows * HP;
-      std::fill(buf.begin(), buf.end(), T(0));
+      std::fill(carry, carry + kRows * HP, T(0));
+      int64_t slot = 0;
       for (int64_t t = s.T - 1; t >= 0; --t) {
+        T* ag = st_ag + slot * HP;
+        T* h = st_h + slot * HP;
+        T* d = hopfield ? ag : st_d + slot * HP;
         gather_rows(g, grad_traj + (t + 1) * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
-        for (int64_t j = 0; j < len; j += Vec::size())
-          (Vec::loadu(g + j) + Vec::loadu(carry + j)).store(g + j);
-        if (hopfield) {
-          // d = a g (the drive's gradient); carry = (1-a) g + phi'(h) * ((aW)^T g) + (aL)^T g
-          gather_rows(x, traj + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
-          for (int64_t j = 0; j < len; j += Vec::size()) {
-            (va * Vec::loadu(g + j)).store(d + j);
+        gather_rows(h, traj + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        if (!hopfield) gather_rows(z, pre + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        for (int64_t j = 0; j < len; j += Vec::size()) {
+          const Vec gv = Vec::loadu(g + j) + Vec::loadu(carry + j);
+          gv.store(g + j);
+          (va * gv).store(ag + j);
+          if (hopfield) {
             Vec(T(0)).store(carry + j);
-          }
-          scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
-          for (int64_t i = 0; i < s.p; ++i)
-            matmul_acc(rows, carry + i * np, g + i * np, HP, Wp.data() + i * np * np, s.n, np);
-          for (int64_t j = 0; j < len; j += Vec::size())
-            at::vec::fmadd(v1a, Vec::loadu(g + j), apply_dphi(nl, Vec::loadu(x + j), Vec::loadu(carry + j)))
-                .store(carry + j);
-        } else {
-          // d = a g phi'(z) (the drive's gradient); carry = (1-a) g + W^T d + (aL)^T g
-          gather_rows(x, pre + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
-          for (int64_t j = 0; j < len; j += Vec::size()) {
-            const Vec gv = Vec::loadu(g + j);
-            apply_dphi(nl, Vec::loadu(x + j), va * gv).store(d + j);
+            if (grad_W) apply_phi(nl, Vec::loadu(h + j)).store(st_f + slot * HP + j);
+          } else {
+            apply_dphi(nl, Vec::loadu(z + j), va * gv).store(d + j);
             (v1a * gv).store(carry + j);
           }
-          scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
-          if (grad_ag) {
-            for (int64_t j = 0; j < len; j += Vec::size()) (va * Vec::loadu(g + j)).store(x + j);
-            scatter_rows(grad_ag + t * BH + b0 * s.H, x, rows, s.p, s.n, np, s.H);
-          }
-          for (int64_t i = 0; i < s.p; ++i)
-            matmul_acc(rows, carry + i * np, d + i * np, HP, Wp.data() + i * np * np, s.n, np);
         }
-        for (int64_t r = 0; r < s.k; ++r) {
-          const int64_t tgt = Lidx[2 * r], src = Lidx[2 * r + 1];
-          matmul_acc(rows, carry + src * np, g + tgt * np, HP, Lp.data() + r * np * np, s.n, np);
+        scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
+        if (hopfield) {
+          // carry = (1-a) g + phi'(h) * ((aW)^T g) + (aL)^T g
+          for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, g + i * np, Wp.data() + i * blk);
+          for (int64_t j = 0; j < len; j += Vec::size())
+            at::vec::fmadd(v1a, Vec::loadu(g + j), apply_dphi(nl, Vec::loadu(h + j), Vec::loadu(carry + j)))
+                .store(carry + j);
+        } else {
+          // carry = (1-a) g + W^T d + (aL)^T g
+          for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, d + i * np, Wp.data() + i * blk);
+        }
+        for (int64_t r = 0; r < s.k; ++r)
+          lay.block_step(rows, carry + Lidx[2 * r + 1] * np, g + Lidx[2 * r] * np, Lp.data() + r * blk);
+        slot += rows;
+        if (slot + kRows > kStage) {
+          flush(slot);
+          slot = 0;
         }
       }
+      flush(slot);
       gather_rows(g, grad_traj + b0 * s.H, rows, s.p, s.n, np, s.H);
-      for (int64_t j = 0; j < len; j += Vec::size())
-        (Vec::loadu(g + j) + Vec::loadu(carry + j)).store(g + j);
+      for (int64_t j = 0; j < len; j += Vec::size()) (Vec::loadu(g + j) + Vec::loadu(carry + j)).store(g + j);
       scatter_rows(grad_h0 + b0 * s.H, g, rows, s.p, s.n, np, s.H);
     }
   });
+
+  // Sum the per-thread accumulators and drop the padding.
+  auto reduce = [&](T* out, int64_t count, int64_t offset) {
+    for (int64_t b = 0; b < count; ++b)
+      for (int64_t r = 0; r < s.n; ++r)
+        for (int64_t c = 0; c < s.n; ++c) {
+          T sum = T(0);
+          for (int th = 0; th < nthreads; ++th) sum += partial[th * acc_size + offset + b * blk + r * np + c];
+          out[(b * s.n + r) * s.n + c] = sum;
+        }
+  };
+  if (grad_W) reduce(grad_W, s.p, 0);
+  if (grad_L) reduce(grad_L, s.k, (grad_W ? s.p : 0) * blk);
 }
 
-// A fresh output buffer. With RNNOFRNNS_DEBUG_NAN_FILL=1 (set by the test suite)
-// it starts as NaN, so that an element the kernel forgets to write shows up.
+// A fresh output buffer. Large buffers are backed by transparent huge pages where
+// the kernel allows it (THP "madvise" mode): the first write to a fresh 100 MB
+// trajectory otherwise costs ~25k page faults, about 20 ms here. With
+// RNNOFRNNS_DEBUG_NAN_FILL=1 (set by the test suite) the buffer starts as NaN, so
+// that an element the kernel forgets to write shows up.
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t end = begin + t.nbytes();
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice only
+#endif
   const char* fill = std::getenv("RNNOFRNNS_DEBUG_NAN_FILL");
   if (fill && fill[0] == '1') t.fill_(std::numeric_limits<double>::quiet_NaN());
   return t;
@@ -342,34 +412,6 @@ std::tuple<at::Tensor, at::Tensor> modular_rnn_fwd(const at::Tensor& drive_in, c
   return {traj, pre};
 }
 
-// Weight gradients: reductions over all (t, b) of outer products, one GEMM per
-// block on strided views of the saved buffers (no copies):
-//   dW_i = sum_tb d[tb, i]^T x[tb, i]     (x = h_{t-1} for rate, phi(h_{t-1}) for hopfield)
-//   dL_r = sum_tb ag[tb, tgt_r]^T h_{t-1}[tb, src_r]
-void weight_grads(const Shape s, const at::Tensor& grad_drive, const at::Tensor& ag, const at::Tensor& traj,
-                  const at::Tensor& idx, Nonlinearity nl, Form fm, at::Tensor* grad_W, at::Tensor* grad_L) {
-  const int64_t TB = s.T * s.B, p = s.p, n = s.n;
-  const at::Tensor hprev = traj.narrow(0, 0, s.T).view({TB, p, n});
-  if (grad_W) {
-    at::Tensor x = hprev;
-    if (fm == Form::Hopfield && nl == Nonlinearity::Relu) x = at::relu(hprev);
-    if (fm == Form::Hopfield && nl == Nonlinearity::Tanh) x = at::tanh(hprev);
-    const at::Tensor d = grad_drive.view({TB, p, n});
-    for (int64_t i = 0; i < p; ++i) {
-      at::Tensor out = grad_W->select(0, i);
-      at::mm_out(out, d.select(1, i).t(), x.select(1, i));
-    }
-  }
-  if (grad_L) {
-    const at::Tensor g = ag.view({TB, p, n});
-    const int64_t* ix = idx.const_data_ptr<int64_t>();
-    for (int64_t r = 0; r < grad_L->size(0); ++r) {
-      at::Tensor out = grad_L->select(0, r);
-      at::mm_out(out, g.select(1, ix[2 * r]).t(), hprev.select(1, ix[2 * r + 1]));
-    }
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
     const at::Tensor& grad_traj_in, const at::Tensor& W_in, const at::Tensor& L_in, const at::Tensor& idx_in,
     const at::Tensor& traj_in, const at::Tensor& pre_in, double alpha, c10::string_view nonlinearity,
@@ -395,8 +437,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
   const at::Tensor idx = idx_in.contiguous(), traj = traj_in.contiguous(), pre = pre_in.contiguous();
   const Shape s = shape_of(drive_like, W, Lb);
   at::Tensor grad_drive = new_output({s.T, s.B, s.H}, traj.options());
-  const bool separate_ag = need_L_grad && fm == Form::Rate && s.k > 0;
-  at::Tensor ag = separate_ag ? new_output({s.T, s.B, s.H}, traj.options()) : grad_drive;
   at::Tensor grad_h0 = new_output({s.B, s.H}, traj.options());
   // Weight gradients that are not asked for are returned as zeros.
   at::Tensor grad_W = need_W_grad ? new_output(W.sizes(), W.options()) : at::zeros_like(W);
@@ -406,12 +446,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
                               Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
                               traj.const_data_ptr<scalar_t>(),
                               fm == Form::Rate ? pre.const_data_ptr<scalar_t>() : nullptr,
-                              grad_drive.mutable_data_ptr<scalar_t>(),
-                              separate_ag ? ag.mutable_data_ptr<scalar_t>() : nullptr,
-                              grad_h0.mutable_data_ptr<scalar_t>(), s, static_cast<scalar_t>(alpha), nl, fm);
+                              grad_drive.mutable_data_ptr<scalar_t>(), grad_h0.mutable_data_ptr<scalar_t>(),
+                              need_W_grad ? grad_W.mutable_data_ptr<scalar_t>() : nullptr,
+                              need_L_grad ? grad_L.mutable_data_ptr<scalar_t>() : nullptr, s,
+                              static_cast<scalar_t>(alpha), nl, fm);
   });
-  weight_grads(s, grad_drive, ag, traj, idx, nl, fm, need_W_grad ? &grad_W : nullptr,
-               need_L_grad ? &grad_L : nullptr);
   return {grad_drive, grad_W, grad_L, grad_h0};
 }
 

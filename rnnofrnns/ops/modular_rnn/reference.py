@@ -33,17 +33,19 @@ def modular_rnn_reference(
     Returns the states h_1..h_T, [T, B, p*n]. Differentiable by autograd.
     """
     phi = activation(nonlinearity)
-    T, B, H = drive.shape
+    B, H = drive.shape[1:]
     p = W.shape[0]
     Wd = torch.block_diag(*W)
     Ld = dense_feedback(L_blocks, L_index, p)
     h = drive.new_zeros(B, H) if h0 is None else h0
     out = []
-    for t in range(T):
+    # unbind once: indexing drive[t] per step would make autograd build a full-size
+    # zero gradient per step (O(T^2) memory traffic in the backward pass)
+    for u in drive.unbind(0):
         if form == "hopfield":
-            h = (1 - alpha) * h + alpha * (phi(h) @ Wd.T + h @ Ld.T + drive[t])
+            h = (1 - alpha) * h + alpha * (phi(h) @ Wd.T + h @ Ld.T + u)
         elif form == "rate":
-            h = (1 - alpha) * h + alpha * (phi(h @ Wd.T + drive[t]) + h @ Ld.T)
+            h = (1 - alpha) * h + alpha * (phi(h @ Wd.T + u) + h @ Ld.T)
         else:
             raise ValueError(f"form must be 'rate' or 'hopfield', got {form!r}")
         out.append(h)
