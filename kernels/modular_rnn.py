@@ -3,8 +3,8 @@
 One program owns BLOCK_B batch rows for all T steps. Each step walks the p areas:
 the intra-area block and every inter-area block that targets the area are applied
 with tl.dot on [BLOCK_B, BLOCK_N] tiles (n padded to BLOCK_N >= 16 and masked).
-The states live in the trajectory buffer [T+1, B, p*n]; a barrier separates the
-writes of step t from the reads of step t+1 inside the program. Blocks are found
+The states live in the output buffer [T, B, p*n] (h_0 in its own [B, p*n]); a
+barrier separates the writes of step t from the reads of step t+1 inside the program. Blocks are found
 through CSR lists (by target for the forward, by source for the backward), so
 only the non-zero blocks are touched.
 
@@ -56,7 +56,7 @@ def _dphi_times(x, g, NONLIN: tl.constexpr):
 
 @triton.jit
 def _modular_rnn_fwd_kernel(
-    drive_ptr, w_ptr, l_ptr, tgt_rowptr_ptr, tgt_blk_ptr, src_ptr, traj_ptr, pre_ptr,
+    drive_ptr, w_ptr, l_ptr, tgt_rowptr_ptr, tgt_blk_ptr, src_ptr, h0_ptr, states_ptr, pre_ptr,
     T, B, H, P, N, alpha,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
     HOPFIELD: tl.constexpr, SAVE_PRE: tl.constexpr, PRECISION: tl.constexpr,
@@ -68,11 +68,11 @@ def _modular_rnn_fwd_kernel(
     mw = (rn < N)[:, None] & (rn < N)[None, :]
     row = rb[:, None] * H + rn[None, :]
     w_t = rn[None, :] * N + rn[:, None]  # loads a block transposed: tile[c, r] = M[r, c]
-    prev_ptr = traj_ptr
+    prev_ptr = h0_ptr
+    cur_ptr = states_ptr
     u_ptr = drive_ptr
     z_ptr = pre_ptr
     for t in range(T):
-        cur_ptr = prev_ptr + B * H
         for i in range(P):
             h_i = tl.load(prev_ptr + row + i * N, mask=m2, other=0.0)
             u = tl.load(u_ptr + row + i * N, mask=m2, other=0.0)
@@ -95,13 +95,14 @@ def _modular_rnn_fwd_kernel(
             tl.store(cur_ptr + row + i * N, acc, mask=m2)
         tl.debug_barrier()
         prev_ptr = cur_ptr
+        cur_ptr += B * H
         u_ptr += B * H
         z_ptr += B * H
 
 
 @triton.jit
 def _modular_rnn_bwd_kernel(
-    gtraj_ptr, w_ptr, l_ptr, traj_ptr, pre_ptr, gd_ptr, ag_ptr, carry_ptr, gh0_ptr,
+    gstates_ptr, w_ptr, l_ptr, h0_ptr, states_ptr, pre_ptr, gd_ptr, ag_ptr, carry_ptr, gh0_ptr,
     src_rowptr_ptr, src_blk_ptr, tgt_ptr,
     T, B, H, P, N, alpha,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
@@ -118,8 +119,8 @@ def _modular_rnn_bwd_kernel(
     # carry_ptr holds two [B, H] buffers (zeroed by the launcher): read one, write the other.
     cin_ptr = carry_ptr
     cout_ptr = carry_ptr + BH
-    g_ptr = gtraj_ptr + T * BH        # gradient arriving at h_t (t = T first)
-    h_ptr = traj_ptr + (T - 1) * BH   # h_{t-1}
+    g_ptr = gstates_ptr + (T - 1) * BH  # gradient arriving at h_t (t = T first)
+    h_ptr = states_ptr + (T - 2) * BH   # h_{t-1}, read only while t > 0; h0 at the last step
     d_ptr = gd_ptr + (T - 1) * BH
     a_ptr = ag_ptr + (T - 1) * BH
     z_ptr = pre_ptr + (T - 1) * BH
@@ -143,7 +144,10 @@ def _modular_rnn_bwd_kernel(
             w = tl.load(w_ptr + j * N * N + w_n, mask=mw, other=0.0)
             back = tl.dot(d, w, input_precision=PRECISION)
             if HOPFIELD:
-                h = tl.load(h_ptr + off, mask=m2, other=0.0)
+                if step < T - 1:
+                    h = tl.load(h_ptr + off, mask=m2, other=0.0)
+                else:
+                    h = tl.load(h0_ptr + off, mask=m2, other=0.0)
                 acc = (1.0 - alpha) * g + _dphi_times(h, back, NONLIN)
             else:
                 acc = (1.0 - alpha) * g + back
@@ -170,8 +174,7 @@ def _modular_rnn_bwd_kernel(
         z_ptr -= BH
     for i in range(P):
         off = row + i * N
-        g = tl.load(gtraj_ptr + off, mask=m2, other=0.0) + tl.load(cin_ptr + off, mask=m2, other=0.0)
-        tl.store(gh0_ptr + off, g, mask=m2)
+        tl.store(gh0_ptr + off, tl.load(cin_ptr + off, mask=m2, other=0.0), mask=m2)
 
 
 def _new_output(*shape: int, like: torch.Tensor) -> torch.Tensor:
@@ -204,41 +207,40 @@ def forward(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre
     T, B, H = drive.shape
     p, n, _ = W.shape
     drive, W, L_blocks, L_index = drive.contiguous(), W.contiguous(), L_blocks.contiguous(), L_index.contiguous()
-    traj = _new_output(T + 1, B, H, like=drive)
-    traj[0].copy_(h0)
+    h0 = h0.contiguous()
+    states = _new_output(T, B, H, like=drive)
     keep_pre = save_pre and form == "rate"
     pre = _new_output(T if keep_pre else 0, B, H, like=drive)
     rowptr, blk = _csr(L_index[:, 0], p)
     src = L_index[:, 1].contiguous()
     grid = (triton.cdiv(B, BLOCK_B),)
     _modular_rnn_fwd_kernel[grid](
-        drive, W, L_blocks, rowptr, blk, src, traj, pre if keep_pre else traj,
+        drive, W, L_blocks, rowptr, blk, src, h0, states, pre if keep_pre else states,
         T, B, H, p, n, float(alpha),
         NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=form == "hopfield", SAVE_PRE=keep_pre,
         **_launch_config(n),
     )
-    return traj, pre
+    return states, pre
 
 
-def backward(grad_traj, W, L_blocks, L_index, traj, pre, alpha, nonlinearity, form, need_W_grad, need_L_grad):
-    T1, B, H = traj.shape
-    T = T1 - 1
+def backward(grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form, need_W_grad, need_L_grad):
+    T, B, H = states.shape
     p, n, _ = W.shape
     hopfield = form == "hopfield"
     if not hopfield and tuple(pre.shape) != (T, B, H):
         raise ValueError(f"the rate form's backward needs pre of shape {(T, B, H)}, got {tuple(pre.shape)} "
                          "(run the forward with save_pre=True)")
-    grad_traj, W, L_blocks = grad_traj.contiguous(), W.contiguous(), L_blocks.contiguous()
-    traj, pre, L_index = traj.contiguous(), pre.contiguous(), L_index.contiguous()
-    grad_drive = _new_output(T, B, H, like=traj)
-    ag = grad_drive if hopfield else _new_output(T, B, H, like=traj)
-    carry = torch.zeros(2, B, H, dtype=traj.dtype, device=traj.device)
-    grad_h0 = _new_output(B, H, like=traj)
+    grad_states, W, L_blocks = grad_states.contiguous(), W.contiguous(), L_blocks.contiguous()
+    h0, states, pre, L_index = h0.contiguous(), states.contiguous(), pre.contiguous(), L_index.contiguous()
+    grad_drive = _new_output(T, B, H, like=states)
+    ag = grad_drive if hopfield else _new_output(T, B, H, like=states)
+    carry = torch.zeros(2, B, H, dtype=states.dtype, device=states.device)
+    grad_h0 = _new_output(B, H, like=states)
     rowptr, blk = _csr(L_index[:, 1], p)
     tgt = L_index[:, 0].contiguous()
     grid = (triton.cdiv(B, BLOCK_B),)
     _modular_rnn_bwd_kernel[grid](
-        grad_traj, W, L_blocks, traj, pre if not hopfield else traj, grad_drive, ag, carry, grad_h0,
+        grad_states, W, L_blocks, h0, states, pre if not hopfield else states, grad_drive, ag, carry, grad_h0,
         rowptr, blk, tgt,
         T, B, H, p, n, float(alpha),
         NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=hopfield,
@@ -247,7 +249,7 @@ def backward(grad_traj, W, L_blocks, L_index, traj, pre, alpha, nonlinearity, fo
     # Weight gradients that are not asked for are returned as zeros.
     grad_W = _new_output(*W.shape, like=W) if need_W_grad else torch.zeros_like(W)
     grad_L = _new_output(*L_blocks.shape, like=L_blocks) if need_L_grad else torch.zeros_like(L_blocks)
-    hprev = traj[:T].reshape(T * B, p, n)
+    hprev = torch.cat([h0[None], states[:-1]]).view(T * B, p, n)
     if need_W_grad:
         x = hprev
         if hopfield and nonlinearity == "relu":

@@ -9,9 +9,9 @@
 // its state in a padded per-area layout (n rounded up to the SIMD width) so that
 // the inner product loops are plain vector FMAs over whole registers.
 //
-// Forward returns the trajectory [T+1, B, p*n] (h_0 first) and, for the rate
-// form when a backward pass will follow, the pre-activations z_t = W h_{t-1} + u_t.
-// Backward runs backpropagation through time from the saved trajectory and
+// Forward returns the states [T, B, p*n] (h_1..h_T) and, for the rate form when
+// a backward pass will follow, the pre-activations z_t = W h_{t-1} + u_t.
+// Backward runs backpropagation through time from h_0 and the saved states and
 // returns the gradients of the drive, W, L_blocks and h_0. The weight gradients
 // are reductions over all (t, b) of outer products; they are fused into the
 // backward loop: every kStage (t, b) rows are staged in a small buffer and applied
@@ -202,7 +202,7 @@ struct Shape {
 };
 
 template <typename T>
-void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, T* traj, T* pre,
+void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, T* states, T* pre,
                     const Shape s, const T alpha, const Nonlinearity nl, const Form form) {
   using Vec = Vectorized<T>;
   const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H;
@@ -215,21 +215,28 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
   pack_blocks<T>(Lb, s.k, s.n, np, /*transpose=*/true, alpha, Lt);
   const int64_t groups = (s.B + kRows - 1) / kRows;
 
+  // Each thread owns a contiguous range of batch groups and advances all of them
+  // one step at a time, so every step streams one contiguous slab of the drive
+  // and of the states.
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     FlushDenormalGuard ftz;
     const Vec va(alpha), v1a(T(1) - alpha);
-    std::vector<T> buf(static_cast<size_t>(4 * kRows * HP), T(0));
-    T* hp = buf.data();
-    T* hn = hp + kRows * HP;
-    T* u = hn + kRows * HP;
-    T* tmp = u + kRows * HP;
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t b0 = g * kRows;
-      const int rows = static_cast<int>(std::min<int64_t>(kRows, s.B - b0));
-      const int64_t len = rows * HP;
-      std::fill(buf.begin(), buf.end(), T(0));
-      gather_rows(hp, traj + b0 * s.H, rows, s.p, s.n, np, s.H);
-      for (int64_t t = 0; t < s.T; ++t) {
+    const int64_t ng = g1 - g0, gsz = kRows * HP;
+    std::vector<T> buf(static_cast<size_t>((2 * ng + 2) * gsz), T(0));
+    T* hp_all = buf.data();        // h_{t-1} of every group
+    T* hn_all = hp_all + ng * gsz; // h_t of every group
+    T* u = hn_all + ng * gsz;
+    T* tmp = u + gsz;
+    auto rows_of = [&](int64_t g) { return static_cast<int>(std::min<int64_t>(kRows, s.B - g * kRows)); };
+    for (int64_t g = g0; g < g1; ++g)
+      gather_rows(hp_all + (g - g0) * gsz, h0 + g * kRows * s.H, rows_of(g), s.p, s.n, np, s.H);
+    for (int64_t t = 0; t < s.T; ++t) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t b0 = g * kRows;
+        const int rows = rows_of(g);
+        const int64_t len = rows * HP;
+        T* hp = hp_all + (g - g0) * gsz;
+        T* hn = hn_all + (g - g0) * gsz;
         gather_rows(u, drive + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
         if (hopfield) {
           // hn = (1-a) h + a u + (aW) phi(h) + (aL) h
@@ -250,15 +257,15 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
         }
         for (int64_t r = 0; r < s.k; ++r)
           lay.block_step(rows, hn + Lidx[2 * r] * np, hp + Lidx[2 * r + 1] * np, Lt.data() + r * np * np);
-        scatter_rows(traj + (t + 1) * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
-        std::swap(hp, hn);
+        scatter_rows(states + t * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
       }
+      std::swap(hp_all, hn_all);
     }
   });
 }
 
 template <typename T>
-void backward_kernel(const T* grad_traj, const T* W, const T* Lb, const int64_t* Lidx, const T* traj,
+void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, const T* states,
                      const T* pre, T* grad_drive, T* grad_h0, T* grad_W, T* grad_L, const Shape s, const T alpha,
                      const Nonlinearity nl, const Form form) {
   using Vec = Vectorized<T>;
@@ -280,13 +287,14 @@ void backward_kernel(const T* grad_traj, const T* W, const T* Lb, const int64_t*
     const Vec va(alpha), v1a(T(1) - alpha);
     T* accW = partial.data() + at::get_thread_num() * acc_size;
     T* accL = accW + (grad_W ? s.p : 0) * blk;
-    std::vector<T> buf(static_cast<size_t>(3 * kRows * HP + 4 * kStage * HP), T(0));
-    T* carry = buf.data();        // dLoss/dh_t through the steps after t
-    T* g = carry + kRows * HP;    // total gradient of h_t
-    T* z = g + kRows * HP;        // pre-activation (rate form)
+    const int64_t ng = g1 - g0, gsz = kRows * HP;
+    std::vector<T> buf(static_cast<size_t>((ng + 2) * gsz + 4 * kStage * HP), T(0));
+    T* carry_all = buf.data();       // per group: dLoss/dh_t through the steps after t
+    T* g = carry_all + ng * gsz;     // total gradient of h_t
+    T* z = g + gsz;                  // pre-activation (rate form)
     // Staged rows for the weight gradients: a*g, h_{t-1}, the drive's gradient d
     // (rate form), phi(h_{t-1}) (hopfield form).
-    T* st_ag = z + kRows * HP;
+    T* st_ag = z + gsz;
     T* st_h = st_ag + kStage * HP;
     T* st_d = st_h + kStage * HP;
     T* st_f = st_d + kStage * HP;
@@ -299,18 +307,19 @@ void backward_kernel(const T* grad_traj, const T* W, const T* Lb, const int64_t*
         for (int64_t i = 0; i < s.p; ++i)
           lay.block_outer(accW + i * blk, (hopfield ? st_ag : st_d) + i * np, (hopfield ? st_f : st_h) + i * np, nred);
     };
-    for (int64_t gi = g0; gi < g1; ++gi) {
-      const int64_t b0 = gi * kRows;
-      const int rows = static_cast<int>(std::min<int64_t>(kRows, s.B - b0));
-      const int64_t len = rows * HP;
-      std::fill(carry, carry + kRows * HP, T(0));
-      int64_t slot = 0;
-      for (int64_t t = s.T - 1; t >= 0; --t) {
+    int64_t slot = 0;
+    // As in the forward, all groups of the thread step together (contiguous slabs per step).
+    for (int64_t t = s.T - 1; t >= 0; --t) {
+      for (int64_t gi = g0; gi < g1; ++gi) {
+        const int64_t b0 = gi * kRows;
+        const int rows = static_cast<int>(std::min<int64_t>(kRows, s.B - b0));
+        const int64_t len = rows * HP;
+        T* carry = carry_all + (gi - g0) * gsz;
         T* ag = st_ag + slot * HP;
         T* h = st_h + slot * HP;
         T* d = hopfield ? ag : st_d + slot * HP;
-        gather_rows(g, grad_traj + (t + 1) * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
-        gather_rows(h, traj + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        gather_rows(g, grad_states + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        gather_rows(h, (t > 0 ? states + (t - 1) * BH : h0) + b0 * s.H, rows, s.p, s.n, np, s.H);
         if (!hopfield) gather_rows(z, pre + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
         for (int64_t j = 0; j < len; j += Vec::size()) {
           const Vec gv = Vec::loadu(g + j) + Vec::loadu(carry + j);
@@ -343,10 +352,12 @@ void backward_kernel(const T* grad_traj, const T* W, const T* Lb, const int64_t*
           slot = 0;
         }
       }
-      flush(slot);
-      gather_rows(g, grad_traj + b0 * s.H, rows, s.p, s.n, np, s.H);
-      for (int64_t j = 0; j < len; j += Vec::size()) (Vec::loadu(g + j) + Vec::loadu(carry + j)).store(g + j);
-      scatter_rows(grad_h0 + b0 * s.H, g, rows, s.p, s.n, np, s.H);
+    }
+    flush(slot);
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const int64_t b0 = gi * kRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, s.B - b0));
+      scatter_rows(grad_h0 + b0 * s.H, carry_all + (gi - g0) * gsz, rows, s.p, s.n, np, s.H);
     }
   });
 
@@ -366,7 +377,7 @@ void backward_kernel(const T* grad_traj, const T* W, const T* Lb, const int64_t*
 
 // A fresh output buffer. Large buffers are backed by transparent huge pages where
 // the kernel allows it (THP "madvise" mode): the first write to a fresh 100 MB
-// trajectory otherwise costs ~25k page faults, about 20 ms here. With
+// state buffer otherwise costs ~25k page faults, about 20 ms here. With
 // RNNOFRNNS_DEBUG_NAN_FILL=1 (set by the test suite) the buffer starts as NaN, so
 // that an element the kernel forgets to write shows up.
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
@@ -398,53 +409,51 @@ std::tuple<at::Tensor, at::Tensor> modular_rnn_fwd(const at::Tensor& drive_in, c
   const at::Tensor drive = drive_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
   const at::Tensor idx = idx_in.contiguous(), h0 = h0_in.contiguous();
   const Shape s = shape_of(drive, W, Lb);
-  at::Tensor traj = new_output({s.T + 1, s.B, s.H}, drive.options());
-  traj[0].copy_(h0);
+  at::Tensor states = new_output({s.T, s.B, s.H}, drive.options());
   const bool keep_pre = save_pre && fm == Form::Rate;
   at::Tensor pre = new_output({keep_pre ? s.T : 0, s.B, s.H}, drive.options());
   AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "modular_rnn_fwd", [&] {
     forward_kernel<scalar_t>(drive.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                              Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
-                             traj.mutable_data_ptr<scalar_t>(),
+                             h0.const_data_ptr<scalar_t>(), states.mutable_data_ptr<scalar_t>(),
                              keep_pre ? pre.mutable_data_ptr<scalar_t>() : nullptr, s,
                              static_cast<scalar_t>(alpha), nl, fm);
   });
-  return {traj, pre};
+  return {states, pre};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
-    const at::Tensor& grad_traj_in, const at::Tensor& W_in, const at::Tensor& L_in, const at::Tensor& idx_in,
-    const at::Tensor& traj_in, const at::Tensor& pre_in, double alpha, c10::string_view nonlinearity,
-    c10::string_view form, bool need_W_grad, bool need_L_grad) {
+    const at::Tensor& grad_states_in, const at::Tensor& W_in, const at::Tensor& L_in, const at::Tensor& idx_in,
+    const at::Tensor& h0_in, const at::Tensor& states_in, const at::Tensor& pre_in, double alpha,
+    c10::string_view nonlinearity, c10::string_view form, bool need_W_grad, bool need_L_grad) {
   const Nonlinearity nl = parse_nonlinearity(nonlinearity);
   const Form fm = parse_form(form);
-  TORCH_CHECK_VALUE(traj_in.dim() == 3 && traj_in.size(0) >= 2,
-                    "modular_rnn_bwd: traj must be [T+1, B, p*n] with T >= 1, got ", traj_in.sizes());
-  const at::Tensor drive_like = traj_in.narrow(0, 1, traj_in.size(0) - 1);
-  check_inputs(drive_like, W_in, L_in, idx_in, traj_in[0], alpha, at::kCPU);
-  TORCH_CHECK_VALUE(grad_traj_in.sizes() == traj_in.sizes(), "modular_rnn_bwd: grad_traj must have shape ",
-                    traj_in.sizes(), ", got ", grad_traj_in.sizes());
-  TORCH_CHECK_TYPE(grad_traj_in.scalar_type() == traj_in.scalar_type(), "modular_rnn_bwd: grad_traj must be ",
-                   traj_in.scalar_type(), ", got ", grad_traj_in.scalar_type());
-  TORCH_CHECK_VALUE(grad_traj_in.device() == traj_in.device(), "modular_rnn_bwd: grad_traj must be on ",
-                    traj_in.device(), ", got ", grad_traj_in.device());
+  // states has the drive's shape [T, B, p*n]
+  check_inputs(states_in, W_in, L_in, idx_in, h0_in, alpha, at::kCPU);
+  TORCH_CHECK_VALUE(grad_states_in.sizes() == states_in.sizes(), "modular_rnn_bwd: grad_states must have shape ",
+                    states_in.sizes(), ", got ", grad_states_in.sizes());
+  TORCH_CHECK_TYPE(grad_states_in.scalar_type() == states_in.scalar_type(), "modular_rnn_bwd: grad_states must be ",
+                   states_in.scalar_type(), ", got ", grad_states_in.scalar_type());
+  TORCH_CHECK_VALUE(grad_states_in.device() == states_in.device(), "modular_rnn_bwd: grad_states must be on ",
+                    states_in.device(), ", got ", grad_states_in.device());
   if (fm == Form::Rate)
-    TORCH_CHECK_VALUE(pre_in.sizes() == drive_like.sizes() && pre_in.scalar_type() == traj_in.scalar_type() &&
-                          pre_in.device() == traj_in.device(),
-                      "modular_rnn_bwd: the rate form needs the saved pre-activations, shape ", drive_like.sizes(),
+    TORCH_CHECK_VALUE(pre_in.sizes() == states_in.sizes() && pre_in.scalar_type() == states_in.scalar_type() &&
+                          pre_in.device() == states_in.device(),
+                      "modular_rnn_bwd: the rate form needs the saved pre-activations, shape ", states_in.sizes(),
                       ", got ", pre_in.sizes(), " (run the forward with save_pre=True)");
-  const at::Tensor grad_traj = grad_traj_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
-  const at::Tensor idx = idx_in.contiguous(), traj = traj_in.contiguous(), pre = pre_in.contiguous();
-  const Shape s = shape_of(drive_like, W, Lb);
-  at::Tensor grad_drive = new_output({s.T, s.B, s.H}, traj.options());
-  at::Tensor grad_h0 = new_output({s.B, s.H}, traj.options());
+  const at::Tensor grad_states = grad_states_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
+  const at::Tensor idx = idx_in.contiguous(), h0 = h0_in.contiguous(), states = states_in.contiguous();
+  const at::Tensor pre = pre_in.contiguous();
+  const Shape s = shape_of(states, W, Lb);
+  at::Tensor grad_drive = new_output({s.T, s.B, s.H}, states.options());
+  at::Tensor grad_h0 = new_output({s.B, s.H}, states.options());
   // Weight gradients that are not asked for are returned as zeros.
   at::Tensor grad_W = need_W_grad ? new_output(W.sizes(), W.options()) : at::zeros_like(W);
   at::Tensor grad_L = need_L_grad ? new_output(Lb.sizes(), Lb.options()) : at::zeros_like(Lb);
-  AT_DISPATCH_FLOATING_TYPES(traj.scalar_type(), "modular_rnn_bwd", [&] {
-    backward_kernel<scalar_t>(grad_traj.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
+  AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "modular_rnn_bwd", [&] {
+    backward_kernel<scalar_t>(grad_states.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                               Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
-                              traj.const_data_ptr<scalar_t>(),
+                              h0.const_data_ptr<scalar_t>(), states.const_data_ptr<scalar_t>(),
                               fm == Form::Rate ? pre.const_data_ptr<scalar_t>() : nullptr,
                               grad_drive.mutable_data_ptr<scalar_t>(), grad_h0.mutable_data_ptr<scalar_t>(),
                               need_W_grad ? grad_W.mutable_data_ptr<scalar_t>() : nullptr,
@@ -459,10 +468,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
 TORCH_LIBRARY(rnnofrnns, m) {
   m.def(
       "modular_rnn_fwd(Tensor drive, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, float alpha, "
-      "str nonlinearity, str form, bool save_pre) -> (Tensor traj, Tensor pre)");
+      "str nonlinearity, str form, bool save_pre) -> (Tensor states, Tensor pre)");
   m.def(
-      "modular_rnn_bwd(Tensor grad_traj, Tensor W, Tensor L_blocks, Tensor L_index, Tensor traj, Tensor pre, "
-      "float alpha, str nonlinearity, str form, bool need_W_grad, bool need_L_grad) "
+      "modular_rnn_bwd(Tensor grad_states, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, Tensor states, "
+      "Tensor pre, float alpha, str nonlinearity, str form, bool need_W_grad, bool need_L_grad) "
       "-> (Tensor grad_drive, Tensor grad_W, Tensor grad_L_blocks, Tensor grad_h0)");
 }
 

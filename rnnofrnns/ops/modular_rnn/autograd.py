@@ -1,11 +1,11 @@
 """Fake (meta) implementations and autograd for the fused backends of modular_rnn.
 
 Every fused backend is a pair of ops with the same schema:
-  fwd(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre) -> (traj, pre)
-  bwd(grad_traj, W, L_blocks, L_index, traj, pre, alpha, nonlinearity, form,
+  fwd(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre) -> (states, pre)
+  bwd(grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form,
       need_W_grad, need_L_grad) -> (grad_drive, grad_W, grad_L_blocks, grad_h0)
-traj is [T+1, B, p*n] with h0 first; pre holds the rate form's pre-activations
-(empty otherwise). `register_op_pair` gives a pair its fake implementations (so
+states is [T, B, p*n] (h_1..h_T); pre holds the rate form's pre-activations
+(empty unless save_pre and form == "rate"). `register_op_pair` gives a pair its fake implementations (so
 torch.compile can trace callers) and its autograd formula.
 """
 from __future__ import annotations
@@ -17,19 +17,13 @@ import torch
 
 def _fwd_fake(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre):
     T, B, H = drive.shape
-    traj = drive.new_empty(T + 1, B, H)
+    states = drive.new_empty(T, B, H)
     pre = drive.new_empty(T if (save_pre and form == "rate") else 0, B, H)
-    return traj, pre
+    return states, pre
 
 
-def _bwd_fake(grad_traj, W, L_blocks, L_index, traj, pre, alpha, nonlinearity, form, need_W_grad, need_L_grad):
-    T1, B, H = traj.shape
-    return (
-        traj.new_empty(T1 - 1, B, H),
-        torch.empty_like(W),
-        torch.empty_like(L_blocks),
-        traj.new_empty(B, H),
-    )
+def _bwd_fake(grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form, need_W_grad, need_L_grad):
+    return torch.empty_like(states), torch.empty_like(W), torch.empty_like(L_blocks), torch.empty_like(h0)
 
 
 def register_op_pair(fwd_name: str, bwd_name: str) -> None:
@@ -41,16 +35,16 @@ def register_op_pair(fwd_name: str, bwd_name: str) -> None:
 
     def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[torch.Tensor, torch.Tensor]) -> None:
         drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre = inputs
-        traj, pre = output
-        ctx.save_for_backward(W, L_blocks, L_index, traj, pre)
+        states, pre = output
+        ctx.save_for_backward(W, L_blocks, L_index, h0, states, pre)
         ctx.config = (alpha, nonlinearity, form)
 
-    def backward(ctx: Any, grad_traj: torch.Tensor, grad_pre: torch.Tensor):
-        W, L_blocks, L_index, traj, pre = ctx.saved_tensors
+    def backward(ctx: Any, grad_states: torch.Tensor, grad_pre: torch.Tensor):
+        W, L_blocks, L_index, h0, states, pre = ctx.saved_tensors
         alpha, nonlinearity, form = ctx.config
         need = ctx.needs_input_grad
         grad_drive, grad_W, grad_L, grad_h0 = bwd(
-            grad_traj, W, L_blocks, L_index, traj, pre, alpha, nonlinearity, form, need[1], need[2]
+            grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form, need[1], need[2]
         )
         return (
             grad_drive if need[0] else None,

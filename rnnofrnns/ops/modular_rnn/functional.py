@@ -129,5 +129,5 @@ def modular_rnn(
         op = torch.ops.rnnofrnns.modular_rnn_fwd
     else:
         from .triton_op import modular_rnn_fwd_triton as op
-    traj, _ = op(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, needs_grad)
-    return traj[1:]
+    states, _ = op(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, needs_grad)
+    return states

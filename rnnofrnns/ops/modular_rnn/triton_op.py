@@ -28,12 +28,13 @@ def modular_rnn_fwd_triton(
 
 @torch.library.custom_op("rnnofrnns::modular_rnn_bwd_triton", mutates_args=())
 def modular_rnn_bwd_triton(
-    grad_traj: Tensor, W: Tensor, L_blocks: Tensor, L_index: Tensor, traj: Tensor, pre: Tensor,
+    grad_states: Tensor, W: Tensor, L_blocks: Tensor, L_index: Tensor, h0: Tensor, states: Tensor, pre: Tensor,
     alpha: float, nonlinearity: str, form: str, need_W_grad: bool, need_L_grad: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     from rnnofrnns.kernels.modular_rnn import backward
 
-    return backward(grad_traj, W, L_blocks, L_index, traj, pre, alpha, nonlinearity, form, need_W_grad, need_L_grad)
+    return backward(grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form,
+                    need_W_grad, need_L_grad)
 
 
 register_op_pair("rnnofrnns::modular_rnn_fwd_triton", "rnnofrnns::modular_rnn_bwd_triton")

@@ -1,0 +1,82 @@
+"""Turn pytest-benchmark JSON into tables of speedups and GFLOP/s, and check the targets.
+
+    python bench/report.py bench/results/modular_rnn.json
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import defaultdict
+
+
+def contender(name: str) -> str:
+    m = re.search(r"\[(.+?)-", name)
+    return m.group(1) if m else name
+
+
+def load(path):
+    with open(path) as f:
+        data = json.load(f)
+    groups = defaultdict(dict)
+    for b in data["benchmarks"]:
+        groups[b["group"]][contender(b["name"]) if b["group"] != "torch.mm" else b["name"]] = b
+    return data, groups
+
+
+def main(path: str) -> int:
+    data, groups = load(path)
+    mm = {name: b["extra_info"]["flops"] / b["stats"]["median"] / 1e9 for name, b in groups.pop("torch.mm", {}).items()}
+    mm_step = next((v for k, v in mm.items() if "64x512x512" in k), None)
+    mm_big = next((v for k, v in mm.items() if "1024x1024x1024" in k), None)
+    print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
+          f"torch threads: {data['machine_info'].get('cpu', {}).get('count', '?')} cpus")
+    for name, v in mm.items():
+        print(f"torch.mm {name.split('[')[-1].rstrip(']')}: {v:.1f} GFLOP/s")
+    print()
+    print(f"| group | contender | median ms | GFLOP/s (non-zero blocks) | cpu speedup |")
+    print(f"|---|---|---:|---:|---:|")
+    ratios = {}
+    for group in sorted(groups, key=lambda g: (not g.startswith("forward "), g)):
+        rows = groups[group]
+        if "cpu" not in rows:
+            continue
+        t_cpu = rows["cpu"]["stats"]["median"]
+        for name in ["cpu", "reference", "bmm_loop", "nn.RNN512"]:
+            if name not in rows:
+                continue
+            b = rows[name]
+            t = b["stats"]["median"]
+            gf = b["extra_info"]["flops"] / t / 1e9 if name != "nn.RNN512" else float("nan")
+            speed = t / t_cpu
+            ratios[(group, name)] = speed
+            gf_s = f"{gf:.1f}" if gf == gf else "-"
+            print(f"| {group} | {name} | {t * 1e3:.1f} | {gf_s} | {speed:.2f}x |")
+        ratios[(group, "cpu_gflops")] = rows["cpu"]["extra_info"]["flops"] / t_cpu / 1e9
+
+    print("\nTargets (GW star, T=784):")
+    checks = [
+        ("fwd+bwd B=64 relu vs reference >= 5x", ratios.get(("forward+backward star B=64 relu", "reference")), 5.0),
+        ("fwd+bwd B=64 relu vs bmm loop >= 3x", ratios.get(("forward+backward star B=64 relu", "bmm_loop")), 3.0),
+        ("fwd B=64 relu vs nn.RNN(512) >= 3x", ratios.get(("forward star B=64 relu", "nn.RNN512")), 3.0),
+        ("fwd+bwd B=1 relu vs reference >= 10x", ratios.get(("forward+backward star B=1 relu", "reference")), 10.0),
+        ("fwd+bwd B=1 relu vs bmm loop >= 5x", ratios.get(("forward+backward star B=1 relu", "bmm_loop")), 5.0),
+    ]
+    gf = ratios.get(("forward star B=64 relu", "cpu_gflops"))
+    if gf and mm_step:
+        checks.append((f"fwd B=64 relu GFLOP/s ({gf:.1f}) vs torch.mm 64x512x512 ({mm_step:.1f}) >= 60%", gf / mm_step, 0.6))
+    if gf and mm_big:
+        checks.append((f"fwd B=64 relu GFLOP/s ({gf:.1f}) vs torch.mm 1024^3 ({mm_big:.1f}) >= 60%", gf / mm_big, 0.6))
+    missed = 0
+    for label, value, target in checks:
+        if value is None:
+            print(f"  [ -- ] {label}: not measured")
+            continue
+        ok = value >= target
+        missed += not ok
+        print(f"  [{'PASS' if ok else 'MISS'}] {label}: {value:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/modular_rnn.json"))

@@ -1,0 +1,100 @@
+"""Benchmarks of modular_rnn (run with `make bench`; `bench/report.py` makes the table).
+
+p=16 areas of n=32 units, T=784 (sequential MNIST length), hopfield form, alpha=0.5.
+Topologies: global-workspace star (k=30 blocks) and all-to-all (k=240).
+Contenders: the fused cpu backend, the dense reference, a per-step bmm loop over the
+blocks and (forward only) torch.nn.RNN with hidden size 512.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from contenders import modular_rnn_bmm_loop
+from rnnofrnns.ops import modular_rnn, modular_rnn_reference
+
+P, N, T, ALPHA, FORM = 16, 32, 784, 0.5, "hopfield"
+
+
+def topology(name):
+    if name == "star":
+        hub = P - 1
+        return [(hub, j) for j in range(P - 1)] + [(j, hub) for j in range(P - 1)]
+    return [(i, j) for i in range(P) for j in range(P) if i != j]
+
+
+def problem(topo, B):
+    g = torch.Generator().manual_seed(0)
+    pairs = topology(topo)
+    drive = 0.5 * torch.randn(T, B, P * N, generator=g)
+    W = 0.9 / N ** 0.5 * torch.randn(P, N, N, generator=g)
+    L = 0.3 / (N * len(pairs) / P) ** 0.5 * torch.randn(len(pairs), N, N, generator=g)
+    return drive, W, L, torch.tensor(pairs)
+
+
+def flops(topo, B, with_backward):
+    """Multiply-adds x 2 of the non-zero blocks only: forward (p + k blocks per step);
+    backward: the same products transposed plus the k feedback-gradient updates."""
+    k = len(topology(topo))
+    per_block = 2 * N * N * B * T
+    return per_block * ((P + k) + ((P + k) + k if with_backward else 0))
+
+
+CONTENDERS = {
+    "cpu": lambda *a, **kw: modular_rnn(*a, backend="cpu", **kw),
+    "reference": modular_rnn_reference,
+    "bmm_loop": modular_rnn_bmm_loop,
+}
+CASES = [(topo, B, nl) for topo in ("star", "all") for B in (1, 64) for nl in ("relu", "tanh")]
+
+
+def rounds(B, contender, backward):
+    slow = contender != "cpu" and (B == 64 or backward)
+    return 3 if slow else 10
+
+
+@pytest.mark.parametrize("topo,B,nl", CASES, ids=[f"{t}-B{b}-{nl}" for t, b, nl in CASES])
+@pytest.mark.parametrize("contender", list(CONTENDERS) + ["nn.RNN512"])
+def test_forward(benchmark, contender, topo, B, nl):
+    drive, W, L, idx = problem(topo, B)
+    benchmark.group = f"forward {topo} B={B} {nl}"
+    benchmark.extra_info.update(flops=flops(topo, B, False), topology=topo, B=B, T=T, nonlinearity=nl)
+    if contender == "nn.RNN512":
+        rnn = torch.nn.RNN(1, P * N, nonlinearity=nl)
+        x = torch.randn(T, B, 1)
+        with torch.no_grad():
+            benchmark.pedantic(rnn, (x,), rounds=rounds(B, contender, False), iterations=1, warmup_rounds=1)
+        return
+    fn = CONTENDERS[contender]
+    with torch.no_grad():
+        benchmark.pedantic(lambda: fn(drive, W, L, idx, alpha=ALPHA, nonlinearity=nl, form=FORM),
+                           rounds=rounds(B, contender, False), iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("topo,B,nl", CASES, ids=[f"{t}-B{b}-{nl}" for t, b, nl in CASES])
+@pytest.mark.parametrize("contender", list(CONTENDERS))
+def test_forward_backward(benchmark, contender, topo, B, nl):
+    """Training step: gradients for the drive and the feedback blocks (W is a fixed buffer)."""
+    drive, W, L, idx = problem(topo, B)
+    drive.requires_grad_(True)
+    L.requires_grad_(True)
+    benchmark.group = f"forward+backward {topo} B={B} {nl}"
+    benchmark.extra_info.update(flops=flops(topo, B, True), topology=topo, B=B, T=T, nonlinearity=nl)
+    fn = CONTENDERS[contender]
+
+    def step():
+        out = fn(drive, W, L, idx, alpha=ALPHA, nonlinearity=nl, form=FORM)
+        torch.autograd.grad(out, (drive, L), torch.ones_like(out))
+
+    benchmark.pedantic(step, rounds=rounds(B, contender, True), iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("shape", [(64, 512, 512), (1024, 1024, 1024)], ids=["64x512x512", "1024x1024x1024"])
+def test_mm(benchmark, shape):
+    """torch.mm's GFLOP/s on this machine, measured in the same run (the speed limit)."""
+    m, k, n = shape
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    reps = max(1, int(2e9 // (2 * m * k * n)))
+    benchmark.group = "torch.mm"
+    benchmark.extra_info.update(flops=2 * m * k * n * reps)
+    benchmark.pedantic(lambda: [torch.mm(a, b) for _ in range(reps)], rounds=10, iterations=1, warmup_rounds=2)
