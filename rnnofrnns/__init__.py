@@ -1,6 +1,11 @@
 """rnnofrnns: fused kernels and stable models for RNNs of RNNs."""
 from ._backend import BACKENDS, cpu_extension_available, triton_available
 from .ops import modular_rnn, modular_rnn_reference
+from . import stability, topology
+from .models import GlobalWorkspaceNet, ModularRNN, SparseComboNet
 
 __version__ = "0.1.0"
-__all__ = ["modular_rnn", "modular_rnn_reference", "BACKENDS", "cpu_extension_available", "triton_available"]
+__all__ = [
+    "modular_rnn", "modular_rnn_reference", "ModularRNN", "SparseComboNet", "GlobalWorkspaceNet",
+    "stability", "topology", "BACKENDS", "cpu_extension_available", "triton_available",
+]

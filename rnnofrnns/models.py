@@ -1,0 +1,330 @@
+"""Stable RNNs of RNNs: ModularRNN, SparseComboNet and GlobalWorkspaceNet."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import stability, topology as topo
+from .ops import modular_rnn
+from .ops.modular_rnn.reference import dense_feedback
+
+AreaSizes = Union[Sequence[int], Tuple[int, int]]
+
+
+def _area_sizes(area_sizes: AreaSizes) -> List[int]:
+    """A tuple (num_areas, area_size) or a list of sizes (one per area)."""
+    if isinstance(area_sizes, tuple) and len(area_sizes) == 2 and all(isinstance(v, int) for v in area_sizes):
+        p, n = area_sizes
+        if p < 1 or n < 1:
+            raise ValueError(f"area_sizes (num_areas, area_size) must be positive, got {area_sizes}")
+        return [n] * p
+    sizes = list(area_sizes)
+    if not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+        raise ValueError(f"area_sizes must be a list of positive sizes or a tuple (num_areas, area_size), "
+                         f"got {area_sizes!r}")
+    return sizes
+
+
+class ModularRNN(nn.Module):
+    """An RNN of RNNs with a contraction certificate, used like torch.nn.RNN.
+
+    p areas (sizes `area_sizes`) with fixed sparse intra-area matrices W (rho(|W_i|) = gamma
+    < 1), a fixed diagonal metric M in which every area contracts, and trainable inter-area
+    feedback L = B - M^{-1} B^T M on the pairs of `topology` (one parameter block B per
+    connected pair), so that the continuous-time network contracts in M whatever B is.
+
+    With `guarantee=True` (default) the feedback is also rescaled, when needed, so that its
+    M-weighted norm stays within the budget that keeps the Euler-discretised map with this
+    `alpha` contracting (see rnnofrnns.stability); `certify()` then reports
+    `discrete_holds=True` at every point of training.
+
+    forward(x, h0=None) -> (output, h_n): x [B, T, input_size] (batch_first) or [T, B, input_size];
+    output [B, T, hidden_size] (or [T, B, hidden_size]); h_n [1, B, hidden_size]. hidden_size is
+    sum(area_sizes); areas of unequal size are padded internally to the largest, and the
+    padded units stay exactly zero.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        area_sizes: AreaSizes,
+        topology: topo.Topology = "all",
+        form: str = "hopfield",
+        nonlinearity: str = "relu",
+        alpha: float = 0.5,
+        batch_first: bool = True,
+        bias: bool = True,
+        density: float = 0.2,
+        gamma: float = 0.9,
+        scale: float = 1.0,
+        feedback_sparsity: float = 0.0,
+        feedback_init: float = 0.1,
+        guarantee: bool = True,
+        guarantee_margin: float = 0.95,
+        generator: Optional[torch.Generator] = None,
+        backend: Optional[str] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(input_size, int) or input_size < 1:
+            raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+        if form not in ("rate", "hopfield"):
+            raise ValueError(f"form must be 'rate' or 'hopfield', got {form!r}")
+        if nonlinearity not in ("relu", "tanh", "identity"):
+            raise ValueError(f"nonlinearity must be 'relu', 'tanh' or 'identity', got {nonlinearity!r}")
+        if not 0.0 < float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        if not 0.0 < guarantee_margin <= 1.0:
+            raise ValueError(f"guarantee_margin must be in (0, 1], got {guarantee_margin!r}")
+        dtype = dtype or torch.get_default_dtype()
+        sizes = _area_sizes(area_sizes)
+        p, n = len(sizes), max(sizes)
+        self.input_size, self.area_sizes = input_size, sizes
+        self.num_areas, self.area_size = p, n
+        self.hidden_size = sum(sizes)
+        self.form, self.nonlinearity, self.alpha = form, nonlinearity, float(alpha)
+        self.batch_first, self.backend, self.guarantee = batch_first, backend, guarantee
+        self.guarantee_margin = float(guarantee_margin)
+        self.feedback_sparsity = float(feedback_sparsity)
+
+        live = torch.zeros(p, n, dtype=torch.bool)
+        for i, s in enumerate(sizes):
+            live[i, :s] = True
+        W = torch.zeros(p, n, n, dtype=torch.float64)
+        metric = torch.ones(p, n, dtype=torch.float64)
+        for i, s in enumerate(sizes):
+            W[i, :s, :s] = stability.sparse_contracting_block(s, density, scale, gamma, generator, torch.float64)
+            metric[i, :s] = stability.diagonal_metric(W[i, :s, :s])[0]
+        pairs = topo.resolve(topology, p, generator)
+        m = len(pairs)
+        live_f = live.to(torch.float64)
+        mask = live_f[pairs[:, 0]][:, :, None] * live_f[pairs[:, 1]][:, None, :]
+        if feedback_sparsity > 0:
+            mask = mask * topo.block_mask(m, n, feedback_sparsity, generator, torch.float64)
+        self.register_buffer("W", W.to(dtype))
+        self.register_buffer("M", metric.to(dtype))
+        self.register_buffer("pairs", pairs)
+        self.register_buffer("L_index", topo.feedback_index(pairs))
+        self.register_buffer("feedback_mask", mask.to(dtype))
+        self.register_buffer("live", live)
+        self.register_buffer("unit_index", live.reshape(-1).nonzero().squeeze(1))
+
+        # Budget of the feedback's M-weighted norm that keeps the discrete map contracting.
+        rate = min(stability.area_rate(W[i], metric[i]) for i in range(p))
+        kappa = max(stability._weighted_abs_norm(W[i], metric[i]) for i in range(p))
+        budget = stability.feedback_norm_budget(self.alpha, rate, kappa)
+        if guarantee and budget <= 0:
+            raise ValueError(
+                f"guarantee=True cannot hold at alpha={alpha}: the areas alone have contraction rate {rate:.3g} "
+                f"and weighted norm {kappa:.3g}, which leaves no room for feedback; lower alpha or gamma, "
+                "or pass guarantee=False")
+        self.register_buffer("feedback_budget", torch.tensor(self.guarantee_margin * max(budget, 0.0), dtype=dtype))
+
+        std = feedback_init / math.sqrt(n * max(1.0, 2.0 * m / p))
+        self.B = nn.Parameter((torch.randn(m, n, n, generator=generator, dtype=torch.float64) * std * mask).to(dtype))
+        bound = 1.0 / math.sqrt(input_size)
+        u = (2 * torch.rand(p * n, input_size, generator=generator, dtype=torch.float64) - 1) * bound
+        self.input_weight = nn.Parameter((u * live_f.reshape(-1, 1)).to(dtype))
+        if bias:
+            b = (2 * torch.rand(p * n, generator=generator, dtype=torch.float64) - 1) * bound
+            self.input_bias = nn.Parameter((b * live_f.reshape(-1)).to(dtype))
+        else:
+            self.register_parameter("input_bias", None)
+        self._silenced: Tuple[int, ...] = ()
+
+    # -- the weights the network runs with ------------------------------------------------
+    def raw_feedback_blocks(self) -> torch.Tensor:
+        """L = B - M^{-1} B^T M on the connected pairs, before the guarantee's rescaling."""
+        return stability.negative_feedback(self.B * self.feedback_mask, self.pairs, self.M)
+
+    def feedback_norm_bound(self) -> torch.Tensor:
+        """Upper bound of ||M^{1/2} L M^{-1/2}||_2 (before rescaling): the spectral norm of the
+        symmetric p x p matrix of block norms (block (i, j) and its mirror have equal norms)."""
+        Bm = self.B * self.feedback_mask
+        st, ss = self.M[self.pairs[:, 0]].sqrt(), self.M[self.pairs[:, 1]].rsqrt()
+        norms = torch.linalg.matrix_norm(st[:, :, None] * Bm * ss[:, None, :], ord=2)
+        N = torch.zeros(self.num_areas, self.num_areas, dtype=norms.dtype, device=norms.device)
+        N = N.index_put((self.pairs[:, 0], self.pairs[:, 1]), norms).index_put((self.pairs[:, 1], self.pairs[:, 0]), norms)
+        return torch.linalg.matrix_norm(N, ord=2)
+
+    def feedback_blocks(self) -> torch.Tensor:
+        """The inter-area blocks [2m, n, n] the network uses (for L_index), guarantee applied."""
+        L = self.raw_feedback_blocks()
+        if self.guarantee and L.shape[0]:
+            scale = torch.clamp(self.feedback_budget / (self.feedback_norm_bound() + 1e-30), max=1.0)
+            L = L * scale
+        return L
+
+    # -- running ---------------------------------------------------------------------------
+    def _pad(self, h: torch.Tensor) -> torch.Tensor:
+        if self.hidden_size == self.num_areas * self.area_size:
+            return h
+        out = h.new_zeros(*h.shape[:-1], self.num_areas * self.area_size)
+        return out.index_copy(-1, self.unit_index, h)
+
+    def _unpad(self, h: torch.Tensor) -> torch.Tensor:
+        if self.hidden_size == self.num_areas * self.area_size:
+            return h
+        return h.index_select(-1, self.unit_index)
+
+    def _area_gate(self) -> Optional[torch.Tensor]:
+        if not self._silenced:
+            return None
+        gate = torch.ones(self.num_areas, dtype=self.W.dtype, device=self.W.device)
+        gate[list(self._silenced)] = 0
+        return gate
+
+    def drive(self, x_tbf: torch.Tensor) -> torch.Tensor:
+        """The projected input u_t = U x_t + b for every step: [T, B, p*n] (padded layout)."""
+        u = F.linear(x_tbf, self.input_weight, self.input_bias)
+        gate = self._area_gate()
+        if gate is not None:
+            u = u * gate.repeat_interleave(self.area_size)
+        return u
+
+    def _feedback_in_use(self) -> torch.Tensor:
+        L = self.feedback_blocks()
+        gate = self._area_gate()
+        if gate is not None and L.shape[0]:
+            L = L * (gate[self.L_index[:, 0]] * gate[self.L_index[:, 1]])[:, None, None]
+        return L
+
+    def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.input_size:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            layout = "[B, T, input_size]" if self.batch_first else "[T, B, input_size]"
+            raise ValueError(f"x must be {layout} with input_size={self.input_size}, got {shape}")
+        x_t = x.transpose(0, 1) if self.batch_first else x
+        T, B = x_t.shape[:2]
+        if h0 is not None:
+            if h0.dim() == 3 and h0.shape[0] == 1:
+                h0 = h0[0]
+            if tuple(h0.shape) != (B, self.hidden_size):
+                raise ValueError(f"h0 must be [1, B, hidden_size] or [B, hidden_size] = [{B}, {self.hidden_size}], "
+                                 f"got {tuple(h0.shape)}")
+            h0 = self._pad(h0)
+            gate = self._area_gate()
+            if gate is not None:
+                h0 = h0 * gate.repeat_interleave(self.area_size)
+        states = modular_rnn(self.drive(x_t).contiguous(), self.W, self._feedback_in_use(), self.L_index, h0,
+                             alpha=self.alpha, nonlinearity=self.nonlinearity, form=self.form, backend=self.backend)
+        states = self._unpad(states)
+        h_n = states[-1].unsqueeze(0)
+        output = states.transpose(0, 1) if self.batch_first else states
+        return output, h_n
+
+    def step(self, x_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One Euler step h_t = F(h_{t-1}, x_t) for x_t [B, input_size], h [B, hidden_size]
+        (the reference backend: differentiable by torch.func, e.g. for Jacobians)."""
+        u = self.drive(x_t.unsqueeze(0))
+        out = modular_rnn(u, self.W, self._feedback_in_use(), self.L_index, self._pad(h), alpha=self.alpha,
+                          nonlinearity=self.nonlinearity, form=self.form, backend="reference")
+        return self._unpad(out[0])
+
+    # -- inspection ------------------------------------------------------------------------
+    def intra_matrix(self) -> torch.Tensor:
+        """Dense block-diagonal intra-area matrix [hidden_size, hidden_size]."""
+        Wd = torch.block_diag(*self.W)
+        return Wd.index_select(0, self.unit_index).index_select(1, self.unit_index)
+
+    def feedback_matrix(self) -> torch.Tensor:
+        """Dense inter-area matrix L [hidden_size, hidden_size] (as used, guarantee applied)."""
+        Ld = dense_feedback(self._feedback_in_use(), self.L_index, self.num_areas)
+        return Ld.index_select(0, self.unit_index).index_select(1, self.unit_index)
+
+    def metric(self) -> torch.Tensor:
+        """Diagonal of the contraction metric M [hidden_size]."""
+        return self.M.reshape(-1).index_select(0, self.unit_index)
+
+    def num_feedback_parameters(self) -> int:
+        """Trainable inter-area weights: one block per connected pair, live and unmasked entries."""
+        return int(self.feedback_mask.sum().item())
+
+    def certify_inputs(self) -> dict:
+        return dict(W=self.W, L_blocks=self._feedback_in_use(), L_index=self.L_index, metric=self.M, alpha=self.alpha)
+
+    def certify(self) -> stability.Certificate:
+        """Contraction certificate of the network as it runs now (see rnnofrnns.stability)."""
+        return stability.certify(self)
+
+    @contextlib.contextmanager
+    def ablate(self, areas: Union[int, Iterable[int]]) -> Iterator["ModularRNN"]:
+        """Silence areas (their input, initial state and incoming feedback are zero, so their
+        state stays exactly zero) inside the `with` block."""
+        areas = (areas,) if isinstance(areas, int) else tuple(areas)
+        for a in areas:
+            if not isinstance(a, int) or not 0 <= a < self.num_areas:
+                raise ValueError(f"areas to ablate must be indices in [0, {self.num_areas - 1}], got {a!r}")
+        saved = self._silenced
+        self._silenced = tuple(sorted(set(saved) | set(areas)))
+        try:
+            yield self
+        finally:
+            self._silenced = saved
+
+    def extra_repr(self) -> str:
+        return (f"input_size={self.input_size}, area_sizes={self.area_sizes}, pairs={len(self.pairs)}, "
+                f"form={self.form!r}, nonlinearity={self.nonlinearity!r}, alpha={self.alpha}, "
+                f"guarantee={self.guarantee}")
+
+
+class SparseComboNet(nn.Module):
+    """ModularRNN plus a linear readout of the last state (Kozachkov et al. 2022).
+
+    forward(x, h0=None) -> logits [B, output_size]. Extra keyword arguments go to ModularRNN.
+    """
+
+    def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
+                 topology: topo.Topology = "all", **kwargs) -> None:
+        super().__init__()
+        if not isinstance(output_size, int) or output_size < 1:
+            raise ValueError(f"output_size must be a positive integer, got {output_size!r}")
+        sizes = kwargs.pop("area_sizes", (num_areas, area_size))
+        self.rnn = ModularRNN(input_size, sizes, topology=topology, **kwargs)
+        gen = kwargs.get("generator")
+        self.readout = nn.Linear(self.rnn.hidden_size, output_size, dtype=kwargs.get("dtype"))
+        if gen is not None:
+            bound = 1.0 / math.sqrt(self.rnn.hidden_size)
+            with torch.no_grad():
+                self.readout.weight.copy_((2 * torch.rand(self.readout.weight.shape, generator=gen) - 1) * bound)
+                self.readout.bias.copy_((2 * torch.rand(output_size, generator=gen) - 1) * bound)
+
+    def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
+        _, h_n = self.rnn(x, h0)
+        return self.readout(h_n[0])
+
+    def certify(self) -> stability.Certificate:
+        return self.rnn.certify()
+
+    def certify_inputs(self) -> dict:
+        return self.rnn.certify_inputs()
+
+    def ablate(self, areas: Union[int, Iterable[int]]):
+        return self.rnn.ablate(areas)
+
+    def num_feedback_parameters(self) -> int:
+        return self.rnn.num_feedback_parameters()
+
+
+class GlobalWorkspaceNet(SparseComboNet):
+    """The global-workspace preset (Ennis et al. 2023): a star of feedback through one
+    workspace area (the last), optionally of a different size (`workspace_size`), with an
+    optional elementwise 0/1 sparsity of the inter-area weights (`feedback_sparsity`)."""
+
+    def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
+                 workspace_size: Optional[int] = None, **kwargs) -> None:
+        if not isinstance(num_areas, int) or num_areas < 2:
+            raise ValueError(f"a global workspace needs num_areas >= 2, got {num_areas!r}")
+        if "topology" in kwargs:
+            raise ValueError("GlobalWorkspaceNet fixes the topology (a star through the last area); "
+                             "use SparseComboNet for another one")
+        if workspace_size is None or workspace_size == area_size:
+            sizes = (num_areas, area_size)
+        else:
+            sizes = [area_size] * (num_areas - 1) + [workspace_size]
+        super().__init__(input_size, output_size, num_areas, area_size, topology="gw", area_sizes=sizes, **kwargs)

@@ -1,0 +1,292 @@
+"""Contraction certificates for RNNs of RNNs, computed from the weights, not assumed.
+
+Continuous time. Each area's Jacobian is -I + W D (hopfield) or -I + D W (rate), D diagonal
+with entries in [0, 1] (phi' for relu/tanh/identity). If A = |W| - I is Hurwitz there is a
+positive diagonal P with P A + A^T P < 0, and then x^T P (-I + W D) x <= |x|^T P A |x|, so
+every such Jacobian contracts in P at the rate of A. With M = blockdiag(P_1..P_p) and
+feedback L = B - M^{-1} B^T M (skew in M: M L + L^T M = 0), the whole network contracts in
+M at the slowest area's rate, whatever B is.
+
+Discrete time. What runs is the Euler map h -> (1-a) h + a (...), whose Jacobian is
+G = (1-a) I + a (W D + L). In the coordinates y = M^{1/2} x write W~ = M^{1/2} W M^{-1/2},
+S = M^{1/2} L M^{-1/2} (skew-symmetric), kappa >= ||W~ D|| for all D, omega = ||S||, and c
+the continuous rate, so sym(W~ D) <= (1 - c) I. Expanding G~^T G~ with X = (1-a) I + a W~ D:
+  ||X||^2 <= (1-a)^2 + 2a(1-a)(1-c) + a^2 kappa^2,
+  X^T S + S^T X = a (D W~^T S - S W~ D),  norm <= 2 a kappa omega,
+so  ||G||_M^2 <= 1 - 2 a c (1-a) + a^2 ((kappa + omega)^2 - 1).
+This is exact for pure skew feedback (W = 0: (1-a)^2 + a^2 omega^2, the eigenvalues
+(1-a) +- i a omega of the SCIENCE notes). The plain triangle bound (1-a) + a (kappa + omega)
+needs neither skewness nor c; the certificate uses the smaller of the two.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple
+
+import torch
+
+__all__ = [
+    "Certificate",
+    "sparse_contracting_block",
+    "perron_root",
+    "diagonal_metric",
+    "area_rate",
+    "negative_feedback",
+    "discrete_step_bound",
+    "feedback_norm_budget",
+    "certify",
+]
+
+
+def perron_root(A: torch.Tensor) -> float:
+    """Spectral radius of a square matrix (for |W| >= 0 it is the Perron root)."""
+    if A.numel() == 0:
+        return 0.0
+    return float(torch.linalg.eigvals(A.detach().double().cpu()).abs().max())
+
+
+def sparse_contracting_block(
+    n: int,
+    density: float,
+    scale: float = 1.0,
+    gamma: float = 0.9,
+    generator: Optional[torch.Generator] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """A sparse random zero-diagonal area matrix [n, n] with rho(|W|) = gamma < 1.
+
+    Entries U(-scale, scale) on a random pattern of the given density (the diagonal stays
+    zero), then rescaled so that the Perron root of |W| equals gamma. No rejection loop:
+    a pattern without a cycle (rho = 0, e.g. n = 1) cannot be rescaled to gamma and is
+    redrawn at most 16 times; after that it is returned as drawn (it contracts anyway).
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not 0.0 < float(density) <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    if not float(scale) > 0.0:
+        raise ValueError(f"scale must be positive, got {scale!r}")
+    if not 0.0 < float(gamma) < 1.0:
+        raise ValueError(f"gamma must be in (0, 1) for the area to contract, got {gamma!r}")
+    dtype = dtype or torch.get_default_dtype()
+    off_diag = ~torch.eye(n, dtype=torch.bool)
+    for _ in range(16):
+        mask = (torch.rand(n, n, generator=generator, dtype=torch.float64) < density) & off_diag
+        W = (2 * torch.rand(n, n, generator=generator, dtype=torch.float64) - 1) * scale * mask
+        rho = perron_root(W.abs())
+        if rho > 1e-12:
+            return (W * (gamma / rho)).to(dtype)
+        if n == 1:
+            break
+    return W.to(dtype)
+
+
+def _metric_closed_form(A: torch.Tensor) -> torch.Tensor:
+    one = torch.ones(A.shape[0], dtype=A.dtype)
+    x = torch.linalg.solve(A, -one)
+    y = torch.linalg.solve(A.T, -one)
+    return y / x
+
+
+def _metric_perron(absW: torch.Tensor, rho: float) -> torch.Tensor:
+    # Perron vectors of |W| + eps (positive, so both vectors are strictly positive). With
+    # P = diag(y / x) the matrix P^{1/2} |W| P^{-1/2} has equal left and right Perron
+    # vectors, so its spectral norm equals its Perron root: kappa = rho (+ eps).
+    n = absW.shape[0]
+    eps = 1e-3 * (1.0 - rho) / n
+    E = absW + eps
+
+    def perron_vector(X):
+        vals, vecs = torch.linalg.eig(X)
+        v = vecs[:, vals.real.argmax()].real
+        return (v * v.sign().sum().sign()).abs().clamp_min(1e-300)
+
+    return perron_vector(E.T) / perron_vector(E)
+
+
+def diagonal_metric(W: torch.Tensor, method: str = "closed_form") -> Tuple[torch.Tensor, float]:
+    """A positive diagonal metric p [n] for A = |W| - I, and the contraction rate in it.
+
+    method="closed_form" (the standard result on Metzler matrices):
+        x = -A^{-1} 1, y = -A^{-T} 1, p = y / x.
+    method="perron": p = y / x with x, y the right and left Perron vectors of |W| (+ a tiny
+        positive shift). This metric makes ||P^{1/2} |W| P^{-1/2}|| = rho(|W|) and gives the
+        best rate 1 - rho(|W|); the models use it because it leaves the most room for
+        feedback in the discrete-time certificate.
+    The metric is scaled so that min(p) = 1 (then sym(P A) <= -rate P implies eigenvalues of
+    sym(P A) below -rate). It is checked: the largest eigenvalue of P A + A^T P must be < 0.
+    Raises ValueError if |W| - I is not Hurwitz (Perron root of |W| >= 1).
+    """
+    if not isinstance(W, torch.Tensor) or W.dim() != 2 or W.shape[0] != W.shape[1]:
+        raise ValueError(f"W must be a square [n, n] tensor, got {getattr(W, 'shape', type(W).__name__)}")
+    if method not in ("closed_form", "perron"):
+        raise ValueError(f"method must be 'closed_form' or 'perron', got {method!r}")
+    absW = W.detach().double().cpu().abs()
+    n = absW.shape[0]
+    rho = perron_root(absW)
+    if not rho < 1.0:
+        raise ValueError(f"|W| - I is not Hurwitz: the Perron root of |W| is {rho:.6g} >= 1, so no diagonal "
+                         "metric makes this area contract")
+    A = absW - torch.eye(n, dtype=torch.float64)
+    p = _metric_closed_form(A) if method == "closed_form" else _metric_perron(absW, rho)
+    if not (torch.isfinite(p).all() and (p > 0).all()):
+        raise ValueError("the diagonal metric is not positive and finite: |W| - I is not Hurwitz")
+    p = p / p.min()
+    P = torch.diag(p)
+    if not float(torch.linalg.eigvalsh(P @ A + A.T @ P).max()) < 0:
+        raise ValueError("the diagonal metric failed its check: P A + A^T P is not negative definite")
+    return p.to(W.dtype), area_rate(W, p)
+
+
+def area_rate(W: torch.Tensor, p: torch.Tensor) -> float:
+    """Contraction rate of every -I + W D (D in [0, 1]) in the metric diag(p), from A = |W| - I:
+    c = -lambda_max(P^{-1/2} sym(P A) P^{-1/2}). Negative when the area does not contract in p."""
+    absW = W.detach().double().cpu().abs()
+    p = p.detach().double().cpu()
+    if not (p > 0).all():
+        return -math.inf
+    A = absW - torch.eye(absW.shape[0], dtype=torch.float64)
+    s = p.rsqrt()
+    S = s[:, None] * (0.5 * (p[:, None] * A + (p[:, None] * A).T)) * s[None, :]
+    return -float(torch.linalg.eigvalsh(S).max())
+
+
+def _weighted_abs_norm(W: torch.Tensor, p: torch.Tensor) -> float:
+    """|| P^{1/2} |W| P^{-1/2} ||_2: bounds || P^{1/2} W D P^{-1/2} || and || P^{1/2} D W P^{-1/2} ||
+    for every diagonal D with entries in [0, 1]."""
+    p = p.detach().double().cpu()
+    X = p.sqrt()[:, None] * W.detach().double().cpu().abs() * p.rsqrt()[None, :]
+    return float(torch.linalg.matrix_norm(X, ord=2))
+
+
+def negative_feedback(B_blocks: torch.Tensor, index: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
+    """Feedback blocks that are skew in M: L = B - M^{-1} B^T M on the connected pairs.
+
+    B_blocks [m, n, n] are the parameter blocks at (target, source) = index[r]; the mirrored
+    block at (source, target) is -M_src^{-1} B^T M_tgt. Returns L_blocks [2m, n, n] for
+    L_index = rnnofrnns.topology.feedback_index(index) (parameter blocks first), so that
+    M L + L^T M = 0 to rounding. metric: the diagonal of M as [p, n].
+    """
+    if B_blocks.dim() != 3 or B_blocks.shape[1] != B_blocks.shape[2]:
+        raise ValueError(f"B_blocks must be [m, n, n], got shape {tuple(B_blocks.shape)}")
+    if index.dim() != 2 or index.shape != (B_blocks.shape[0], 2):
+        raise ValueError(f"index must be [m, 2] = [{B_blocks.shape[0]}, 2], got shape {tuple(index.shape)}")
+    if metric.dim() != 2 or metric.shape[1] != B_blocks.shape[1]:
+        raise ValueError(f"metric must be [p, n] with n = {B_blocks.shape[1]}, got shape {tuple(metric.shape)}")
+    m_tgt = metric[index[:, 0]]  # [m, n]
+    m_src = metric[index[:, 1]]
+    mirror = -B_blocks.transpose(1, 2) * (m_tgt[:, None, :] / m_src[:, :, None])
+    return torch.cat([B_blocks, mirror])
+
+
+def discrete_step_bound(alpha: float, rate: float, kappa: float, omega: float, skew: bool = True) -> float:
+    """Sound upper bound of the Euler map's contraction factor ||G||_M (module docstring)."""
+    triangle = (1 - alpha) + alpha * (kappa + omega)
+    if not skew or rate <= 0:
+        return triangle
+    sq = 1 - 2 * alpha * rate * (1 - alpha) + alpha ** 2 * ((kappa + omega) ** 2 - 1)
+    return min(triangle, math.sqrt(max(sq, 0.0)))
+
+
+def feedback_norm_budget(alpha: float, rate: float, kappa: float) -> float:
+    """Largest omega = ||M^{1/2} L M^{-1/2}|| for which the discrete bound stays below 1
+    at step alpha (0 or negative: impossible even without feedback)."""
+    if alpha >= 1.0:
+        return 1.0 - kappa
+    return math.sqrt(1.0 + 2.0 * rate * (1.0 - alpha) / alpha) - kappa
+
+
+@dataclass
+class Certificate:
+    """Result of `certify`. `holds`: the continuous-time network contracts in `metric` at
+    `rate` (every area contracts, feedback skew in M up to rounding). `discrete_holds`: the
+    Euler map with the model's alpha contracts in M by the factor `step_factor` < 1 per step.
+    `max_alpha`: the largest step for which the discrete bound certifies contraction."""
+
+    holds: bool
+    rate: float
+    metric: torch.Tensor
+    worst_skew: float
+    discrete_holds: bool
+    step_factor: float
+    max_alpha: float
+    alpha: float
+    kappa: float
+    omega: float
+    area_rates: torch.Tensor = field(repr=False)
+
+    def __str__(self) -> str:
+        return (f"Certificate(continuous {'holds' if self.holds else 'FAILS'}: rate {self.rate:.4g}, "
+                f"worst skew {self.worst_skew:.2e}; discrete {'holds' if self.discrete_holds else 'FAILS'}: "
+                f"step factor {self.step_factor:.4g} at alpha {self.alpha:g}, max alpha {self.max_alpha:.4g}; "
+                f"kappa {self.kappa:.4g}, omega {self.omega:.4g})")
+
+
+def _dense_feedback(L_blocks: torch.Tensor, L_index: torch.Tensor, p: int) -> torch.Tensor:
+    from .ops.modular_rnn.reference import dense_feedback
+
+    return dense_feedback(L_blocks, L_index, p)
+
+
+def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certificate:
+    """Check contraction from the weights a model would actually use.
+
+    Accepts a module with `certify_inputs()` (ModularRNN, SparseComboNet,
+    GlobalWorkspaceNet) or a mapping with keys W [p, n, n], L_blocks [k, n, n], L_index [k, 2],
+    metric [p, n] (the diagonal of M) and alpha. Nothing is recomputed from a recipe: the
+    given metric and feedback are tested as they are.
+    """
+    if hasattr(model_or_matrices, "certify_inputs"):
+        inputs = dict(model_or_matrices.certify_inputs())
+    elif isinstance(model_or_matrices, Mapping):
+        inputs = dict(model_or_matrices)
+    else:
+        raise TypeError("certify takes a model with certify_inputs() or a mapping with W, L_blocks, L_index, "
+                        f"metric and alpha; got {type(model_or_matrices).__name__}")
+    missing = {"W", "L_blocks", "L_index", "metric"} - set(inputs)
+    if missing:
+        raise ValueError(f"certify: missing {sorted(missing)}")
+    a = float(alpha if alpha is not None else inputs.get("alpha", 1.0))
+    if not 0.0 < a <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {a}")
+    with torch.no_grad():
+        W = inputs["W"].detach().double().cpu()
+        Lb = inputs["L_blocks"].detach().double().cpu()
+        idx = inputs["L_index"].detach().cpu()
+        metric = inputs["metric"].detach().double().cpu()
+        p, n, _ = W.shape
+        if tuple(metric.shape) != (p, n):
+            raise ValueError(f"metric must be [p, n] = [{p}, {n}], got {tuple(metric.shape)}")
+        rates = torch.tensor([area_rate(W[i], metric[i]) for i in range(p)], dtype=torch.float64)
+        rate = float(rates.min())
+        if (metric > 0).all():
+            kappa = max(_weighted_abs_norm(W[i], metric[i]) for i in range(p))
+        else:
+            kappa = math.inf
+        m = metric.reshape(-1)
+        L = _dense_feedback(Lb, idx, p)
+        ML = m[:, None] * L
+        skew = ML + ML.T
+        worst_skew = float(skew.abs().max()) if skew.numel() else 0.0
+        scale = float(ML.abs().max()) if ML.numel() else 0.0
+        eps = torch.finfo(inputs["L_blocks"].dtype).eps if inputs["L_blocks"].is_floating_point() else 1e-16
+        skew_ok = worst_skew <= 64 * eps * max(scale, 1e-30)
+        holds = bool(rate > 0 and skew_ok)
+        if (metric > 0).all():
+            S = m.sqrt()[:, None] * L * m.rsqrt()[None, :]
+            omega = float(torch.linalg.matrix_norm(S, ord=2)) if S.numel() else 0.0
+        else:
+            omega = math.inf
+        step = discrete_step_bound(a, rate, kappa, omega, skew=holds)
+        if kappa + omega < 1:
+            max_alpha = 1.0
+        elif holds:
+            max_alpha = min(1.0, 2 * rate / ((kappa + omega) ** 2 - 1 + 2 * rate))
+        else:
+            max_alpha = 0.0
+    return Certificate(
+        holds=holds, rate=rate, metric=metric.to(inputs["metric"].dtype), worst_skew=worst_skew,
+        discrete_holds=bool(step < 1.0), step_factor=step, max_alpha=max_alpha, alpha=a,
+        kappa=kappa, omega=omega, area_rates=rates,
+    )
