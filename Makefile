@@ -25,7 +25,7 @@ $(PY):
 # Third-party packages, once per venv (or when this Makefile changes).
 $(VENV)/.deps-stamp: Makefile | $(PY)
 	$(PIP) install --disable-pip-version-check "$(TORCH_SPEC)" "$(TRITON_SPEC)" numpy ninja \
-		pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn
+		pytest pytest-benchmark hypothesis tqdm matplotlib scikit-learn mnist1d mlxtend requests
 	touch $@
 
 deps: $(VENV)/.deps-stamp
@@ -48,7 +48,7 @@ bench: install
 	$(PY) bench/report.py bench/results/modular_rnn.json
 
 demo: install
-	$(TRITON_ENV) $(PY) -m rnnofrnns demo
+	$(TRITON_ENV) $(PY) -m rnnofrnns demo --out runs/demo
 
 clean:
 	rm -rf build dist *.egg-info rnnofrnns/_C*.so bench/results .pytest_cache .benchmarks

