@@ -114,8 +114,10 @@ def _train(args: argparse.Namespace) -> int:
         with open(saved_path) as f:
             saved = TrainConfig(**json.load(f))
         # the run's own settings, except how long it goes on and how it reports
-        for name in ("epochs", "stop_after", "progress", "threads"):
+        for name in ("epochs", "stop_after", "progress"):
             setattr(saved, name, getattr(cfg, name))
+        if cfg.threads is not None:
+            saved.threads = cfg.threads
         cfg = saved
     train(cfg, resume=args.resume)
     return 0

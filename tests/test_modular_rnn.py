@@ -185,3 +185,20 @@ def test_flush_to_zero_cpu():
     # the reference, without flush-to-zero, does produce subnormals here: the test can fail
     ref = modular_rnn_reference(drive, W, L, idx, h0, alpha=1.0, nonlinearity="identity", form="rate")
     assert ((ref != 0) & (ref.abs() < tiny)).any()
+
+
+def test_cpu_backend_is_bitwise_deterministic_across_thread_counts():
+    """The backward's weight-gradient reduction is split by batch size, not by threads."""
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            prob = make_problem(6, 37, 5, 8, all_to_all(5), dtype=torch.float32)
+            out = modular_rnn(*prob.args(), alpha=0.5, nonlinearity="relu", form="rate", backend="cpu")
+            results.append((out,) + torch.autograd.grad(out.square().sum(), prob.grad_inputs()))
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)

@@ -52,6 +52,7 @@ using at::vec::Vectorized;
 
 constexpr int kRows = 4;    // batch rows that share one pass over the weights
 constexpr int kStage = 16;  // (t, b) rows per weight-gradient update; a multiple of kRows
+constexpr int64_t kChunks = 16;  // independent slices of the batch in the backward pass
 
 // Flush subnormals to zero (FTZ) and treat subnormal inputs as zero (DAZ) in the
 // current thread for the lifetime of the object.
@@ -277,15 +278,18 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
   pack_blocks<T>(W, s.p, s.n, np, /*transpose=*/false, hopfield ? alpha : T(1), Wp);
   pack_blocks<T>(Lb, s.k, s.n, np, /*transpose=*/false, alpha, Lp);
   const int64_t groups = (s.B + kRows - 1) / kRows;
-  // Per-thread weight-gradient accumulators [p + k blocks of np x np], summed at the end.
+  // The batch groups are split into chunks whose number depends on B only, never on the
+  // thread count. Each chunk stages and accumulates its own weight gradients [p + k blocks
+  // of np x np], and the chunks are summed in a fixed order, so the results are bitwise
+  // identical for any number of threads (a resumed run on another machine matches).
   const int64_t acc_size = (grad_W ? s.p : 0) * blk + (grad_L ? s.k : 0) * blk;
-  const int nthreads = at::get_num_threads();
-  std::vector<T> partial(static_cast<size_t>(std::max<int64_t>(nthreads * acc_size, 1)), T(0));
+  const int64_t nchunks = std::min<int64_t>(groups, kChunks);
+  std::vector<T> partial(static_cast<size_t>(std::max<int64_t>(nchunks * acc_size, 1)), T(0));
 
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    FlushDenormalGuard ftz;
+  auto run_chunk = [&](int64_t chunk) {
+    const int64_t g0 = chunk * groups / nchunks, g1 = (chunk + 1) * groups / nchunks;
     const Vec va(alpha), v1a(T(1) - alpha);
-    T* accW = partial.data() + at::get_thread_num() * acc_size;
+    T* accW = partial.data() + chunk * acc_size;
     T* accL = accW + (grad_W ? s.p : 0) * blk;
     const int64_t ng = g1 - g0, gsz = kRows * HP;
     std::vector<T> buf(static_cast<size_t>((ng + 2) * gsz + 4 * kStage * HP), T(0));
@@ -359,15 +363,19 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
       const int rows = static_cast<int>(std::min<int64_t>(kRows, s.B - b0));
       scatter_rows(grad_h0 + b0 * s.H, carry_all + (gi - g0) * gsz, rows, s.p, s.n, np, s.H);
     }
+  };
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    FlushDenormalGuard ftz;
+    for (int64_t chunk = c0; chunk < c1; ++chunk) run_chunk(chunk);
   });
 
-  // Sum the per-thread accumulators and drop the padding.
+  // Sum the chunks' accumulators in order and drop the padding.
   auto reduce = [&](T* out, int64_t count, int64_t offset) {
     for (int64_t b = 0; b < count; ++b)
       for (int64_t r = 0; r < s.n; ++r)
         for (int64_t c = 0; c < s.n; ++c) {
           T sum = T(0);
-          for (int th = 0; th < nthreads; ++th) sum += partial[th * acc_size + offset + b * blk + r * np + c];
+          for (int64_t ch = 0; ch < nchunks; ++ch) sum += partial[ch * acc_size + offset + b * blk + r * np + c];
           out[(b * s.n + r) * s.n + c] = sum;
         }
   };

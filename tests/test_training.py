@@ -1,0 +1,218 @@
+"""The main job: data sets, the train/evaluate CLI, checkpoints, resume, distributed training."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rnnofrnns import data as rdata
+from rnnofrnns.training import RNNClassifier, TrainConfig, baseline_hidden_size, build_model, trainable_parameters
+
+SMALL = ["--num-areas", "4", "--area-size", "8", "--no-progress", "--threads", "1"]
+
+
+def cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "rnnofrnns", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task,T,F,n_train_val,n_test", [
+    ("row-digits", 8, 8, 1437, 360), ("seq-digits", 64, 1, 1437, 360), ("mnist1d", 40, 1, 4000, 1000),
+    ("smnist-5k", 784, 1, 4000, 1000),
+])
+def test_builtin_tasks(task, T, F, n_train_val, n_test):
+    d = rdata.load_task(task, seed=0)
+    assert d.x_train.shape[1:] == (T, F) and d.x_test.shape == (n_test, T, F)
+    assert len(d.y_train) + len(d.y_val) == n_train_val and len(d.y_val) == round(0.1 * n_train_val)
+    assert d.num_classes == 10 and d.x_train.dtype == torch.float32
+    assert abs(float(d.x_train.mean())) < 1e-3 and abs(float(d.x_train.std()) - 1) < 1e-2
+    again = rdata.load_task(task, seed=0)
+    assert torch.equal(again.x_train, d.x_train) and torch.equal(again.y_val, d.y_val)
+    other = rdata.load_task(task, seed=1)
+    assert torch.equal(other.y_test, d.y_test)            # the test split is fixed
+    assert not torch.equal(other.y_val, d.y_val)          # the validation split follows the seed
+
+
+def test_permuted_mnist5k_is_a_fixed_permutation_of_the_pixels():
+    s, p = rdata.load_task("smnist-5k"), rdata.load_task("psmnist-5k")
+    assert torch.equal(s.y_test, p.y_test)
+    a, b = s.x_test[:5, :, 0], p.x_test[:5, :, 0]
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(a.sort(1).values, b.sort(1).values)
+
+
+def write_idx(path, array, magic, gz=False):
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    with (gzip.open(path + ".gz", "wb") if gz else open(path, "wb")) as f:
+        f.write(payload)
+
+
+def fake_mnist(folder, gz=False, n_train=30, n_test=12):
+    rng = np.random.default_rng(0)
+    write_idx(os.path.join(folder, "train-images-idx3-ubyte"), rng.integers(0, 256, (n_train, 28, 28)), 2051, gz)
+    write_idx(os.path.join(folder, "train-labels-idx1-ubyte"), rng.integers(0, 10, n_train), 2049, gz)
+    write_idx(os.path.join(folder, "t10k-images-idx3-ubyte"), rng.integers(0, 256, (n_test, 28, 28)), 2051, gz)
+    write_idx(os.path.join(folder, "t10k-labels-idx1-ubyte"), np.arange(n_test) % 10, 2049, gz)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("task", ["smnist", "psmnist"])
+def test_mnist_from_data_dir(tmp_path, gz, task):
+    fake_mnist(str(tmp_path), gz)
+    d = rdata.load_task(task, str(tmp_path))
+    assert d.x_test.shape == (12, 784, 1) and len(d.y_train) + len(d.y_val) == 30
+    assert d.y_test.tolist() == [i % 10 for i in range(12)]
+
+
+def test_mnist_missing_and_corrupt_files_name_the_file(tmp_path):
+    with pytest.raises(rdata.DataError, match="train-images-idx3-ubyte.*" + str(tmp_path)):
+        rdata.load_task("smnist", str(tmp_path))
+    fake_mnist(str(tmp_path))
+    path = os.path.join(tmp_path, "t10k-images-idx3-ubyte")
+    with open(path, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(rdata.DataError, match="t10k-images-idx3-ubyte is corrupt"):
+        rdata.load_task("smnist", str(tmp_path))
+    with open(path, "wb") as f:
+        f.write(b"\x00\x00\x08\x01garbage")
+    with pytest.raises(rdata.DataError, match="not an idx file"):
+        rdata.load_task("smnist", str(tmp_path))
+    with pytest.raises(rdata.DataError, match="--data-dir"):
+        rdata.load_task("psmnist", None)
+
+
+def test_cifar10_from_data_dir(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        x = rng.integers(0, 256, (4, 3072)).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": x, b"labels": list(range(4))}, f)
+    d = rdata.load_task("scifar10", str(tmp_path))
+    assert d.x_test.shape == (4, 1024, 3) and len(d.y_train) + len(d.y_val) == 20
+    # one RGB pixel per step: feature c of step t is channel c of pixel t. Normalisation is a
+    # positive affine map per channel, so the order of the steps within a channel is kept.
+    with open(folder / "test_batch", "rb") as f:
+        raw = pickle.load(f)[b"data"][0].astype(np.float32).reshape(3, 1024)
+    x0 = d.x_test[0].numpy()  # [1024, 3]
+    for c in range(3):
+        assert np.array_equal(np.sign(np.diff(x0[:50, c])), np.sign(np.diff(raw[c, :50])))
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(rdata.DataError, match="data_batch_3"):
+        rdata.load_task("scifar10", str(tmp_path))
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(rdata.DataError, match="data_batch_3 is not a CIFAR-10 python batch"):
+        rdata.load_task("scifar10", str(tmp_path))
+
+
+# --- models of the CLI --------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_baselines_have_a_comparable_parameter_count(kind):
+    cfg = TrainConfig(model=kind)
+    gw = trainable_parameters(build_model(TrainConfig(model="gw"), 8, 10))
+    base = trainable_parameters(build_model(cfg, 8, 10))
+    assert 0.9 * gw <= base <= gw
+    h = baseline_hidden_size(kind, 8, 10, gw)
+    assert trainable_parameters(RNNClassifier(kind, 8, h + 1, 10)) > gw
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,code,match", [
+    (["train", "--task", "imagenet"], 2, "invalid choice: 'imagenet'"),
+    (["train", "--model", "transformer"], 2, "invalid choice: 'transformer'"),
+    (["train", "--epochs", "0"], 2, "--epochs must be a positive integer"),
+    (["train", "--area-size", "-3", "--out", "OUT"], 2, "--area-size must be a positive integer"),
+    (["train", "--batch-size", "0", "--out", "OUT"], 1, "--batch-size must be a positive integer"),
+    (["train", "--task", "smnist", "--data-dir", "EMPTY", "--out", "OUT"], 1, "train-images-idx3-ubyte"),
+    (["evaluate", "NOWHERE"], 1, "config.json is missing"),
+    (["train", "--resume", "--out", "NOWHERE"], 1, "nothing to resume"),
+])
+def test_bad_arguments_end_with_one_line(tmp_path, args, code, match):
+    (tmp_path / "EMPTY").mkdir()
+    args = [a.replace("EMPTY", str(tmp_path / "EMPTY")).replace("OUT", str(tmp_path / "out"))
+            .replace("NOWHERE", str(tmp_path / "nowhere")) for a in args]
+    res = cli(*args)
+    assert res.returncode == code
+    assert "Traceback" not in res.stderr
+    assert match in res.stderr
+
+
+def test_train_writes_everything_and_evaluate_reproduces(tmp_path):
+    out = tmp_path / "run"
+    res = cli("train", "--model", "gw", "--task", "row-digits", "--epochs", "2", "--out", str(out), *SMALL)
+    assert res.returncode == 0, res.stderr
+    for name in ("config.json", "metrics.json", "best.pt", "last.pt", "training_curves.png", "connectivity.png",
+                 "ablation.png"):
+        assert (out / name).exists(), name
+    assert not list(out.glob("*.tmp*"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0 <= m["test_accuracy"] <= 1 and len(m["ablation_test_accuracy"]) == 4
+    assert m["certificate"]["holds"] and m["certificate"]["discrete_holds"]
+    assert m["trainable_parameters"] > 0 and m["epochs"] == 2 and m["wall_time_s"] > 0
+    assert "test accuracy" in res.stdout and "ablation" in res.stdout and "plots:" in res.stdout
+    ev = cli("evaluate", str(out))
+    assert ev.returncode == 0, ev.stderr
+    assert "matches metrics.json: True" in ev.stdout
+
+
+def test_baseline_run(tmp_path):
+    out = tmp_path / "gru"
+    res = cli("train", "--model", "gru", "--task", "row-digits", "--epochs", "1", "--out", str(out), *SMALL)
+    assert res.returncode == 0, res.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["certificate"] is None and m["ablation_test_accuracy"] == []
+
+
+def test_resume_continues_exactly(tmp_path):
+    common = ["train", "--model", "gw", "--task", "row-digits", "--epochs", "3", *SMALL]
+    a, b = tmp_path / "straight", tmp_path / "interrupted"
+    assert cli(*common, "--out", str(a)).returncode == 0
+    res = cli(*common, "--out", str(b), "--stop-after", "1")
+    assert res.returncode == 0 and "--resume" in res.stdout
+    assert json.loads((b / "config.json").read_text())["epochs"] == 3 and not (b / "metrics.json").exists()
+    res = cli("train", "--out", str(b), "--resume", "--epochs", "3", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    sa = torch.load(a / "last.pt", weights_only=False)
+    sb = torch.load(b / "last.pt", weights_only=False)
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(sa["history"]) == strip(sb["history"])
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma["test_accuracy"] == mb["test_accuracy"]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo) takes the same global batches as one process:
+    the parameters after an epoch agree to rounding."""
+    common = ["--model", "gw", "--task", "row-digits", "--epochs", "1", "--batch-size", "64", "--dtype", "float64",
+              *SMALL]
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    assert cli("train", *common, "--out", str(single)).returncode == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "rnnofrnns", "train", *common, "--out", str(multi)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    s1 = torch.load(single / "last.pt", weights_only=False)["model"]
+    s2 = torch.load(multi / "last.pt", weights_only=False)["model"]
+    for k in s1:
+        torch.testing.assert_close(s2[k], s1[k], rtol=1e-9, atol=1e-11, msg=lambda m: f"{k}: {m}")
+    changed = any(not torch.equal(s1[k], build_model(TrainConfig(model="gw", num_areas=4, area_size=8,
+                                                                 dtype="float64"), 8, 10).state_dict()[k])
+                  for k in s1)
+    assert changed  # training did move the parameters
+    assert res.stdout.count("epoch   1/1") == 1  # only rank 0 logs
