@@ -3,9 +3,11 @@ from ._backend import BACKENDS, cpu_extension_available, triton_available
 from .ops import modular_rnn, modular_rnn_reference
 from . import stability, topology
 from .models import GlobalWorkspaceNet, ModularRNN, SparseComboNet
+from .ensemble import RNNEnsemble, SmallRNN
 
 __version__ = "0.1.0"
 __all__ = [
     "modular_rnn", "modular_rnn_reference", "ModularRNN", "SparseComboNet", "GlobalWorkspaceNet",
+    "SmallRNN", "RNNEnsemble",
     "stability", "topology", "BACKENDS", "cpu_extension_available", "triton_available",
 ]

@@ -4,6 +4,7 @@ Commands:
   train       train gw / scn / gru / lstm on a task (progress bar, checkpoints, metrics, plots)
   evaluate    reload a run and recompute its test accuracy and ablation
   demo        train the GW net on row-digits (what `make demo` runs)
+  superposition  train an ensemble of small RNNs over a sparsity grid and analyse its geometry
   op-timing   a forward and backward pass of the fused modular recurrence on a
               global-workspace net, checked against the dense reference and timed
 """
@@ -140,6 +141,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _superposition(args: argparse.Namespace) -> int:
+    from rnnofrnns.superposition import SuperpositionConfig, run_superposition
+
+    cfg = SuperpositionConfig(hidden=args.hidden, features=args.features, delays=args.delay,
+                              sparsities=args.sparsities, seeds=args.seeds, steps=args.steps,
+                              batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, variant=args.variant,
+                              out=args.out, threads=args.threads, progress=not args.no_progress)
+    run_superposition(cfg)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from rnnofrnns.data import DataError
     from rnnofrnns.training import TrainConfig
@@ -158,6 +170,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_demo)
+    from rnnofrnns.superposition import SuperpositionConfig
+
+    sd = SuperpositionConfig()
+    sp = sub.add_parser("superposition", help="temporal superposition: train small RNNs over a sparsity grid")
+    sp.add_argument("--hidden", type=int, default=sd.hidden, help="hidden size of every RNN")
+    sp.add_argument("--features", type=int, default=sd.features, help="number of input features F")
+    sp.add_argument("--delay", type=int, nargs="+", default=sd.delays, help="delay(s) k to recall")
+    sp.add_argument("--sparsities", type=float, nargs="+", default=sd.sparsities, help="input sparsities 1 - p")
+    sp.add_argument("--seeds", type=int, default=sd.seeds, help="instances per (delay, sparsity)")
+    sp.add_argument("--steps", type=int, default=sd.steps, help="Adam steps")
+    sp.add_argument("--batch-size", type=int, default=sd.batch_size)
+    sp.add_argument("--seq-len", type=int, default=sd.seq_len)
+    sp.add_argument("--lr", type=float, default=sd.lr)
+    sp.add_argument("--variant", choices=["linear", "relu_readout", "relu"], default=sd.variant)
+    sp.add_argument("--out", default=sd.out)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=_superposition)
     timing = sub.add_parser("op-timing", help="time the fused recurrence against the dense reference")
     timing.add_argument("--areas", type=int, default=16)
     timing.add_argument("--area-size", type=int, default=32)
@@ -165,7 +195,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     timing.add_argument("--batch", type=int, default=64)
     timing.set_defaults(func=_op_timing)
     args = parser.parse_args(argv)
-    for name in ("areas", "area_size", "steps", "batch", "epochs"):
+    for name in ("areas", "area_size", "steps", "batch", "epochs", "hidden", "features", "seeds", "batch_size",
+                 "seq_len"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     try:

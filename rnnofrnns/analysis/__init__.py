@@ -1,0 +1,4 @@
+"""Analysis tools."""
+from . import superposition
+
+__all__ = ["superposition"]

@@ -1,0 +1,174 @@
+"""Small RNNs for temporal superposition, and ensembles of them run as one fused call.
+
+SmallRNN: h_t = W_x x_t + W_h sigma(h_{t-1}), output sigma_out(W_y^T h_t + b), h_0 = 0.
+  variant "linear":       sigma = identity, sigma_out = identity
+  variant "relu_readout": sigma = identity, sigma_out = relu
+  variant "relu":         sigma = relu,     sigma_out = relu
+
+An ensemble of I independent SmallRNNs is a block-diagonal RNN of RNNs without feedback:
+each instance is one area of the modular recurrence (form "hopfield", alpha = 1, no
+inter-area blocks), so all instances run as a single modular_rnn call. The loss is the sum
+of the instances' losses, so with an element-wise optimiser every instance trains exactly
+as it would alone.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import modular_rnn
+
+VARIANTS = ("linear", "relu_readout", "relu")
+
+
+def _check(num_features: int, hidden_size: int, variant: str) -> None:
+    for name, v in (("num_features", num_features), ("hidden_size", hidden_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def instance_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of instance `index`: a function of (seed, index) only."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
+def init_small_rnn(num_features: int, hidden_size: int, tied_readout: bool, generator: torch.Generator,
+                   dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """W_x [n, F], W_h [n, n], W_y [n, F] (None when tied to W_x), b [F]."""
+    def u(shape, bound):
+        return ((2 * torch.rand(shape, generator=generator, dtype=torch.float64) - 1) * bound).to(dtype)
+
+    W_x = u((hidden_size, num_features), 1 / math.sqrt(num_features))
+    W_h = u((hidden_size, hidden_size), 1 / math.sqrt(hidden_size))
+    W_y = None if tied_readout else u((hidden_size, num_features), 1 / math.sqrt(hidden_size))
+    b = torch.zeros(num_features, dtype=dtype)
+    return W_x, W_h, W_y, b
+
+
+def _act(variant: str) -> Tuple[str, bool]:
+    """(nonlinearity of the recurrence, relu on the readout?)"""
+    return ("relu" if variant == "relu" else "identity"), variant != "linear"
+
+
+class SmallRNN(nn.Module):
+    """h_t = W_x x_t + W_h sigma(h_{t-1}); output sigma_out(W_y^T h_t + b). x, output: [B, T, F].
+    With tied_readout=True the readout uses W_x (W_y = W_x)."""
+
+    def __init__(self, num_features: int, hidden_size: int, variant: str = "linear", tied_readout: bool = False,
+                 seed: int = 0, generator: Optional[torch.Generator] = None, backend: Optional[str] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        _check(num_features, hidden_size, variant)
+        dtype = dtype or torch.get_default_dtype()
+        self.num_features, self.hidden_size, self.variant = num_features, hidden_size, variant
+        self.tied_readout, self.backend = tied_readout, backend
+        W_x, W_h, W_y, b = init_small_rnn(num_features, hidden_size, tied_readout,
+                                          generator or instance_generator(seed, 0), dtype)
+        self.W_x, self.W_h, self.b = nn.Parameter(W_x), nn.Parameter(W_h), nn.Parameter(b)
+        self.W_y = None if tied_readout else nn.Parameter(W_y)
+
+    def readout_weight(self) -> torch.Tensor:
+        return self.W_x if self.tied_readout else self.W_y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.num_features:
+            raise ValueError(f"x must be [B, T, num_features={self.num_features}], got {tuple(x.shape)}")
+        nl, relu_out = _act(self.variant)
+        drive = F.linear(x.transpose(0, 1), self.W_x).contiguous()  # [T, B, n]
+        empty_L = self.W_h.new_zeros(0, self.hidden_size, self.hidden_size)
+        empty_idx = torch.zeros(0, 2, dtype=torch.int64, device=x.device)
+        h = modular_rnn(drive, self.W_h[None], empty_L, empty_idx, alpha=1.0, nonlinearity=nl, form="hopfield",
+                        backend=self.backend)
+        out = h.transpose(0, 1) @ self.readout_weight() + self.b
+        return torch.relu(out) if relu_out else out
+
+
+class RNNEnsemble(nn.Module):
+    """I independent SmallRNNs with their own parameters and task settings, as one call.
+
+    Parameters have a leading instance axis: W_x [I, n, F], W_h [I, n, n], W_y [I, n, F],
+    b [I, F]. Instance i is initialised from (seed, i) alone, so it does not depend on the
+    number of instances. forward(x): x [I, B, T, F] (each instance its own data) or
+    [B, T, F] (shared) -> [I, B, T, F]. `feature_probability` and `delay` (one value, or
+    one per instance) are the instances' task settings, used by `sample_batch`.
+    """
+
+    def __init__(self, num_instances: int, num_features: int, hidden_size: int, variant: str = "linear",
+                 tied_readout: bool = False, feature_probability: Union[float, Sequence[float]] = 0.1,
+                 delay: Union[int, Sequence[int]] = 1, seed: int = 0, backend: Optional[str] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        if not isinstance(num_instances, int) or num_instances < 1:
+            raise ValueError(f"num_instances must be a positive integer, got {num_instances!r}")
+        _check(num_features, hidden_size, variant)
+        dtype = dtype or torch.get_default_dtype()
+        I = num_instances
+        self.num_instances, self.num_features, self.hidden_size = I, num_features, hidden_size
+        self.variant, self.tied_readout, self.backend, self.seed = variant, tied_readout, backend, seed
+        probs = torch.as_tensor(feature_probability, dtype=torch.float64).expand(I).clone()
+        delays = torch.as_tensor(delay, dtype=torch.int64).expand(I).clone()
+        if ((probs < 0) | (probs > 1)).any():
+            raise ValueError(f"feature_probability must be in [0, 1], got {probs.tolist()}")
+        if (delays < 0).any():
+            raise ValueError(f"delay must be >= 0, got {delays.tolist()}")
+        self.register_buffer("feature_probability", probs)
+        self.register_buffer("delay", delays)
+        inits = [init_small_rnn(num_features, hidden_size, tied_readout, instance_generator(seed, i), dtype)
+                 for i in range(I)]
+        self.W_x = nn.Parameter(torch.stack([w[0] for w in inits]))
+        self.W_h = nn.Parameter(torch.stack([w[1] for w in inits]))
+        self.W_y = None if tied_readout else nn.Parameter(torch.stack([w[2] for w in inits]))
+        self.b = nn.Parameter(torch.stack([w[3] for w in inits]))
+        self.register_buffer("_empty_L", torch.zeros(0, hidden_size, hidden_size, dtype=dtype))
+        self.register_buffer("_empty_idx", torch.zeros(0, 2, dtype=torch.int64))
+
+    def readout_weight(self) -> torch.Tensor:
+        return self.W_x if self.tied_readout else self.W_y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        I, n = self.num_instances, self.hidden_size
+        if x.dim() == 3:
+            x = x.unsqueeze(0).expand(I, *x.shape)
+        if x.dim() != 4 or x.shape[0] != I or x.shape[-1] != self.num_features:
+            raise ValueError(f"x must be [I={I}, B, T, F={self.num_features}] or [B, T, F], got {tuple(x.shape)}")
+        _, B, T, _ = x.shape
+        nl, relu_out = _act(self.variant)
+        drive = torch.einsum("ibtf,inf->tbin", x, self.W_x).reshape(T, B, I * n)
+        h = modular_rnn(drive, self.W_h, self._empty_L, self._empty_idx, alpha=1.0, nonlinearity=nl,
+                        form="hopfield", backend=self.backend)
+        out = torch.einsum("tbin,inf->ibtf", h.view(T, B, I, n), self.readout_weight()) + self.b[:, None, None, :]
+        return torch.relu(out) if relu_out else out
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, importance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Sum over instances of each instance's mean (importance-weighted) squared error."""
+        err = (pred - target).square()
+        if importance is not None:
+            err = err * importance
+        return err.mean(dim=(1, 2, 3)).sum()
+
+    def sample_batch(self, batch_size: int, seq_len: int, generators: Optional[Sequence[torch.Generator]] = None):
+        """A delayed-recall batch per instance with its own probability and delay: x, y [I, B, T, F]."""
+        from .tasks import ensemble_delayed_recall
+
+        return ensemble_delayed_recall(self.feature_probability.tolist(), self.delay.tolist(), self.num_features,
+                                       seq_len, batch_size, generators, dtype=self.W_x.dtype)
+
+    @torch.no_grad()
+    def instance(self, i: int) -> SmallRNN:
+        """A standalone SmallRNN holding a copy of instance i's current parameters."""
+        if not 0 <= i < self.num_instances:
+            raise ValueError(f"instance index must be in [0, {self.num_instances - 1}], got {i}")
+        m = SmallRNN(self.num_features, self.hidden_size, self.variant, self.tied_readout, backend=self.backend,
+                     dtype=self.W_x.dtype).to(self.W_x.device)
+        m.W_x.copy_(self.W_x[i])
+        m.W_h.copy_(self.W_h[i])
+        m.b.copy_(self.b[i])
+        if not self.tied_readout:
+            m.W_y.copy_(self.W_y[i])
+        return m

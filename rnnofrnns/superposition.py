@@ -1,0 +1,158 @@
+"""The temporal-superposition experiment: an ensemble of small RNNs over a grid of input
+sparsities (and delays), trained jointly as one fused call, then analysed.
+
+    python -m rnnofrnns superposition --hidden 2 --features 2 --delay 2 --out runs/superposition
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .analysis.superposition import feature_directions, summary
+from .ensemble import RNNEnsemble
+from .training import atomic_write_json
+
+
+@dataclass
+class SuperpositionConfig:
+    hidden: int = 2
+    features: int = 2
+    delays: List[int] = field(default_factory=lambda: [2])
+    sparsities: List[float] = field(default_factory=lambda: [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99])
+    seeds: int = 5
+    steps: int = 4000
+    batch_size: int = 256
+    seq_len: int = 20
+    lr: float = 0.01
+    variant: str = "relu_readout"
+    out: str = "runs/superposition"
+    threads: Optional[int] = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("hidden", "features", "seeds", "steps", "batch_size", "seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if not self.delays or any(k < 1 or k >= self.seq_len for k in self.delays):
+            raise ValueError(f"--delay values must be in [1, seq_len) = [1, {self.seq_len}), got {self.delays}")
+        if not self.sparsities or any(not 0.0 <= s < 1.0 for s in self.sparsities):
+            raise ValueError(f"--sparsities must lie in [0, 1), got {self.sparsities}")
+
+
+def run_superposition(cfg: SuperpositionConfig, log=print) -> Dict[str, Any]:
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(True)
+    os.makedirs(cfg.out, exist_ok=True)
+    grid = [(k, s, seed) for k in cfg.delays for s in cfg.sparsities for seed in range(cfg.seeds)]
+    ens = RNNEnsemble(len(grid), cfg.features, cfg.hidden, variant=cfg.variant,
+                      feature_probability=[1.0 - s for _, s, _ in grid], delay=[k for k, _, _ in grid], seed=0)
+    opt = torch.optim.Adam(ens.parameters(), lr=cfg.lr)
+    gens = [torch.Generator().manual_seed(10_000 + i) for i in range(len(grid))]
+    log(f"training {len(grid)} RNNs of hidden size {cfg.hidden} jointly: delays {cfg.delays}, "
+        f"{len(cfg.sparsities)} sparsities x {cfg.seeds} seeds, {cfg.steps} Adam steps")
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="superposition", leave=False, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        x, y = ens.sample_batch(cfg.batch_size, cfg.seq_len, gens)
+        loss = ens.loss(ens(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if bar is not None:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(mean_loss=f"{float(loss) / len(grid):.3e}")
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t0
+    with torch.no_grad():
+        eval_gens = [torch.Generator().manual_seed(20_000 + i) for i in range(len(grid))]
+        x, y = ens.sample_batch(1024, cfg.seq_len, eval_gens)
+        per_instance_loss = (ens(x) - y).square().mean(dim=(1, 2, 3))
+    rows = []
+    for i, (k, s, seed) in enumerate(grid):
+        stats = summary(ens.W_x[i].detach(), ens.W_h[i].detach(), k)
+        rows.append(dict(delay=k, sparsity=s, seed=seed, loss=float(per_instance_loss[i]),
+                         **{name: float(v) for name, v in stats.items()}))
+    table = []
+    for k in cfg.delays:
+        for s in cfg.sparsities:
+            sel = [r for r in rows if r["delay"] == k and r["sparsity"] == s]
+            entry = dict(delay=k, sparsity=s,
+                         median_spectral_radius=float(np.median([r["spectral_radius"] for r in sel])),
+                         median_loss=float(np.median([r["loss"] for r in sel])))
+            if "k_theta" in sel[0]:
+                entry["median_k_theta"] = float(np.median([r["k_theta"] for r in sel]))
+            table.append(entry)
+    metrics = dict(config=asdict(cfg), wall_time_s=wall, instances=rows, by_sparsity=table)
+    atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
+    torch.save(ens.state_dict(), os.path.join(cfg.out, "ensemble.pt"))
+    pictures = save_plots(cfg, ens, grid, rows, table)
+    log(f"trained in {wall:.1f} s")
+    log("delay  sparsity  median k*theta  median spectral radius  median loss")
+    for e in table:
+        kt = f"{e['median_k_theta']:14.1f}" if "median_k_theta" in e else f"{'-':>14}"
+        log(f"{e['delay']:5d}  {e['sparsity']:8.2f}  {kt}  {e['median_spectral_radius']:22.3f}  {e['median_loss']:.3e}")
+    log("plots: " + ", ".join(pictures))
+    return metrics
+
+
+def save_plots(cfg, ens, grid, rows, table) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric, label, fname in [("k_theta", "k * theta (degrees)", "angle_vs_sparsity.png"),
+                                 ("spectral_radius", "spectral radius of W_h", "spectral_radius_vs_sparsity.png")]:
+        if metric not in rows[0]:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for k in cfg.delays:
+            sel = [r for r in rows if r["delay"] == k]
+            ax.scatter([r["sparsity"] for r in sel], [r[metric] for r in sel], s=12, alpha=0.5, label=f"k={k} (seeds)")
+            med = [e for e in table if e["delay"] == k]
+            ax.plot([e["sparsity"] for e in med], [e[f"median_{metric}"] for e in med], lw=2, label=f"k={k} median")
+        ax.set_xlabel("sparsity (1 - p)"), ax.set_ylabel(label), ax.legend(fontsize=8)
+        if metric == "k_theta":
+            ax.set_yticks([0, 90, 180, 270, 360])
+        path = os.path.join(cfg.out, fname)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    if cfg.hidden == 2:
+        k = cfg.delays[0]
+        chosen = [i for i, (kk, s, seed) in enumerate(grid) if kk == k and seed == 0
+                  and s in (cfg.sparsities[0], cfg.sparsities[len(cfg.sparsities) // 2], cfg.sparsities[-1])]
+        fig, axes = plt.subplots(1, len(chosen), figsize=(3.4 * len(chosen), 3.4))
+        for ax, i in zip(np.atleast_1d(axes), chosen):
+            d = feature_directions(ens.W_x[i].detach().double(), ens.W_h[i].detach().double(), k)  # [S, F, 2]
+            for f in range(d.shape[1]):
+                for s_ in range(k + 1):
+                    v = d[s_, f]
+                    ax.annotate("", xy=(float(v[0]), float(v[1])), xytext=(0, 0),
+                                arrowprops=dict(arrowstyle="->", color=f"C{f}", alpha=1.0 - 0.6 * s_ / max(k, 1)))
+                    ax.text(float(v[0]), float(v[1]), f"{s_}", fontsize=7, color=f"C{f}")
+            lim = float(d.abs().max()) * 1.2 + 1e-9
+            ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_aspect("equal")
+            ax.axhline(0, color="grey", lw=0.3), ax.axvline(0, color="grey", lw=0.3)
+            ax.set_title(f"sparsity {grid[i][1]:.2f}", fontsize=9)
+        fig.suptitle(f"feature directions w_s = W_h^s W_x, s = 0..{k} (colour: feature)", fontsize=9)
+        path = os.path.join(cfg.out, "feature_directions.png")
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,162 @@
+"""Temporal superposition: the task, small RNNs, ensembles in one fused call, geometry."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rnnofrnns import RNNEnsemble, SmallRNN
+from rnnofrnns.analysis import superposition as geo
+from rnnofrnns.ensemble import instance_generator
+from rnnofrnns.tasks import delayed_recall
+from problems import device_for
+
+
+def test_delayed_recall():
+    g = torch.Generator().manual_seed(0)
+    x, y = delayed_recall(5, 3, 0.2, 40, 64, generator=g)
+    assert x.shape == y.shape == (64, 40, 5)
+    assert torch.equal(y[:, :3], torch.zeros_like(y[:, :3]))
+    assert torch.equal(y[:, 3:], x[:, :-3])
+    assert 0.17 < (x > 0).float().mean() < 0.23 and x.min() >= 0 and x.max() <= 1
+    x2, y2, w = delayed_recall(5, 0, 1.0, 4, 2, importance=torch.arange(5.0))
+    assert torch.equal(x2, y2) and (x2 > 0).all() and w.shape == (5,)
+    for kw, match in [(dict(delay=40), "delay"), (dict(feature_probability=1.5), "feature_probability"),
+                      (dict(num_features=0), "num_features")]:
+        args = dict(num_features=5, delay=3, feature_probability=0.2, seq_len=40, batch_size=2)
+        args.update(kw)
+        with pytest.raises(ValueError, match=match):
+            delayed_recall(**args)
+
+
+def small_rnn_by_hand(m: SmallRNN, x: torch.Tensor) -> torch.Tensor:
+    """The definition, one step at a time: h_t = W_x x_t + W_h sigma(h_{t-1}); sigma_out(W_y^T h_t + b)."""
+    sigma = torch.relu if m.variant == "relu" else (lambda v: v)
+    h = x.new_zeros(x.shape[0], m.hidden_size)
+    outs = []
+    for t in range(x.shape[1]):
+        h = x[:, t] @ m.W_x.T + sigma(h) @ m.W_h.T
+        o = h @ m.readout_weight() + m.b
+        outs.append(torch.relu(o) if m.variant != "linear" else o)
+    return torch.stack(outs, 1)
+
+
+@pytest.mark.parametrize("variant", ["linear", "relu_readout", "relu"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_small_rnn_matches_its_definition(variant, tied):
+    m = SmallRNN(4, 3, variant, tied_readout=tied, seed=1, dtype=torch.float64)
+    with torch.no_grad():
+        m.b.normal_(0, 0.3)
+    x = torch.rand(5, 9, 4, dtype=torch.float64)
+    out, ref = m(x), small_rnn_by_hand(m, x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.autograd.grad(out.square().sum(), list(m.parameters()))
+    gr = torch.autograd.grad(ref.square().sum(), list(m.parameters()))
+    for a, b in zip(g, gr):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["linear", "relu_readout", "relu"])
+def test_ensemble_equals_its_instances(variant):
+    ens = RNNEnsemble(6, 4, 3, variant=variant, seed=2, dtype=torch.float64)
+    x = torch.rand(6, 5, 7, 4, dtype=torch.float64)
+    out = ens(x)
+    assert out.shape == (6, 5, 7, 4)
+    for i in range(6):
+        torch.testing.assert_close(out[i], ens.instance(i)(x[i]), rtol=1e-12, atol=1e-12)
+    shared = ens(x[0])
+    torch.testing.assert_close(shared[3], ens.instance(3)(x[0]), rtol=1e-12, atol=1e-12)
+
+
+def test_initialisation_does_not_depend_on_the_number_of_instances():
+    a, b = RNNEnsemble(3, 4, 5, seed=7), RNNEnsemble(11, 4, 5, seed=7)
+    for name in ("W_x", "W_h", "W_y", "b"):
+        assert torch.equal(getattr(a, name), getattr(b, name)[:3])
+    single = SmallRNN(4, 5, generator=instance_generator(7, 2))
+    assert torch.equal(single.W_h, a.W_h[2])
+
+
+def test_joint_training_equals_separate_training():
+    """8 instances with their own task settings, trained jointly (summed loss, Adam) and
+    separately: identical parameters after 50 steps (float64)."""
+    I, F, n = 8, 5, 3
+    probs, delays = [0.05 + 0.1 * i for i in range(I)], [1 + i % 3 for i in range(I)]
+    ens = RNNEnsemble(I, F, n, variant="relu_readout", feature_probability=probs, delay=delays, seed=3,
+                      dtype=torch.float64)
+    singles = [SmallRNN(F, n, "relu_readout", generator=instance_generator(3, i), dtype=torch.float64)
+               for i in range(I)]
+    opt = torch.optim.Adam(ens.parameters(), lr=0.01)
+    opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in singles]
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(I)]
+    gens_single = [torch.Generator().manual_seed(100 + i) for i in range(I)]
+    for _ in range(50):
+        x, y = ens.sample_batch(16, 12, gens)
+        loss = ens.loss(ens(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for i, (m, o) in enumerate(zip(singles, opts)):
+            xi, yi = delayed_recall(F, delays[i], probs[i], 12, 16, generator=gens_single[i], dtype=torch.float64)
+            li = (m(xi) - yi).square().mean()
+            o.zero_grad()
+            li.backward()
+            o.step()
+    for i, m in enumerate(singles):
+        for name in ("W_x", "W_h", "W_y", "b"):
+            torch.testing.assert_close(getattr(ens, name)[i], getattr(m, name), rtol=0, atol=1e-13)
+    assert not torch.allclose(ens.W_h, RNNEnsemble(I, F, n, seed=3, dtype=torch.float64).W_h)  # it trained
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_ensemble_on_every_backend(backend):
+    dev = device_for(backend)
+    ens = RNNEnsemble(3, 4, 2, variant="relu", seed=4, backend=backend, dtype=torch.float64).to(dev)
+    x = torch.rand(3, 2, 5, 4, dtype=torch.float64, device=dev)
+    out = ens(x)
+    ens.backend = "reference"
+    torch.testing.assert_close(out, ens(x), rtol=1e-12, atol=1e-12)
+
+
+def test_ensemble_errors():
+    with pytest.raises(ValueError, match="num_instances"):
+        RNNEnsemble(0, 4, 2)
+    with pytest.raises(ValueError, match="variant"):
+        RNNEnsemble(2, 4, 2, variant="gelu")
+    ens = RNNEnsemble(2, 4, 2)
+    with pytest.raises(ValueError, match=r"x must be \[I=2, B, T, F=4\]"):
+        ens(torch.rand(3, 1, 5, 4))
+    with pytest.raises(ValueError, match="instance index"):
+        ens.instance(2)
+
+
+# --- geometry -----------------------------------------------------------------------------
+
+def rotation(deg, r=1.0):
+    t = math.radians(deg)
+    return r * torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=torch.float64)
+
+
+def test_feature_directions_and_rotation():
+    W_h = rotation(135, 0.8)
+    W_x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    d = geo.feature_directions(W_x, W_h, 2)
+    assert d.shape == (3, 2, 2)
+    torch.testing.assert_close(d[2], (W_h @ W_h @ W_x).T)
+    assert geo.total_rotation(d, 2).item() == pytest.approx(270.0)
+    assert geo.spectral_radius(W_h).item() == pytest.approx(0.8)
+    assert geo.rotation_angle(W_h).item() == pytest.approx(135.0)
+    s = geo.summary(W_x, rotation(45), 2)
+    assert s["k_theta"].item() == pytest.approx(90.0) and s["spectral_radius"].item() == pytest.approx(1.0)
+    angles = geo.angles_between_features(d)
+    assert angles[0, 0, 1].item() == pytest.approx(90.0)
+    assert geo.angles_between_delays(d)[1, 0].item() == pytest.approx(135.0)
+
+
+def test_interference():
+    # one feature, k = 1: a 90-degree turn makes the recalled direction orthogonal to the
+    # newest input (no interference); no turn makes them parallel (full interference)
+    d = geo.feature_directions(torch.eye(2, dtype=torch.float64)[:, :1], rotation(90), 1)
+    assert geo.interference(d, 1).item() == pytest.approx(0.0, abs=1e-12)
+    d = geo.feature_directions(torch.eye(2, dtype=torch.float64)[:, :1], rotation(0), 1)
+    assert geo.interference(d, 1).item() == pytest.approx(1.0)
