@@ -55,18 +55,25 @@ def _dphi_times(x, g, NONLIN: tl.constexpr):
 
 
 @triton.jit
+def _tile(B, H, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's batch rows: offsets of a [BLOCK_B, BLOCK_N] area tile in a [B, H] state,
+    its mask, and the mask of an [N, N] block."""
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rn = tl.arange(0, BLOCK_N)
+    m2 = (rb < B)[:, None] & (rn < N)[None, :]
+    mw = (rn < N)[:, None] & (rn < N)[None, :]
+    row = rb[:, None] * H + rn[None, :]
+    return rn, row, m2, mw
+
+
+@triton.jit
 def _modular_rnn_fwd_kernel(
     drive_ptr, w_ptr, l_ptr, tgt_rowptr_ptr, tgt_blk_ptr, src_ptr, h0_ptr, states_ptr, pre_ptr,
     T, B, H, P, N, alpha,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
     HOPFIELD: tl.constexpr, SAVE_PRE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    rn = tl.arange(0, BLOCK_N)
-    m2 = (rb < B)[:, None] & (rn < N)[None, :]
-    mw = (rn < N)[:, None] & (rn < N)[None, :]
-    row = rb[:, None] * H + rn[None, :]
+    rn, row, m2, mw = _tile(B, H, N, BLOCK_B, BLOCK_N)
     w_t = rn[None, :] * N + rn[:, None]  # loads a block transposed: tile[c, r] = M[r, c]
     prev_ptr = h0_ptr
     cur_ptr = states_ptr
@@ -108,12 +115,7 @@ def _modular_rnn_bwd_kernel(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
     HOPFIELD: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    rn = tl.arange(0, BLOCK_N)
-    m2 = (rb < B)[:, None] & (rn < N)[None, :]
-    mw = (rn < N)[:, None] & (rn < N)[None, :]
-    row = rb[:, None] * H + rn[None, :]
+    rn, row, m2, mw = _tile(B, H, N, BLOCK_B, BLOCK_N)
     w_n = rn[:, None] * N + rn[None, :]  # loads a block as is: x @ M computes (M^T x^T)^T
     BH = B * H
     # carry_ptr holds two [B, H] buffers (zeroed by the launcher): read one, write the other.

@@ -187,25 +187,22 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str):
+    """(mean cross-entropy, accuracy) of a model on a split, in one pass."""
+    model.eval()
+    total, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i:i + batch_size].to(device))
+        yb = y[i:i + batch_size].to(device)
+        total += float(F.cross_entropy(logits.float(), yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train()
+    n = max(1, len(y))
+    return total / n, correct / n
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        logits = model(x[i:i + batch_size].to(device))
-        correct += int((logits.argmax(1).cpu() == y[i:i + batch_size]).sum())
-    model.train()
-    return correct / max(1, len(y))
-
-
-@torch.no_grad()
-def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str) -> float:
-    model.eval()
-    total = 0.0
-    for i in range(0, len(y), batch_size):
-        logits = model(x[i:i + batch_size].to(device))
-        total += float(F.cross_entropy(logits.float(), y[i:i + batch_size].to(device), reduction="sum"))
-    model.train()
-    return total / max(1, len(y))
+    return evaluate_split(model, x, y, batch_size, device)[1]
 
 
 def ablation(model: nn.Module, data: TaskData, batch_size: int, device: str) -> List[float]:
@@ -311,8 +308,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
             dist.all_reduce(totals)
             tot_loss, tot_correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
         epoch_time = time.perf_counter() - t0
-        val_acc = accuracy(model, data.x_val.to(dtype), data.y_val, 512, cfg.device)
-        val_loss = mean_loss(model, data.x_val.to(dtype), data.y_val, 512, cfg.device)
+        val_loss, val_acc = evaluate_split(model, data.x_val.to(dtype), data.y_val, 512, cfg.device)
         history.append(dict(epoch=epoch + 1, train_loss=tot_loss / max(seen, 1), train_acc=tot_correct / max(seen, 1),
                             val_loss=val_loss, val_acc=val_acc, seconds=epoch_time))
         run_epochs += 1
