@@ -43,9 +43,11 @@ test: install
 
 bench: install
 	mkdir -p bench/results
-	$(TRITON_ENV) $(PY) -m pytest bench --benchmark-enable --benchmark-only \
-		--benchmark-json=bench/results/modular_rnn.json -p no:randomly $(PYTEST_ARGS)
-	$(PY) bench/report.py bench/results/modular_rnn.json
+	$(TRITON_ENV) $(PY) -m pytest bench/test_bench_modular_rnn.py --benchmark-enable --benchmark-only \
+		--benchmark-json=bench/results/modular_rnn.json $(PYTEST_ARGS)
+	$(TRITON_ENV) $(PY) -m pytest bench/test_bench_ensemble.py --benchmark-enable --benchmark-only \
+		--benchmark-json=bench/results/ensemble.json $(PYTEST_ARGS)
+	$(PY) bench/report.py bench/results/modular_rnn.json bench/results/ensemble.json
 
 demo: install
 	$(TRITON_ENV) $(PY) -m rnnofrnns demo --out runs/demo

@@ -1,6 +1,6 @@
 """Turn pytest-benchmark JSON into tables of speedups and GFLOP/s, and check the targets.
 
-    python bench/report.py bench/results/modular_rnn.json
+    python bench/report.py bench/results/modular_rnn.json [bench/results/ensemble.json]
 """
 from __future__ import annotations
 
@@ -78,5 +78,29 @@ def main(path: str) -> int:
     return 0
 
 
+def ensemble_report(path: str) -> None:
+    """The ensemble benchmark: one training step of 256 small RNNs."""
+    _, groups = load(path)
+    print("\n| group | ensemble ms | loop ms | vmap ms | vs loop | vs vmap |")
+    print("|---|---:|---:|---:|---:|---:|")
+    checks = []
+    for group in sorted(groups):
+        rows = groups[group]
+        if "ensemble" not in rows:
+            continue
+        t = {k: rows[k]["stats"]["median"] for k in ("ensemble", "loop", "vmap") if k in rows}
+        loop, vm = t.get("loop", float("nan")) / t["ensemble"], t.get("vmap", float("nan")) / t["ensemble"]
+        print(f"| {group} | {t['ensemble'] * 1e3:.1f} | {t.get('loop', float('nan')) * 1e3:.1f} | "
+              f"{t.get('vmap', float('nan')) * 1e3:.1f} | {loop:.1f}x | {vm:.1f}x |")
+        checks += [(f"{group}: vs loop >= 20x", loop, 20.0), (f"{group}: vs vmap >= 3x", vm, 3.0)]
+    print("\nTargets (ensemble):")
+    for label, value, target in checks:
+        print(f"  [{'PASS' if value >= target else 'MISS'}] {label}: {value:.1f}")
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/modular_rnn.json"))
+    paths = sys.argv[1:] or ["bench/results/modular_rnn.json"]
+    code = main(paths[0])
+    for extra in paths[1:]:
+        ensemble_report(extra)
+    sys.exit(code)
