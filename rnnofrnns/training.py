@@ -147,6 +147,8 @@ def init_distributed(device: str) -> Dist:
         return Dist()
     import torch.distributed as dist
 
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size())
@@ -236,6 +238,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)
     dist_info = init_distributed(cfg.device)
+    if dist_info.world > 1 and cfg.device == "cuda":
+        cfg.device = f"cuda:{torch.cuda.current_device()}"
     os.makedirs(cfg.out, exist_ok=True)
     last_path, best_path = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
     data = load_task(cfg.task, cfg.data_dir, cfg.seed)
