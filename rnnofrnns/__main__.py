@@ -20,7 +20,7 @@ import torch
 
 def _op_timing(args: argparse.Namespace) -> int:
     from rnnofrnns import cpu_extension_available
-    from rnnofrnns.ops import modular_rnn, modular_rnn_reference
+    from rnnofrnns.ops import modular_rnn
 
     torch.set_flush_denormal(True)
     p, n, T, B = args.areas, args.area_size, args.steps, args.batch
@@ -103,7 +103,6 @@ def _config_from(args: argparse.Namespace, defaults):
 def _train(args: argparse.Namespace) -> int:
     import json
     import os
-    from dataclasses import fields
 
     from rnnofrnns.training import TrainConfig, train
 

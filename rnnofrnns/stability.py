@@ -26,6 +26,8 @@ from typing import Any, Mapping, Optional, Tuple
 
 import torch
 
+from .ops.modular_rnn.reference import dense_feedback
+
 __all__ = [
     "Certificate",
     "sparse_contracting_block",
@@ -223,12 +225,6 @@ class Certificate:
                 f"kappa {self.kappa:.4g}, omega {self.omega:.4g})")
 
 
-def _dense_feedback(L_blocks: torch.Tensor, L_index: torch.Tensor, p: int) -> torch.Tensor:
-    from .ops.modular_rnn.reference import dense_feedback
-
-    return dense_feedback(L_blocks, L_index, p)
-
-
 def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certificate:
     """Check contraction from the weights a model would actually use.
 
@@ -265,7 +261,7 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
         else:
             kappa = math.inf
         m = metric.reshape(-1)
-        L = _dense_feedback(Lb, idx, p)
+        L = dense_feedback(Lb, idx, p)
         ML = m[:, None] * L
         skew = ML + ML.T
         worst_skew = float(skew.abs().max()) if skew.numel() else 0.0

@@ -5,7 +5,6 @@ sparsities (and delays), trained jointly as one fused call, then analysed.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from rnnofrnns import ModularRNN, stability, topology
+from rnnofrnns.ops.modular_rnn.reference import dense_feedback
 from rnnofrnns.stability import (
     certify,
     diagonal_metric,
@@ -90,7 +91,7 @@ def test_negative_feedback_is_skew_in_M(seed, p, n, big):
     B = big * torch.randn(len(pairs), n, n, generator=g, dtype=torch.float64)
     metric = torch.exp(2 * torch.randn(p, n, generator=g, dtype=torch.float64))  # far from scalar
     L = negative_feedback(B, pairs, metric)
-    Ld = stability._dense_feedback(L, topology.feedback_index(pairs), p)
+    Ld = dense_feedback(L, topology.feedback_index(pairs), p)
     m = metric.reshape(-1)
     skew = m[:, None] * Ld + (m[:, None] * Ld).T
     assert skew.abs().max() <= 1e-12 * (m[:, None] * Ld).abs().max()

@@ -8,7 +8,6 @@ direction, and k*theta the total turn between a feature's entry (w_0) and its re
 """
 from __future__ import annotations
 
-import math
 from typing import Dict
 
 import torch

@@ -8,4 +8,4 @@ from . import triton_op  # noqa: F401  (registers the Triton custom ops)
 if cpu_extension_available():
     register_op_pair("rnnofrnns::modular_rnn_fwd", "rnnofrnns::modular_rnn_bwd")
 
-__all__ = ["modular_rnn", "modular_rnn_reference", "dense_feedback", "check_modular_rnn_args"]
+__all__ = ["modular_rnn", "modular_rnn_reference", "dense_feedback", "check_modular_rnn_args", "check_block_index"]
