@@ -10,7 +10,7 @@ import glob
 import os
 import platform
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _cpu_flags() -> set:
@@ -48,7 +48,7 @@ def _extensions():
 ext_modules, cmdclass = _extensions()
 
 setup(
-    packages=["rnnofrnns", "rnnofrnns.ops", "rnnofrnns.ops.modular_rnn", "rnnofrnns.kernels"],
+    packages=find_packages(include=["rnnofrnns", "rnnofrnns.*"]) + ["rnnofrnns.kernels"],
     package_dir={"rnnofrnns": "rnnofrnns", "rnnofrnns.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -21,9 +21,13 @@ def cpu_extension_available() -> bool:
     return _ext_error is None
 
 
+# Looked up once at import: find_spec inside a call would stop torch.compile's tracing.
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
     """True when triton is importable (GPU, or CPU tensors under TRITON_INTERPRET=1)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_FOUND
 
 
 def triton_interpreting() -> bool:

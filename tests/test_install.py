@@ -40,6 +40,8 @@ def test_wheel_builds_and_imports_outside_source_tree(tmp_path):
     (wheel,) = wheel_dir.glob("rnnofrnns-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "rnnofrnns/kernels/modular_rnn.py" in names
+    for sub in ("ops/modular_rnn/functional.py", "analysis/superposition.py"):
+        assert f"rnnofrnns/{sub}" in names, sub
     assert "rnnofrnns/ops/modular_rnn/functional.py" in names
     assert any(n.startswith("rnnofrnns/_C") and n.endswith(".so") for n in names), names
     top = {n.split("/")[0] for n in names}

@@ -46,7 +46,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("changes,exc,match", BAD_INPUTS)
 @pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
 def test_functional_rejects_bad_input(changes, exc, match, backend):
-    a = with_(**changes)
+    a = {k: v.to(device_for(backend)) for k, v in with_(**changes).items()}
     with pytest.raises(exc, match=match):
         modular_rnn(a["drive"], a["W"], a["L_blocks"], a["L_index"], a["h0"], backend=backend)
 
