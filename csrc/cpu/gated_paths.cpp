@@ -1,0 +1,248 @@
+// CPU kernels for the gated multi-path matmul  y = sum_p c_p * (W_p x).
+//
+//   x [B, D_in], W [P, D_out, D_in], c of shape [P] ("path"), [B, P] ("sample") or
+//   [B, P, D_out] ("neuron").
+//
+// The gates never produce a [B, P, D_out] intermediate for path and sample gates:
+//   path   : W_eff = sum_p c_p W_p (one pass over W), y = x W_eff^T: one GEMM of
+//            D_in, not P * D_in, in the reduction.
+//   sample : the gates fold into the reduction dimension: X~[b, p*D_in + i] = c[b,p] x[b,i]
+//            and y = X~ Wcat^T with Wcat[o, p*D_in + i] = W[p, o, i]: one GEMM over P*D_in.
+//   neuron : Z = x W_stack^T ([B, P*D_out], one GEMM), y[b,o] = sum_p c[b,p,o] Z[b,p,o].
+// The forward returns y and `aux` for the backward: W_eff, Wcat or Z respectively.
+//
+// Backward (dy [B, D_out]):
+//   path   : G = dy^T x; dW_p = c_p G; dc_p = <W_p, G>; dx = dy W_eff.
+//   sample : dX~ = dy Wcat (one GEMM); dx[b,i] = sum_p c[b,p] dX~[b,p,i] and
+//            dc[b,p] = sum_i x[b,i] dX~[b,p,i] in one pass over dX~ (no second pass over W);
+//            dW = (c (x) dy)^T x as one GEMM into the contiguous [P*D_out, D_in] view of dW.
+//   neuron : dZ = c * dy; dc = dy * Z; dx = dZ W_stack; dW_stack = dZ^T x.
+// The GEMMs are ATen's (the BLAS torch was built with); the gate folding, the
+// reductions and the argument checks are here.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/mv.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <tuple>
+
+namespace rnnofrnns {
+namespace {
+
+enum class Gate { Path, Sample, Neuron };
+
+struct Dims {
+  int64_t B, P, O, I;
+  Gate gate;
+};
+
+Dims check_gated(const at::Tensor& x, const at::Tensor& W, const at::Tensor& c, const char* op) {
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D [B, D_in], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(W.dim() == 3, op, ": W must be 3-D [P, D_out, D_in], got shape ", W.sizes());
+  const int64_t B = x.size(0), I = x.size(1), P = W.size(0), O = W.size(1);
+  TORCH_CHECK_VALUE(B >= 1 && I >= 1, op, ": x must be [B, D_in] with B, D_in >= 1, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(P >= 1 && O >= 1 && W.size(2) == I, op, ": W must be [P, D_out, D_in] = [P, D_out, ", I,
+                    "] with P, D_out >= 1, got shape ", W.sizes());
+  Gate gate;
+  if (c.dim() == 1 && c.size(0) == P) {
+    gate = Gate::Path;
+  } else if (c.dim() == 2 && c.size(0) == B && c.size(1) == P) {
+    gate = Gate::Sample;
+  } else if (c.dim() == 3 && c.size(0) == B && c.size(1) == P && c.size(2) == O) {
+    gate = Gate::Neuron;
+  } else {
+    TORCH_CHECK_VALUE(false, op, ": c must be [P] = [", P, "], [B, P] = [", B, ", ", P, "] or [B, P, D_out] = [", B,
+                      ", ", P, ", ", O, "], got shape ", c.sizes());
+  }
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble, op, ": x must be float32 or float64, got ", dt);
+  TORCH_CHECK_TYPE(W.scalar_type() == dt && c.scalar_type() == dt, op, ": x, W and c must share one dtype, got ", dt,
+                   ", ", W.scalar_type(), ", ", c.scalar_type());
+  for (const at::Tensor* t : {&x, &W, &c})
+    TORCH_CHECK_VALUE(t->device().type() == at::kCPU, op, ": all tensors must be on the CPU, got one on ",
+                      t->device());
+  return {B, P, O, I, gate};
+}
+
+std::tuple<at::Tensor, at::Tensor> gated_paths_fwd(const at::Tensor& x_in, const at::Tensor& W_in,
+                                                   const at::Tensor& c_in) {
+  const Dims d = check_gated(x_in, W_in, c_in, "gated_paths_fwd");
+  const at::Tensor x = x_in.contiguous(), W = W_in.contiguous(), c = c_in.contiguous();
+  if (d.gate == Gate::Path) {
+    at::Tensor W_eff = at::mv(W.view({d.P, d.O * d.I}).t(), c).view({d.O, d.I});
+    return {at::mm(x, W_eff.t()), W_eff};
+  }
+  if (d.gate == Gate::Neuron) {
+    at::Tensor Z = at::mm(x, W.view({d.P * d.O, d.I}).t());  // [B, P*O]
+    at::Tensor y = at::empty({d.B, d.O}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_paths_fwd", [&] {
+      const scalar_t* z = Z.const_data_ptr<scalar_t>();
+      const scalar_t* g = c.const_data_ptr<scalar_t>();
+      scalar_t* out = y.mutable_data_ptr<scalar_t>();
+      const int64_t P = d.P, O = d.O;
+      at::parallel_for(0, d.B, 16, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          scalar_t* yr = out + b * O;
+          for (int64_t o = 0; o < O; ++o) yr[o] = 0;
+          for (int64_t p = 0; p < P; ++p) {
+            const scalar_t* zr = z + (b * P + p) * O;
+            const scalar_t* gr = g + (b * P + p) * O;
+            for (int64_t o = 0; o < O; ++o) yr[o] += gr[o] * zr[o];
+          }
+        }
+      });
+    });
+    return {y, Z};
+  }
+  // Sample gates: X~ = c (x) x folded into the reduction dimension, one GEMM over P*D_in.
+  at::Tensor Xt = at::empty({d.B, d.P * d.I}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_paths_fwd", [&] {
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    const scalar_t* g = c.const_data_ptr<scalar_t>();
+    scalar_t* xt = Xt.mutable_data_ptr<scalar_t>();
+    const int64_t P = d.P, I = d.I;
+    at::parallel_for(0, d.B, 16, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t p = 0; p < P; ++p) {
+          const scalar_t gp = g[b * P + p];
+          scalar_t* dst = xt + (b * P + p) * I;
+          const scalar_t* src = xs + b * I;
+          for (int64_t i = 0; i < I; ++i) dst[i] = gp * src[i];
+        }
+    });
+  });
+  at::Tensor Wcat = W.permute({1, 0, 2}).reshape({d.O, d.P * d.I}).contiguous();
+  return {at::mm(Xt, Wcat.t()), Wcat};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_paths_bwd(const at::Tensor& dy_in, const at::Tensor& x_in,
+                                                               const at::Tensor& W_in, const at::Tensor& c_in,
+                                                               const at::Tensor& aux_in, bool need_x, bool need_W,
+                                                               bool need_c) {
+  const Dims d = check_gated(x_in, W_in, c_in, "gated_paths_bwd");
+  TORCH_CHECK_VALUE(dy_in.dim() == 2 && dy_in.size(0) == d.B && dy_in.size(1) == d.O,
+                    "gated_paths_bwd: grad_y must be [B, D_out] = [", d.B, ", ", d.O, "], got shape ", dy_in.sizes());
+  TORCH_CHECK_TYPE(dy_in.scalar_type() == x_in.scalar_type() && aux_in.scalar_type() == x_in.scalar_type(),
+                   "gated_paths_bwd: grad_y and aux must have the dtype of x (", x_in.scalar_type(), "), got ",
+                   dy_in.scalar_type(), " and ", aux_in.scalar_type());
+  TORCH_CHECK_VALUE(dy_in.device().type() == at::kCPU && aux_in.device().type() == at::kCPU,
+                    "gated_paths_bwd: grad_y and aux must be on the CPU");
+  const at::Tensor dy = dy_in.contiguous(), x = x_in.contiguous(), W = W_in.contiguous(), c = c_in.contiguous();
+  const at::Tensor aux = aux_in.contiguous();
+  const int64_t B = d.B, P = d.P, O = d.O, I = d.I;
+  at::Tensor dx, dW, dc;
+  if (d.gate == Gate::Path) {
+    TORCH_CHECK_VALUE(aux.sizes() == at::IntArrayRef({O, I}), "gated_paths_bwd: aux must be W_eff [", O, ", ", I,
+                      "] for path gates, got shape ", aux.sizes());
+    if (need_x) dx = at::mm(dy, aux);
+    if (need_W || need_c) {
+      at::Tensor G = at::mm(dy.t(), x);  // [O, I]
+      if (need_c) dc = at::mv(W.view({P, O * I}), G.view({O * I}));
+      if (need_W) dW = at::mul(c.view({P, 1}), G.view({1, O * I})).view({P, O, I});
+    }
+  } else if (d.gate == Gate::Neuron) {
+    TORCH_CHECK_VALUE(aux.sizes() == at::IntArrayRef({B, P * O}), "gated_paths_bwd: aux must be Z [", B, ", ", P * O,
+                      "] for neuron gates, got shape ", aux.sizes());
+    at::Tensor dZ = at::empty({B, P * O}, x.options());
+    if (need_c) dc = at::empty({B, P, O}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_paths_bwd", [&] {
+      const scalar_t* g = c.const_data_ptr<scalar_t>();
+      const scalar_t* z = aux.const_data_ptr<scalar_t>();
+      const scalar_t* gy = dy.const_data_ptr<scalar_t>();
+      scalar_t* dz = dZ.mutable_data_ptr<scalar_t>();
+      scalar_t* dcp = need_c ? dc.mutable_data_ptr<scalar_t>() : nullptr;
+      at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b)
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t off = (b * P + p) * O;
+            const scalar_t* gyr = gy + b * O;
+            for (int64_t o = 0; o < O; ++o) dz[off + o] = g[off + o] * gyr[o];
+            if (dcp)
+              for (int64_t o = 0; o < O; ++o) dcp[off + o] = z[off + o] * gyr[o];
+          }
+      });
+    });
+    if (need_x) dx = at::mm(dZ, W.view({P * O, I}));
+    if (need_W) dW = at::mm(dZ.t(), x).view({P, O, I});
+  } else {
+    TORCH_CHECK_VALUE(aux.sizes() == at::IntArrayRef({O, P * I}), "gated_paths_bwd: aux must be Wcat [", O, ", ",
+                      P * I, "] for sample gates, got shape ", aux.sizes());
+    if (need_x || need_c) {
+      at::Tensor dXt = at::mm(dy, aux);  // [B, P*I]
+      if (need_x) dx = at::empty({B, I}, x.options());
+      if (need_c) dc = at::empty({B, P}, x.options());
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_paths_bwd", [&] {
+        const scalar_t* g = c.const_data_ptr<scalar_t>();
+        const scalar_t* xs = x.const_data_ptr<scalar_t>();
+        const scalar_t* dxt = dXt.const_data_ptr<scalar_t>();
+        scalar_t* dxp = need_x ? dx.mutable_data_ptr<scalar_t>() : nullptr;
+        scalar_t* dcp = need_c ? dc.mutable_data_ptr<scalar_t>() : nullptr;
+        at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const scalar_t* xr = xs + b * I;
+            if (dxp)
+              for (int64_t i = 0; i < I; ++i) dxp[b * I + i] = 0;
+            for (int64_t p = 0; p < P; ++p) {
+              const scalar_t* r = dxt + (b * P + p) * I;
+              if (dxp) {
+                const scalar_t gp = g[b * P + p];
+                for (int64_t i = 0; i < I; ++i) dxp[b * I + i] += gp * r[i];
+              }
+              if (dcp) {
+                scalar_t s = 0;
+                for (int64_t i = 0; i < I; ++i) s += xr[i] * r[i];
+                dcp[b * P + p] = s;
+              }
+            }
+          }
+        });
+      });
+    }
+    if (need_W) {
+      at::Tensor dYt = at::empty({B, P * O}, x.options());  // c[b,p] dy[b,o]
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_paths_bwd", [&] {
+        const scalar_t* g = c.const_data_ptr<scalar_t>();
+        const scalar_t* gy = dy.const_data_ptr<scalar_t>();
+        scalar_t* out = dYt.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b)
+            for (int64_t p = 0; p < P; ++p) {
+              const scalar_t gp = g[b * P + p];
+              for (int64_t o = 0; o < O; ++o) out[(b * P + p) * O + o] = gp * gy[b * O + o];
+            }
+        });
+      });
+      dW = at::mm(dYt.t(), x).view({P, O, I});
+    }
+  }
+  // Gradients that were not asked for come back as zeros of the right shape.
+  if (!dx.defined()) dx = at::zeros_like(x);
+  if (!dW.defined()) dW = at::zeros_like(W);
+  if (!dc.defined()) dc = at::zeros_like(c);
+  return {dx, dW, dc};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(rnnofrnns, m) {
+  m.def("gated_paths_fwd(Tensor x, Tensor W, Tensor c) -> (Tensor y, Tensor aux)");
+  m.def(
+      "gated_paths_bwd(Tensor grad_y, Tensor x, Tensor W, Tensor c, Tensor aux, bool need_x_grad, "
+      "bool need_W_grad, bool need_c_grad) -> (Tensor grad_x, Tensor grad_W, Tensor grad_c)");
+}
+
+TORCH_LIBRARY_IMPL(rnnofrnns, CPU, m) {
+  m.impl("gated_paths_fwd", &gated_paths_fwd);
+  m.impl("gated_paths_bwd", &gated_paths_bwd);
+}
+
+}  // namespace rnnofrnns
