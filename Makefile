@@ -47,7 +47,9 @@ bench: install
 		--benchmark-json=bench/results/modular_rnn.json $(PYTEST_ARGS)
 	$(TRITON_ENV) $(PY) -m pytest bench/test_bench_ensemble.py --benchmark-enable --benchmark-only \
 		--benchmark-json=bench/results/ensemble.json $(PYTEST_ARGS)
-	$(PY) bench/report.py bench/results/modular_rnn.json bench/results/ensemble.json
+	$(TRITON_ENV) $(PY) -m pytest bench/test_bench_gated_paths.py --benchmark-enable --benchmark-only \
+		--benchmark-json=bench/results/gated_paths.json $(PYTEST_ARGS)
+	$(PY) bench/report.py bench/results/modular_rnn.json bench/results/ensemble.json bench/results/gated_paths.json
 
 demo: install
 	$(TRITON_ENV) $(PY) -m rnnofrnns demo --out runs/demo

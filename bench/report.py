@@ -101,9 +101,36 @@ def ensemble_report(path: str) -> None:
         print(f"  [{'PASS' if value >= target else 'MISS'}] {label}: {value:.1f}")
 
 
+def gated_report(path: str) -> None:
+    """The gated_paths benchmark: the fused backend against the loop, einsum and one GEMM."""
+    _, groups = load(path)
+    print("\n| group | fused ms | loop ms | einsum ms | GEMM ms | vs loop | vs einsum | GEMM speed reached |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    checks = []
+    for group in sorted(groups, key=lambda g: (g.split()[2], g.split()[1], int(g.split()[3][2:]), g.split()[4])):
+        rows = groups[group]
+        if "fused" not in rows:
+            continue
+        t = {k: rows[k]["stats"]["median"] for k in ("fused", "reference", "einsum", "gemm") if k in rows}
+        nan = float("nan")
+        loop, ein = t.get("reference", nan) / t["fused"], t.get("einsum", nan) / t["fused"]
+        gemm = t.get("gemm", nan) / t["fused"]
+        print(f"| {group} | {t['fused'] * 1e3:.2f} | {t.get('reference', nan) * 1e3:.2f} | "
+              f"{t.get('einsum', nan) * 1e3:.2f} | {t.get('gemm', nan) * 1e3:.2f} | {loop:.2f}x | {ein:.2f}x | "
+              f"{100 * gemm:.0f}% |")
+        if not group.endswith("neuron"):
+            checks += [(f"{group}: vs loop >= 2x", loop, 2.0), (f"{group}: GEMM speed >= 70%", gemm, 0.7)]
+    print("\nTargets (gated_paths, path and sample gates):")
+    for label, value, target in checks:
+        print(f"  [{'PASS' if value >= target else 'MISS'}] {label}: {value:.2f}")
+
+
 if __name__ == "__main__":
     paths = sys.argv[1:] or ["bench/results/modular_rnn.json"]
     code = main(paths[0])
     for extra in paths[1:]:
-        ensemble_report(extra)
+        if "gated" in extra:
+            gated_report(extra)
+        else:
+            ensemble_report(extra)
     sys.exit(code)

@@ -3,10 +3,10 @@
 Every fused backend is a pair of ops with the same schema:
   fwd(x, W, c) -> (y, aux)
   bwd(grad_y, x, W, c, aux, need_x_grad, need_W_grad, need_c_grad) -> (grad_x, grad_W, grad_c)
-aux is what the backward reuses: for the cpu backend W_eff [D_out, D_in] for path
-gates [P] and the path-major weights Wcat [D_out, P*D_in] for sample gates [B, P];
-the Triton kernels fold the gates into W's tiles in place and return an empty aux
-for both. For neuron gates [B, P, D_out] aux is the per-path outputs Z [B, P*D_out].
+aux is what the backward reuses: W_eff = sum_p c_p W_p [D_out, D_in] for path gates
+[P]; for sample gates [B, P] the path-major weights Wcat [D_out, P*D_in] (cpu) or
+nothing (Triton, whose kernels fold the gates into W's tiles in place); for neuron
+gates [B, P, D_out] the per-path outputs Z [B, P*D_out].
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ import torch
 def aux_shape(x: torch.Tensor, W: torch.Tensor, c: torch.Tensor, weights_in_place: bool) -> Tuple[int, ...]:
     B = x.shape[0]
     P, D_out, D_in = W.shape
+    if c.dim() == 1:
+        return (D_out, D_in)
     if c.dim() == 3:
         return (B, P * D_out)
-    if weights_in_place:
-        return (0,)
-    return (D_out, D_in) if c.dim() == 1 else (D_out, P * D_in)
+    return (0,) if weights_in_place else (D_out, P * D_in)
 
 
 def register_op_pair(fwd_name: str, bwd_name: str, weights_in_place: bool) -> None:
