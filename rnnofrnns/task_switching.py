@@ -1,0 +1,308 @@
+"""Flexible task abstractions: the two-timescale gradient flow of a gated multi-path
+linear network on a blocked curriculum of orthogonal teachers (Sandbrink et al., 2024).
+
+    python -m rnnofrnns task-switching --regime flexible --out runs/task-switching
+
+Learning is gradient flow integrated by Euler steps of dt, with no optimizer state:
+    c <- c - dt/tau_c * dL/dc,   W <- W - dt/tau_W * dL/dW,
+L = 1/2 sum_o (y*_o - y_o)^2 averaged over a fresh Gaussian batch every step, plus
+lambda_nonneg * sum max(0, -c) + lambda_norm * 1/2 (||c||_k - 1)^2 for the gates
+(the norm over the paths; per output neuron for neuron gates). The loss reported
+everywhere is L without the regulariser.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from .models import GatedLinearNetwork
+from .tasks import blocked_curriculum, compose_mean, compose_rows, teachers
+from .training import atomic_save, atomic_write_json
+
+REGIMES = ("flexible", "forgetful")
+
+
+@dataclass
+class TaskSwitchingConfig:
+    """Settings of the experiment. None means the regime's default (SCIENCE.md section 2):
+    flexible: tau_c 0.03, lambda_nonneg 0.091, lambda_norm 0.91; forgetful: tau_c = tau_W
+    and no regulariser."""
+
+    regime: str = "flexible"
+    d_in: int = 20
+    d_out: int = 10
+    paths: int = 2
+    teachers: int = 2
+    gate_shape: str = "path"
+    tau_w: float = 1.3
+    tau_c: Optional[float] = None
+    lambda_nonneg: Optional[float] = None
+    lambda_norm: Optional[float] = None
+    norm_k: int = 1
+    block_length: float = 1.0
+    blocks: int = 20
+    dt: float = 1e-3
+    batch: int = 200
+    threshold: float = 0.1
+    init_gate: float = 0.5
+    init_scale: float = 0.01
+    seed: int = 0
+    record_every: int = 10
+    compose: bool = False
+    compose_length: float = 2.0
+    backend: Optional[str] = None
+    out: str = "runs/task-switching"
+    progress: bool = True
+
+    def resolved(self) -> "TaskSwitchingConfig":
+        """A copy with the regime's defaults filled in, checked."""
+        if self.regime not in REGIMES:
+            raise ValueError(f"--regime must be one of {REGIMES}, got {self.regime!r}")
+        flexible = self.regime == "flexible"
+        cfg = TaskSwitchingConfig(**asdict(self))
+        if cfg.tau_c is None:
+            cfg.tau_c = 0.03 if flexible else cfg.tau_w
+        if cfg.lambda_nonneg is None:
+            cfg.lambda_nonneg = 0.091 if flexible else 0.0
+        if cfg.lambda_norm is None:
+            cfg.lambda_norm = 0.91 if flexible else 0.0
+        for name in ("d_in", "d_out", "paths", "teachers", "blocks", "batch", "record_every"):
+            v = getattr(cfg, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name in ("tau_w", "tau_c", "block_length", "dt", "threshold", "compose_length"):
+            v = getattr(cfg, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
+        for name in ("lambda_nonneg", "lambda_norm"):
+            v = getattr(cfg, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {v!r}")
+        if cfg.norm_k not in (1, 2):
+            raise ValueError(f"--norm-k must be 1 or 2, got {cfg.norm_k!r}")
+        if cfg.gate_shape not in ("path", "neuron"):
+            raise ValueError(f"--gate-shape must be 'path' or 'neuron', got {cfg.gate_shape!r}")
+        if cfg.teachers * cfg.d_out > cfg.d_in:
+            raise ValueError(f"--teachers * --d-out = {cfg.teachers * cfg.d_out} must be <= --d-in = {cfg.d_in}")
+        if cfg.dt > cfg.tau_c or cfg.dt > cfg.tau_w:
+            raise ValueError(f"--dt ({cfg.dt}) must not exceed tau_c ({cfg.tau_c}) or tau_W ({cfg.tau_w})")
+        if round(cfg.block_length / cfg.dt) < 1:
+            raise ValueError("--block-length must be at least one step --dt")
+        return cfg
+
+
+def gate_regulariser(c: torch.Tensor, lambda_nonneg: float, lambda_norm: float, k: int) -> torch.Tensor:
+    """lambda_nonneg * sum max(0, -c) + lambda_norm * 1/2 (||c||_k - 1)^2, the norm over the
+    paths (dim 0), summed over output neurons for neuron gates [P, d_out]."""
+    nonneg = torch.relu(-c).sum()
+    norm = c.abs().sum(0) if k == 1 else c.norm(dim=0)
+    return lambda_nonneg * nonneg + lambda_norm * 0.5 * (norm - 1.0).square().sum()
+
+
+def alignment(W: torch.Tensor, teacher_set: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity of every path with every teacher, [P, M]: the absolute
+    value of the mean over output rows o of cos(W_p[o], T_m[o]). Sign-free, because a path
+    whose gate is negative contributes -W_p: it follows T_m when W_p is near -T_m."""
+    Wn = torch.nn.functional.normalize(W, dim=-1)  # [P, O, I]
+    Tn = torch.nn.functional.normalize(teacher_set, dim=-1)  # [M, O, I]
+    return (torch.einsum("poi,moi->pm", Wn, Tn) / W.shape[1]).abs()
+
+
+def specialisation(align: torch.Tensor) -> float:
+    """The best one-to-one assignment of paths to teachers, scored by the mean alignment
+    of the assigned pairs. Two paths that follow the same teacher cannot both be assigned
+    to it, so an unspecialised network scores about (1 + 0) / 2, not 1."""
+    P, M = align.shape
+    best = -math.inf
+    if P >= M:
+        for paths in itertools.permutations(range(P), M):
+            best = max(best, float(sum(align[p, m] for m, p in enumerate(paths)) / M))
+    else:
+        for ts in itertools.permutations(range(M), P):
+            best = max(best, float(sum(align[p, m] for p, m in enumerate(ts)) / P))
+    return best
+
+
+def first_time_below(losses: torch.Tensor, threshold: float, dt: float) -> Optional[float]:
+    """Time (steps * dt, counting the first step as dt) until the loss first falls below
+    the threshold; None if it never does."""
+    below = (losses < threshold).nonzero()
+    return None if below.numel() == 0 else float((int(below[0]) + 1) * dt)
+
+
+class GradientFlow:
+    """Euler integration of the two-timescale gradient flow for one GatedLinearNetwork.
+
+    Each step draws a fresh batch, runs the gated_paths op forward and backward once,
+    and updates c and W in place; losses stay on the device until a phase ends."""
+
+    def __init__(self, net: GatedLinearNetwork, cfg: TaskSwitchingConfig, generator: torch.Generator) -> None:
+        self.net, self.cfg, self.gen = net, cfg, generator
+
+    def run(self, target: torch.Tensor, steps: int, learn_W: bool = True,
+            on_record: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+        cfg, net = self.cfg, self.net
+        W, c = net.W, net.c
+        lr_W, lr_c = cfg.dt / cfg.tau_w, cfg.dt / cfg.tau_c
+        losses = torch.empty(steps, dtype=W.dtype, device=W.device)
+        params = (W, c) if learn_W else (c,)
+        for s in range(steps):
+            x = torch.randn(cfg.batch, cfg.d_in, generator=self.gen, dtype=W.dtype, device=W.device)
+            err = net(x) - x @ target.T
+            loss = 0.5 * err.square().sum(1).mean()
+            reg = gate_regulariser(c, cfg.lambda_nonneg, cfg.lambda_norm, cfg.norm_k)
+            grads = torch.autograd.grad(loss + reg, params)
+            with torch.no_grad():
+                if learn_W:
+                    W.sub_(grads[0], alpha=lr_W)
+                c.sub_(grads[-1], alpha=lr_c)
+                losses[s] = loss
+            if on_record is not None and (s + 1) % cfg.record_every == 0:
+                on_record(s)
+        return losses
+
+
+def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Run the blocked curriculum (and, with cfg.compose, the composition phase); write
+    metrics.json and task_switching.png into cfg.out and return the metrics."""
+    cfg = cfg.resolved()
+    os.makedirs(cfg.out, exist_ok=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    teacher_set = teachers(cfg.d_in, cfg.d_out, cfg.teachers, generator=gen)
+    net = GatedLinearNetwork(cfg.d_in, cfg.d_out, cfg.paths, cfg.gate_shape, init_gate=cfg.init_gate,
+                             init_scale=cfg.init_scale, backend=cfg.backend, generator=gen)
+    flow = GradientFlow(net, cfg, gen)
+    steps = int(round(cfg.block_length / cfg.dt))
+    schedule = blocked_curriculum(cfg.blocks, list(range(cfg.teachers)))
+    trace_t: List[float] = []
+    trace_gates: List[List[float]] = []
+    trace_align: List[List[List[float]]] = []
+    clock = {"t0": 0.0}
+
+    def record(s: int) -> None:
+        with torch.no_grad():
+            trace_t.append(clock["t0"] + (s + 1) * cfg.dt)
+            c = net.c.detach()
+            trace_gates.append((c if c.dim() == 1 else c.mean(1)).tolist())
+            trace_align.append(alignment(net.W.detach(), teacher_set).tolist())
+
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.blocks, desc=f"task-switching ({cfg.regime})", leave=False, dynamic_ncols=True)
+    blocks, all_losses = [], []
+    wall0 = time.perf_counter()
+    for b, task in enumerate(schedule):
+        clock["t0"] = b * steps * cfg.dt
+        losses = flow.run(teacher_set[task], steps, on_record=record)
+        all_losses.append(losses)
+        with torch.no_grad():
+            align = alignment(net.W, teacher_set)
+        entry = dict(block=b + 1, task=int(task),
+                     time_to_threshold=first_time_below(losses, cfg.threshold, cfg.dt),
+                     final_loss=float(losses[-max(1, steps // 20):].mean()),
+                     specialisation=specialisation(align))
+        blocks.append(entry)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{entry['final_loss']:.3f}", spec=f"{entry['specialisation']:.2f}")
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - wall0
+    with torch.no_grad():
+        align = alignment(net.W, teacher_set)
+    metrics: Dict[str, Any] = dict(
+        config=asdict(cfg),
+        blocks=blocks,
+        time_to_threshold=[e["time_to_threshold"] for e in blocks],
+        final_specialisation=specialisation(align),
+        final_loss=blocks[-1]["final_loss"],
+        final_alignment=align.tolist(),
+        final_gates=net.c.detach().tolist(),
+        steps=len(schedule) * steps,
+        wall_time_s=wall,
+        steps_per_s=len(schedule) * steps / wall,
+    )
+    if cfg.compose:
+        metrics["compose"] = _compose_phase(net, flow, cfg, teacher_set)
+    atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
+    picture = plot_task_switching(cfg, torch.cat(all_losses), steps, schedule, trace_t, trace_gates, trace_align,
+                                  os.path.join(cfg.out, "task_switching.png"))
+    atomic_save(net.state_dict(), os.path.join(cfg.out, "network.pt"))
+    _log_summary(metrics, log)
+    log(f"metrics: {os.path.join(cfg.out, 'metrics.json')}; plot: {picture}")
+    return metrics
+
+
+def _compose_phase(net: GatedLinearNetwork, flow: GradientFlow, cfg: TaskSwitchingConfig,
+                   teacher_set: torch.Tensor) -> Dict[str, Any]:
+    """Gates alone (W frozen) against the two composed tasks, each from the end state of
+    the blocked phase."""
+    steps = int(round(cfg.compose_length / cfg.dt))
+    start = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    out = {}
+    for name, target in (("mean", compose_mean(teacher_set)), ("rows", compose_rows(teacher_set))):
+        net.load_state_dict(start)
+        with torch.no_grad():
+            x = torch.randn(4096, cfg.d_in, generator=flow.gen)
+            initial = float(0.5 * (net(x) - x @ target.T).square().sum(1).mean())
+        losses = flow.run(target, steps, learn_W=False)
+        out[name] = dict(initial_loss=initial,
+                         time_to_threshold=first_time_below(losses, cfg.threshold, cfg.dt),
+                         final_loss=float(losses[-max(1, steps // 20):].mean()),
+                         final_gates=net.c.detach().tolist())
+    net.load_state_dict(start)
+    return out
+
+
+def _log_summary(m: Dict[str, Any], log: Callable[[str], None]) -> None:
+    cfg = m["config"]
+    log(f"{cfg['regime']}: {m['steps']} Euler steps in {m['wall_time_s']:.1f} s ({m['steps_per_s']:.0f} steps/s)")
+    log("block  task  time to loss<%.2g  final loss  specialisation" % cfg["threshold"])
+    for e in m["blocks"]:
+        t = "not reached" if e["time_to_threshold"] is None else f"{e['time_to_threshold']:.3f}"
+        log(f"{e['block']:5d}  {e['task']:4d}  {t:>16}  {e['final_loss']:10.4f}  {e['specialisation']:14.3f}")
+    log(f"final specialisation {m['final_specialisation']:.3f}, final loss {m['final_loss']:.4f}")
+    for name, r in m.get("compose", {}).items():
+        t = "not reached" if r["time_to_threshold"] is None else f"{r['time_to_threshold']:.3f}"
+        log(f"compose {name}: gates alone, loss {r['initial_loss']:.3f} -> {r['final_loss']:.4f}, "
+            f"time to loss<{cfg['threshold']:.2g}: {t}")
+
+
+def plot_task_switching(cfg, losses, steps, schedule, trace_t, trace_gates, trace_align, path: str) -> str:
+    """Loss over time with the block boundaries, gates over time, alignment over time."""
+    from .plots import _plt, _save
+
+    plt = _plt()
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
+    t = (torch.arange(losses.numel()) + 1) * cfg.dt
+    axes[0].plot(t, losses.cpu(), lw=0.6)
+    axes[0].axhline(cfg.threshold, color="k", ls=":", lw=0.8, label=f"loss = {cfg.threshold:g}")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("loss")
+    axes[0].legend(loc="upper right", fontsize=8)
+    gates = torch.tensor(trace_gates)
+    for p in range(gates.shape[1]):
+        axes[1].plot(trace_t, gates[:, p], label=f"c_{p + 1}")
+    axes[1].set_ylabel("gate" + (" (mean over neurons)" if cfg.gate_shape == "neuron" else ""))
+    axes[1].legend(loc="upper right", fontsize=8)
+    align = torch.tensor(trace_align)
+    for p in range(align.shape[1]):
+        for m in range(align.shape[2]):
+            axes[2].plot(trace_t, align[:, p, m], label=f"path {p + 1} / teacher {'ABCDEFGH'[m % 8]}")
+    axes[2].set_ylabel("row-wise cosine")
+    axes[2].set_xlabel("time")
+    axes[2].legend(loc="lower right", fontsize=7, ncol=2)
+    for ax in axes:
+        for b in range(1, len(schedule)):
+            ax.axvline(b * steps * cfg.dt, color="grey", lw=0.4, alpha=0.6)
+    axes[0].set_title(f"{cfg.regime} regime: tau_W={cfg.tau_w:g}, tau_c={cfg.tau_c:g}, "
+                      f"lambda_nonneg={cfg.lambda_nonneg:g}, lambda_norm={cfg.lambda_norm:g}, blocks of {cfg.block_length:g}")
+    return _save(fig, path)

@@ -1,0 +1,116 @@
+"""GatedLinearNetwork, the teachers, the gradient-flow simulator, its metrics and the
+task-switching command."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from rnnofrnns import GatedLinearNetwork, gated_paths_reference
+from rnnofrnns.__main__ import main
+from rnnofrnns.tasks import blocked_curriculum, compose_mean, compose_rows, teachers
+from rnnofrnns.task_switching import (TaskSwitchingConfig, alignment, first_time_below, gate_regulariser,
+                                      run_task_switching, specialisation)
+
+
+def test_teachers_are_orthogonal_rotations():
+    T = teachers(20, 10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert T.shape == (2, 10, 20)
+    rows = T.reshape(20, 20)
+    torch.testing.assert_close(rows @ rows.T, torch.eye(20, dtype=torch.float64) / 20)
+    with pytest.raises(ValueError, match=r"num_teachers \* d_out = 3 \* 10 must be <= d_in = 20"):
+        teachers(20, 10, 3)
+
+
+def test_curriculum_and_compositions():
+    assert blocked_curriculum(5) == [0, 1, 0, 1, 0]
+    T = teachers(8, 4, 2, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(compose_mean(T), (T[0] + T[1]) / 2)
+    R = compose_rows(T)
+    torch.testing.assert_close(R[:2], T[0, :2])
+    torch.testing.assert_close(R[2:], T[1, 2:])
+
+
+def test_specialisation_does_not_reward_two_paths_on_one_teacher():
+    T = teachers(20, 10, 2, generator=torch.Generator().manual_seed(0))
+    both_on_A = torch.stack([T[0], 0.5 * T[0]])
+    assert alignment(both_on_A, T)[:, 0].min() > 0.99
+    assert abs(specialisation(alignment(both_on_A, T)) - 0.5) < 0.01
+    swapped = torch.stack([T[1], -2 * T[0]])  # a path following -T_A counts (its gate can be negative)
+    assert specialisation(alignment(swapped, T)) > 0.99
+
+
+def test_first_time_below():
+    losses = torch.tensor([0.5, 0.3, 0.09, 0.2, 0.05])
+    assert first_time_below(losses, 0.1, 0.01) == pytest.approx(0.03)
+    assert first_time_below(losses, 0.01, 0.01) is None
+
+
+def test_gate_regulariser_values():
+    c = torch.tensor([0.7, -0.2])
+    # nonneg: 0.2; norm (k=1): |c|_1 = 0.9 -> 1/2 (0.1)^2 = 0.005
+    assert float(gate_regulariser(c, 1.0, 1.0, 1)) == pytest.approx(0.2 + 0.005)
+    neuron = torch.tensor([[0.5, 1.0], [0.5, 1.0]])  # norms per neuron 1 and 2
+    assert float(gate_regulariser(neuron, 0.0, 2.0, 1)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("gate_shape", ["path", "neuron"])
+def test_gated_linear_network_forward_grads_state_dict(gate_shape):
+    g = torch.Generator().manual_seed(0)
+    net = GatedLinearNetwork(6, 4, 3, gate_shape, generator=g).double()
+    assert net.c.shape == ((3,) if gate_shape == "path" else (3, 4))
+    assert torch.all(net.c == 0.5)
+    x = torch.randn(5, 6, dtype=torch.float64, generator=g)
+    y = net(x)
+    c = net.c if gate_shape == "path" else net.c.expand(5, 3, 4)
+    ref = gated_paths_reference(x, net.W, c)
+    torch.testing.assert_close(y, ref)
+    grads = torch.autograd.grad(y.square().sum(), (net.W, net.c))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (net.W, net.c))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    other = GatedLinearNetwork(6, 4, 3, gate_shape).double()
+    other.load_state_dict(net.state_dict())
+    torch.testing.assert_close(other(x), y)
+    with pytest.raises(ValueError, match=r"x must be \[B, d_in\] = \[B, 6\]"):
+        net(torch.randn(5, 7, dtype=torch.float64))
+    with pytest.raises(ValueError, match="gate_shape must be 'path' or 'neuron'"):
+        GatedLinearNetwork(6, 4, 3, "sample")
+
+
+def test_regimes_separate_in_the_expected_direction(tmp_path):
+    """A shortened run (10 blocks, dt 4e-3, batch 100) of both regimes: the flexible
+    network specialises and adapts fast after switches, the forgetful one does not."""
+    res = {}
+    for regime in ("flexible", "forgetful"):
+        cfg = TaskSwitchingConfig(regime=regime, blocks=10, dt=4e-3, batch=100, out=str(tmp_path / regime),
+                                  progress=False)
+        res[regime] = run_task_switching(cfg, log=lambda s: None)
+    flex, forget = res["flexible"], res["forgetful"]
+    assert flex["config"]["tau_c"] == 0.03 and forget["config"]["tau_c"] == forget["config"]["tau_w"]
+    assert forget["config"]["lambda_norm"] == 0.0
+    t_flex, t_forget = flex["time_to_threshold"], forget["time_to_threshold"]
+    assert t_flex[0] is not None and t_flex[0] > 0.6          # slow at first
+    assert t_flex[-1] < 0.3 and t_flex[-1] < t_flex[0] / 3    # fast after the switches ...
+    assert all(t is not None and t > 0.4 for t in t_forget[-4:])  # ... unlike the forgetful net
+    assert flex["final_specialisation"] > 0.9
+    assert forget["final_specialisation"] < 0.75
+    for regime in res:
+        assert os.path.getsize(tmp_path / regime / "task_switching.png") > 10_000
+
+
+def test_cli_writes_metrics_plot_and_compose(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["task-switching", "--regime", "flexible", "--blocks", "2", "--dt", "0.01", "--batch", "50",
+                 "--compose", "--compose-length", "0.2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["blocks"]) == 2 and len(m["time_to_threshold"]) == 2
+    assert set(m["compose"]) == {"mean", "rows"}
+    assert {"final_specialisation", "final_loss", "final_gates", "final_alignment"} <= set(m)
+    assert (out / "task_switching.png").exists() and (out / "network.pt").exists()
+    assert not [p for p in os.listdir(out) if ".tmp" in p]
+    assert main(["task-switching", "--tau-w", "-1", "--out", str(tmp_path / "bad"), "--no-progress"]) == 1
+    assert "--tau-w must be a positive number, got -1.0" in capsys.readouterr().err
