@@ -51,7 +51,7 @@ def test_training_step(benchmark, contender, hidden):
         opt = torch.optim.Adam(ens.parameters(), lr=1e-3)
 
         def step():
-            loss = ens.loss(ens(x), y)
+            loss = ens.training_loss(x, y)
             opt.zero_grad()
             loss.backward()
             opt.step()

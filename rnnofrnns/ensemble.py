@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import modular_rnn
+from .ops.ensemble import ensemble_drive, ensemble_readout_loss
 
 VARIANTS = ("linear", "relu_readout", "relu")
 
@@ -131,19 +132,40 @@ class RNNEnsemble(nn.Module):
     def readout_weight(self) -> torch.Tensor:
         return self.W_x if self.tied_readout else self.W_y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        I, n = self.num_instances, self.hidden_size
+    def _ensemble_backend(self) -> Optional[str]:
+        """The fused ensemble ops exist for the cpu backend only; elsewhere their reference runs."""
+        return None if self.backend in (None, "cpu") else "reference"
+
+    def states(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden states of all instances as one modular_rnn output [T, B, I*n]."""
+        I = self.num_instances
         if x.dim() == 3:
             x = x.unsqueeze(0).expand(I, *x.shape)
         if x.dim() != 4 or x.shape[0] != I or x.shape[-1] != self.num_features:
             raise ValueError(f"x must be [I={I}, B, T, F={self.num_features}] or [B, T, F], got {tuple(x.shape)}")
-        _, B, T, _ = x.shape
-        nl, relu_out = _act(self.variant)
-        drive = torch.einsum("ibtf,inf->tbin", x, self.W_x).reshape(T, B, I * n)
-        h = modular_rnn(drive, self.W_h, self._empty_L, self._empty_idx, alpha=1.0, nonlinearity=nl,
-                        form="hopfield", backend=self.backend)
+        nl, _ = _act(self.variant)
+        drive = ensemble_drive(x, self.W_x, backend=self._ensemble_backend())
+        return modular_rnn(drive, self.W_h, self._empty_L, self._empty_idx, alpha=1.0, nonlinearity=nl,
+                           form="hopfield", backend=self.backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        I, n = self.num_instances, self.hidden_size
+        h = self.states(x)
+        T, B, _ = h.shape
+        _, relu_out = _act(self.variant)
         out = torch.einsum("tbin,inf->ibtf", h.view(T, B, I, n), self.readout_weight()) + self.b[:, None, None, :]
         return torch.relu(out) if relu_out else out
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The same value as loss(self(x), y), computed by the fused readout+loss op: the
+        [I, B, T, F] output is never formed (one pass over y instead of about ten)."""
+        I, F = self.num_instances, self.num_features
+        if y.dim() != 4 or y.shape[0] != I or y.shape[-1] != F:
+            raise ValueError(f"y must be [I={I}, B, T, F={F}], got {tuple(y.shape)}")
+        _, relu_out = _act(self.variant)
+        per_instance = ensemble_readout_loss(self.states(x), self.readout_weight(), self.b, y, relu_out,
+                                             backend=self._ensemble_backend())
+        return per_instance.sum()
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, importance: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sum over instances of each instance's mean (importance-weighted) squared error."""

@@ -65,7 +65,7 @@ def run_superposition(cfg: SuperpositionConfig, log=print) -> Dict[str, Any]:
     t0 = time.perf_counter()
     for step in range(cfg.steps):
         x, y = ens.sample_batch(cfg.batch_size, cfg.seq_len, gens)
-        loss = ens.loss(ens(x), y)
+        loss = ens.training_loss(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
