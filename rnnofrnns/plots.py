@@ -20,6 +20,7 @@ def _save(fig, path: str) -> str:
     tmp = f"{path}.tmp-{os.getpid()}.png"
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     os.replace(tmp, path)
+    _plt().close(fig)
     return path
 
 
