@@ -8,7 +8,9 @@ from rnnofrnns import RNNEnsemble
 from rnnofrnns.ops.ensemble import (ensemble_drive, ensemble_drive_reference, ensemble_readout_loss,
                                     ensemble_readout_loss_reference)
 
-SIZES = [(1, 1, 1, 1, 1), (3, 5, 4, 3, 2), (70, 2, 3, 8, 5), (4, 17, 6, 16, 1), (2, 3, 2, 7, 3)]  # I, B, T, F, n
+# I, B, T, F, n. F = 4 runs the SIMD path in float64 (4 lanes with AVX2), F = 8 the scalar one;
+# in float32 F = 8 is the SIMD path (test_float32_*).
+SIZES = [(1, 1, 1, 1, 1), (3, 5, 4, 3, 2), (70, 2, 3, 8, 5), (4, 17, 6, 16, 1), (2, 3, 2, 7, 3), (66, 5, 3, 4, 3)]
 
 
 def tensors(I, B, T, F, n, seed=0):
@@ -57,11 +59,24 @@ def test_gradcheck_and_opcheck():
     torch.library.opcheck(torch.ops.rnnofrnns.ensemble_readout_loss, (h, W, b, y, True))
 
 
-def test_float32_readout_loss_accuracy():
-    y, W, h, b = tensors(64, 32, 16, 8, 2)
-    out = ensemble_readout_loss(h.float(), W.float(), b.float(), y.float(), True, backend="cpu")
-    ref = ensemble_readout_loss_reference(h, W, b, y, True)
-    assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
+@pytest.mark.parametrize("F", [8, 5])
+def test_float32_accuracy(F):
+    """float32 losses and gradients within 1e-5 of the float64 reference (F=8: SIMD path)."""
+    y, W, h, b = tensors(70, 32, 16, F, 3)
+    x = y.clone()
+    ins32 = [t.float().requires_grad_(True) for t in (h, W, b)]
+    ins64 = [t.clone().requires_grad_(True) for t in (h, W, b)]
+    out = ensemble_readout_loss(*ins32, y.float(), True, backend="cpu")
+    ref = ensemble_readout_loss_reference(*ins64, y, True)
+    gl = torch.rand(70, dtype=torch.float64)
+    pairs = [(out, ref)] + list(zip(torch.autograd.grad(out, ins32, gl.float()), torch.autograd.grad(ref, ins64, gl)))
+    xw32 = [x.float().requires_grad_(True), W.float().requires_grad_(True)]
+    xw64 = [x.clone().requires_grad_(True), W.clone().requires_grad_(True)]
+    d32, d64 = ensemble_drive(*xw32, backend="cpu"), ensemble_drive_reference(*xw64)
+    gd = torch.randn(d64.shape, dtype=torch.float64)
+    pairs += [(d32, d64)] + list(zip(torch.autograd.grad(d32, xw32, gd.float()), torch.autograd.grad(d64, xw64, gd)))
+    for a, r in pairs:
+        assert ((a.double() - r).abs().max() / r.abs().max()).item() < 1e-5
 
 
 def test_bad_input():

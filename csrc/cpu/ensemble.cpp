@@ -16,6 +16,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/div.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -82,6 +83,18 @@ at::Tensor ensemble_drive_fwd(const at::Tensor& x_in, const at::Tensor& W_in) {
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     const scalar_t* w = W.const_data_ptr<scalar_t>();
     scalar_t* out = drive.mutable_data_ptr<scalar_t>();
+    using Vec = at::vec::Vectorized<scalar_t>;
+    if (d.F == Vec::size()) {  // one SIMD register per x row
+      for_tiles(d, [&](int64_t, int64_t t, int64_t b, int64_t i) {
+        scalar_t* o = out + (t * d.B + b) * d.I * d.n + i * d.n;
+        const Vec xv = Vec::loadu(xs + ((i * d.B + b) * d.T + t) * d.F);
+        const scalar_t* wi = w + i * d.n * d.F;
+        for (int64_t j = 0; j < d.n; ++j)
+          o[j] = at::vec::vec_reduce_all<scalar_t>([](Vec& a, Vec& c) { return a + c; },
+                                                   Vec::loadu(wi + j * d.F) * xv);
+      });
+      return;
+    }
     for_tiles(d, [&](int64_t, int64_t t, int64_t b, int64_t i) {
       scalar_t* o = out + (t * d.B + b) * d.I * d.n + i * d.n;
       const scalar_t* xr = xs + ((i * d.B + b) * d.T + t) * d.F;
@@ -114,6 +127,26 @@ std::tuple<at::Tensor, at::Tensor> ensemble_drive_bwd(const at::Tensor& gd_in, c
     const scalar_t* w = W.const_data_ptr<scalar_t>();
     scalar_t* gxs = need_x ? gx.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* part = need_W ? partial.mutable_data_ptr<scalar_t>() : nullptr;
+    using Vec = at::vec::Vectorized<scalar_t>;
+    if (d.F == Vec::size()) {  // dW[j] += g_j x and dx = sum_j g_j W[j]: vector FMAs over f
+      for_tiles(d, [&](int64_t c, int64_t t, int64_t b, int64_t i) {
+        const int64_t xoff = ((i * d.B + b) * d.T + t) * d.F;
+        const scalar_t* gi = g + (t * d.B + b) * d.I * d.n + i * d.n;
+        if (part) {
+          scalar_t* ai = part + (c * d.I + i) * d.n * d.F;
+          const Vec xv = Vec::loadu(xs + xoff);
+          for (int64_t j = 0; j < d.n; ++j)
+            at::vec::fmadd(Vec(gi[j]), xv, Vec::loadu(ai + j * d.F)).store(ai + j * d.F);
+        }
+        if (gxs) {
+          const scalar_t* wi = w + i * d.n * d.F;
+          Vec acc(scalar_t(0));
+          for (int64_t j = 0; j < d.n; ++j) acc = at::vec::fmadd(Vec(gi[j]), Vec::loadu(wi + j * d.F), acc);
+          acc.store(gxs + xoff);
+        }
+      });
+      return;
+    }
     for_tiles(d, [&](int64_t c, int64_t t, int64_t b, int64_t i) {
       const int64_t xoff = ((i * d.B + b) * d.T + t) * d.F;
       const scalar_t* gi = g + (t * d.B + b) * d.I * d.n + i * d.n;
@@ -202,6 +235,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_readout_loss
         }
       });
     };
+    using Vec = at::vec::Vectorized<scalar_t>;
+    if (d.F == Vec::size()) {
+      // F fills one SIMD register (8 float32 or 4 float64 with AVX2): the whole readout,
+      // error and gradient of one (t, b, i) visit are a handful of vector instructions.
+      // The squared errors accumulate per feature lane and are summed once at the end.
+      const int64_t V = Vec::size();
+      at::Tensor plv = at::zeros({chunks, d.I, V}, Wy.options());
+      scalar_t* plvs = plv.mutable_data_ptr<scalar_t>();
+      const Vec zero(scalar_t(0)), vscale(scale);
+      for_tiles(d, [&](int64_t c, int64_t t, int64_t bb, int64_t i) {
+        const int64_t r = t * d.B + bb;
+        const scalar_t* hr = hs + r * d.I * d.n + i * d.n;
+        const scalar_t* wi = w + i * d.n * V;
+        Vec o = Vec::loadu(bs + i * V);
+        for (int64_t j = 0; j < d.n; ++j) o = at::vec::fmadd(Vec(hr[j]), Vec::loadu(wi + j * V), o);
+        const Vec out = relu ? at::vec::maximum(o, zero) : o;
+        const Vec e = out - Vec::loadu(ys + ((i * d.B + bb) * d.T + t) * V);
+        Vec g = e * vscale;
+        if (relu) g = Vec::blendv(zero, g, o > zero);
+        scalar_t* ab = pbs + (c * d.I + i) * V;
+        (Vec::loadu(ab) + g).store(ab);
+        scalar_t* al = plvs + (c * d.I + i) * V;
+        at::vec::fmadd(e, e, Vec::loadu(al)).store(al);
+        scalar_t* aWi = pWs + (c * d.I + i) * d.n * V;
+        scalar_t* ghr = ghs + r * d.I * d.n + i * d.n;
+        for (int64_t j = 0; j < d.n; ++j) {
+          at::vec::fmadd(Vec(hr[j]), g, Vec::loadu(aWi + j * V)).store(aWi + j * V);
+          ghr[j] = at::vec::vec_reduce_all<scalar_t>([](Vec& a, Vec& b) { return a + b; }, g * Vec::loadu(wi + j * V));
+        }
+      });
+      pl.add_(plv.sum(2).to(at::kDouble));
+      return;
+    }
     switch (d.F) {
       case 2: run(std::integral_constant<int64_t, 2>{}); break;
       case 4: run(std::integral_constant<int64_t, 4>{}); break;

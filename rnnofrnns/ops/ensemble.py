@@ -113,6 +113,10 @@ def _register() -> None:
 
     def loss_backward(ctx: Any, grad_loss: torch.Tensor, *unused: torch.Tensor):
         gh, gW, gb = ctx.saved_tensors
+        # The usual case, loss.sum().backward(): no rescaling pass over grad_h. Only for plain
+        # eager tensors (traced fake/functional tensors cannot be branched on).
+        if type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling() and bool((grad_loss == 1).all()):
+            return gh, gW, gb, None, None
         T, B, H = gh.shape
         gh = (gh.view(T, B, ctx.I, H // ctx.I) * grad_loss[None, None, :, None]).view(T, B, H)
         return gh, gW * grad_loss[:, None, None], gb * grad_loss[:, None], None, None
