@@ -105,13 +105,28 @@ def gate_regulariser(c: torch.Tensor, lambda_nonneg: float, lambda_norm: float, 
     return lambda_nonneg * nonneg + lambda_norm * 0.5 * (norm - 1.0).square().sum()
 
 
+def row_alignment(W: torch.Tensor, teacher_set: torch.Tensor) -> torch.Tensor:
+    """cos(W_p[o], T_m[o]) for every output row o, path p and teacher m: [O, P, M]."""
+    Wn = torch.nn.functional.normalize(W, dim=-1)  # [P, O, I]
+    Tn = torch.nn.functional.normalize(teacher_set, dim=-1)  # [M, O, I]
+    return torch.einsum("poi,moi->opm", Wn, Tn)
+
+
 def alignment(W: torch.Tensor, teacher_set: torch.Tensor) -> torch.Tensor:
     """Row-wise cosine similarity of every path with every teacher, [P, M]: the absolute
     value of the mean over output rows o of cos(W_p[o], T_m[o]). Sign-free, because a path
     whose gate is negative contributes -W_p: it follows T_m when W_p is near -T_m."""
-    Wn = torch.nn.functional.normalize(W, dim=-1)  # [P, O, I]
-    Tn = torch.nn.functional.normalize(teacher_set, dim=-1)  # [M, O, I]
-    return (torch.einsum("poi,moi->pm", Wn, Tn) / W.shape[1]).abs()
+    return row_alignment(W, teacher_set).mean(0).abs()
+
+
+def network_specialisation(W: torch.Tensor, teacher_set: torch.Tensor, gate_shape: str) -> float:
+    """Specialisation of a network: of its paths for path gates; for neuron gates, where
+    every output neuron has its own gates, of each neuron's rows, averaged over neurons
+    (neuron o may route teacher A through path 1 while neuron o' routes it through path 2)."""
+    if gate_shape == "path":
+        return specialisation(alignment(W, teacher_set))
+    rows = row_alignment(W, teacher_set).abs()
+    return float(sum(specialisation(r) for r in rows) / rows.shape[0])
 
 
 def specialisation(align: torch.Tensor) -> float:
@@ -203,12 +218,10 @@ def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = pr
         clock["t0"] = b * steps * cfg.dt
         losses = flow.run(teacher_set[task], steps, on_record=record)
         all_losses.append(losses)
-        with torch.no_grad():
-            align = alignment(net.W, teacher_set)
         entry = dict(block=b + 1, task=int(task),
                      time_to_threshold=first_time_below(losses, cfg.threshold, cfg.dt),
                      final_loss=float(losses[-max(1, steps // 20):].mean()),
-                     specialisation=specialisation(align))
+                     specialisation=network_specialisation(net.W.detach(), teacher_set, cfg.gate_shape))
         blocks.append(entry)
         if bar is not None:
             bar.update(1)
@@ -222,7 +235,7 @@ def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = pr
         config=asdict(cfg),
         blocks=blocks,
         time_to_threshold=[e["time_to_threshold"] for e in blocks],
-        final_specialisation=specialisation(align),
+        final_specialisation=network_specialisation(net.W.detach(), teacher_set, cfg.gate_shape),
         final_loss=blocks[-1]["final_loss"],
         final_alignment=align.tolist(),
         final_gates=net.c.detach().tolist(),

@@ -114,3 +114,28 @@ def test_cli_writes_metrics_plot_and_compose(tmp_path, capsys):
     assert not [p for p in os.listdir(out) if ".tmp" in p]
     assert main(["task-switching", "--tau-w", "-1", "--out", str(tmp_path / "bad"), "--no-progress"]) == 1
     assert "--tau-w must be a positive number, got -1.0" in capsys.readouterr().err
+
+
+def test_neuron_specialisation_is_per_output_neuron():
+    from rnnofrnns.task_switching import network_specialisation
+
+    T = teachers(20, 10, 2, generator=torch.Generator().manual_seed(0))
+    # neurons 0-4 route teacher A through path 1, neurons 5-9 through path 2
+    W = torch.stack([torch.cat([T[0, :5], T[1, 5:]]), torch.cat([T[1, :5], T[0, 5:]])])
+    assert network_specialisation(W, T, "neuron") > 0.99
+    assert abs(network_specialisation(W, T, "path") - 0.5) < 0.01   # no path follows one teacher
+    both_on_A = torch.stack([T[0], T[0]])
+    assert abs(network_specialisation(both_on_A, T, "neuron") - 0.5) < 0.01
+
+
+def test_neuron_gates_solve_the_row_composition_by_gates_alone(tmp_path):
+    """Per-neuron gates with the flexible settings scaled per neuron (tau_c / 10,
+    regulariser / d_out): they specialise, and the gates alone then solve the task whose rows
+    come from two teachers, which path gates cannot."""
+    cfg = TaskSwitchingConfig(regime="flexible", gate_shape="neuron", tau_c=0.003, lambda_norm=0.091,
+                              lambda_nonneg=0.0091, blocks=8, batch=100, compose=True, compose_length=1.0,
+                              out=str(tmp_path / "neuron"), progress=False)
+    m = run_task_switching(cfg, log=lambda s: None)
+    assert m["final_specialisation"] > 0.9
+    rows = m["compose"]["rows"]
+    assert rows["initial_loss"] > 0.15 and rows["time_to_threshold"] is not None and rows["final_loss"] < 0.05
