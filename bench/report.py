@@ -34,8 +34,8 @@ def main(path: str) -> int:
     for name, v in mm.items():
         print(f"torch.mm {name.split('[')[-1].rstrip(']')}: {v:.1f} GFLOP/s")
     print()
-    print(f"| group | contender | median ms | GFLOP/s (non-zero blocks) | fused speedup |")
-    print(f"|---|---|---:|---:|---:|")
+    print("| group | contender | median ms | GFLOP/s (non-zero blocks) | fused speedup |")
+    print("|---|---|---:|---:|---:|")
     ratios = {}
     for group in sorted(groups, key=lambda g: (not g.startswith("forward "), g)):
         rows = groups[group]

@@ -148,6 +148,8 @@ def _tiles(M: int, N: int) -> Tuple[int, int]:
 
 
 def _gated_mm(a, m, m_strides, c, K, N, gate_after, save_z=None, dc=None, x=None):
+    """out [Bn, N] = sum_p gate * (a [Bn, K] @ M_p), M_p read from m through
+    m_strides = (P, stride per path, stride per k, stride per n); see _gated_mm_kernel."""
     Bn = a.shape[0]
     P = m_strides[0]
     out = _new_output(Bn, N, like=a)
