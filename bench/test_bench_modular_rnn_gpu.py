@@ -13,7 +13,8 @@ import torch
 
 from contenders import modular_rnn_bmm_loop
 from rnnofrnns.ops import modular_rnn, modular_rnn_reference
-from test_bench_modular_rnn import ALPHA, FORM, N, P, T, flops, topology
+from test_bench_modular_rnn import ALPHA, FORM, N, P, T, flops
+from test_bench_modular_rnn import problem as cpu_problem
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -26,12 +27,8 @@ CASES = [(topo, B, nl) for topo in ("star", "all") for B in (64, 2048) for nl in
 
 
 def problem(topo, B):
-    g = torch.Generator().manual_seed(0)
-    pairs = topology(topo)
-    drive = 0.5 * torch.randn(T, B, P * N, generator=g)
-    W = 0.9 / N ** 0.5 * torch.randn(P, N, N, generator=g)
-    L = 0.3 / (N * len(pairs) / P) ** 0.5 * torch.randn(len(pairs), N, N, generator=g)
-    return [t.cuda() for t in (drive, W, L, torch.tensor(pairs))]
+    """The CPU benchmark's problem, moved to the GPU."""
+    return [t.cuda() for t in cpu_problem(topo, B)]
 
 
 def synced(fn):

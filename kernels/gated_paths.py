@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import new_output
+
 
 @triton.jit
 def _gated_mm_kernel(
@@ -119,14 +121,6 @@ def _gated_wgrad_kernel(
     tl.store(dw_ptr + p * O * I + ro[:, None] * I + ri[None, :], acc, mask=o_in[:, None] & i_in[None, :])
 
 
-def _new_output(*shape: int, like: torch.Tensor) -> torch.Tensor:
-    """A fresh buffer; NaN-filled under RNNOFRNNS_DEBUG_NAN_FILL=1 so that unwritten elements show."""
-    t = torch.empty(*shape, dtype=like.dtype, device=like.device)
-    if os.environ.get("RNNOFRNNS_DEBUG_NAN_FILL") == "1":
-        t.fill_(float("nan"))
-    return t
-
-
 def _precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and os.environ.get("TRITON_INTERPRET") != "1":
         return "tf32"
@@ -152,7 +146,7 @@ def _gated_mm(a, m, m_strides, c, K, N, gate_after, save_z=None, dc=None, x=None
     m_strides = (P, stride per path, stride per k, stride per n); see _gated_mm_kernel."""
     Bn = a.shape[0]
     P = m_strides[0]
-    out = _new_output(Bn, N, like=a)
+    out = new_output(Bn, N, like=a)
     bm, bn = _tiles(Bn, N)
     grid = (triton.cdiv(Bn, bm), triton.cdiv(N, bn))
     _gated_mm_kernel[grid](
@@ -175,7 +169,7 @@ def forward(x: torch.Tensor, W: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Te
         W_eff = (c @ W.view(P, D_out * D_in)).view(D_out, D_in)
         return x @ W_eff.T, W_eff
     neuron = c.dim() == 3
-    z = _new_output(B, P * D_out, like=x) if neuron else x.new_empty(0)
+    z = new_output(B, P * D_out, like=x) if neuron else x.new_empty(0)
     # M_p = W_p^T: M_p[k=i, n=o] = W[p, o, i]
     y = _gated_mm(x, W, (P, D_out * D_in, 1, D_in), c, D_in, D_out, gate_after=neuron,
                   save_z=z if neuron else None)
@@ -201,14 +195,14 @@ def backward(grad_y, x, W, c, aux, need_x, need_W, need_c):
             # M_p = W_p: M_p[k=o, n=i] = W[p, o, i]
             if kind == 2:
                 n_tiles = triton.cdiv(D_in, _tiles(B, D_in)[1])
-                parts = _new_output(n_tiles, B, P, like=x)
+                parts = new_output(n_tiles, B, P, like=x)
                 dx = _gated_mm(dy, W, (P, D_out * D_in, D_in, 1), c, D_out, D_in, gate_after=True, dc=parts, x=x)
                 dc = parts.sum(0)
             else:
                 dx = _gated_mm(dy, W, (P, D_out * D_in, D_in, 1), c, D_out, D_in, gate_after=False)
         if need_W:
             bo, bi = _tiles(D_out, D_in)
-            dW = _new_output(P, D_out, D_in, like=W)
+            dW = new_output(P, D_out, D_in, like=W)
             _gated_wgrad_kernel[(triton.cdiv(D_out, bo), triton.cdiv(D_in, bi), P)](
                 dy, x, c, dW, B, D_out, D_in, *_gate_strides(c),
                 BLOCK_O=bo, BLOCK_I=bi, BLOCK_B=32, PRECISION=_precision(x.dtype), num_warps=4,

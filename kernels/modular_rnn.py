@@ -13,12 +13,13 @@ tensors (TRITON_INTERPRET=1), which is how the test suite checks them.
 """
 from __future__ import annotations
 
-import os
 from typing import Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from ._common import new_output
 
 NONLINEARITY_CODES = {"relu": 0, "tanh": 1, "identity": 2}
 BLOCK_B = 16
@@ -183,14 +184,6 @@ def _modular_rnn_bwd_kernel(
         tl.store(gh0_ptr + off, tl.load(cin_ptr + off, mask=m2, other=0.0), mask=m2)
 
 
-def _new_output(*shape: int, like: torch.Tensor) -> torch.Tensor:
-    """A fresh buffer; NaN-filled under RNNOFRNNS_DEBUG_NAN_FILL=1 so that unwritten elements show."""
-    t = torch.empty(*shape, dtype=like.dtype, device=like.device)
-    if os.environ.get("RNNOFRNNS_DEBUG_NAN_FILL") == "1":
-        t.fill_(float("nan"))
-    return t
-
-
 def _csr(keys: torch.Tensor, p: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Row pointers [p+1] and the order that sorts the blocks by key (target or source area).
     The launchers pass the blocks and their other index in that order, so the kernels
@@ -222,9 +215,9 @@ def forward(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre
     p, n, _ = W.shape
     drive, W, L_blocks, L_index = drive.contiguous(), W.contiguous(), L_blocks.contiguous(), L_index.contiguous()
     h0 = h0.contiguous()
-    states = _new_output(T, B, H, like=drive)
+    states = new_output(T, B, H, like=drive)
     keep_pre = save_pre and form == "rate"
-    pre = _new_output(T if keep_pre else 0, B, H, like=drive)
+    pre = new_output(T if keep_pre else 0, B, H, like=drive)
     rowptr, order = _csr(L_index[:, 0], p)
     src = L_index[order, 1].contiguous()
     L_sorted = L_blocks[order].contiguous()
@@ -247,10 +240,10 @@ def backward(grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinea
                          "(run the forward with save_pre=True)")
     grad_states, W, L_blocks = grad_states.contiguous(), W.contiguous(), L_blocks.contiguous()
     h0, states, pre, L_index = h0.contiguous(), states.contiguous(), pre.contiguous(), L_index.contiguous()
-    grad_drive = _new_output(T, B, H, like=states)
-    ag = grad_drive if hopfield else _new_output(T, B, H, like=states)
+    grad_drive = new_output(T, B, H, like=states)
+    ag = grad_drive if hopfield else new_output(T, B, H, like=states)
     carry = torch.zeros(2, B, H, dtype=states.dtype, device=states.device)
-    grad_h0 = _new_output(B, H, like=states)
+    grad_h0 = new_output(B, H, like=states)
     rowptr, order = _csr(L_index[:, 1], p)
     tgt = L_index[order, 0].contiguous()
     grid = (triton.cdiv(B, LAUNCH["BLOCK_B"]),)
@@ -262,8 +255,8 @@ def backward(grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinea
         **_launch_config(n),
     )
     # Weight gradients that are not asked for are returned as zeros.
-    grad_W = _new_output(*W.shape, like=W) if need_W_grad else torch.zeros_like(W)
-    grad_L = _new_output(*L_blocks.shape, like=L_blocks) if need_L_grad else torch.zeros_like(L_blocks)
+    grad_W = new_output(*W.shape, like=W) if need_W_grad else torch.zeros_like(W)
+    grad_L = new_output(*L_blocks.shape, like=L_blocks) if need_L_grad else torch.zeros_like(L_blocks)
     hprev = torch.cat([h0[None], states[:-1]]).view(T * B, p, n)
     if need_W_grad:
         x = hprev

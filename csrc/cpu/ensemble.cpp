@@ -58,11 +58,13 @@ EnsDims check_x_w(const char* op, const at::Tensor& x, const at::Tensor& W, cons
 
 constexpr int64_t kInstTile = 64;
 
+int64_t num_chunks(const EnsDims& d) { return std::min<int64_t>(kRowChunks, d.B); }
+
 // fn(chunk, t, b, i) for every (t, b, i): the batch rows are split into a fixed number of
 // chunks (one accumulator each), and inside a chunk tiles of instances x all steps.
 template <typename Fn>
 void for_tiles(const EnsDims& d, const Fn& fn) {
-  const int64_t chunks = std::min<int64_t>(kRowChunks, d.B);
+  const int64_t chunks = num_chunks(d);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
       for (int64_t b = d.B * c / chunks; b < d.B * (c + 1) / chunks; ++b)
@@ -71,8 +73,6 @@ void for_tiles(const EnsDims& d, const Fn& fn) {
             for (int64_t i = i0; i < std::min(d.I, i0 + kInstTile); ++i) fn(c, t, b, i);
   });
 }
-
-int64_t num_chunks(const EnsDims& d) { return std::min<int64_t>(kRowChunks, d.B); }
 
 at::Tensor ensemble_drive_fwd(const at::Tensor& x_in, const at::Tensor& W_in) {
   const EnsDims d = check_x_w("ensemble_drive_fwd", x_in, W_in, "x", "W_x");

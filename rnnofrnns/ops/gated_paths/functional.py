@@ -9,14 +9,6 @@ from ..._backend import resolve_backend
 from .._common import check_float_dtypes, check_same_device, check_tensor
 from .reference import gated_paths_reference
 
-GATE_SHAPES = ("path", "sample", "neuron")
-
-
-def gate_kind(c: torch.Tensor) -> str:
-    """"path" for c [P], "sample" for [B, P], "neuron" for [B, P, D_out]."""
-    return GATE_SHAPES[c.dim() - 1]
-
-
 def check_gated_paths_args(x: torch.Tensor, W: torch.Tensor, c: torch.Tensor) -> None:
     """Raise ValueError/TypeError naming the argument, what was expected and what was given."""
     check_tensor("x", x, 2, "[B, D_in]")
