@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import modular_rnn
-from .ops.ensemble import ensemble_drive, ensemble_readout_loss
+from ._backend import cpu_extension_available
+from .ops.ensemble import ensemble_drive, ensemble_loss, ensemble_readout_loss
 
 VARIANTS = ("linear", "relu_readout", "relu")
 
@@ -136,13 +137,18 @@ class RNNEnsemble(nn.Module):
         """The fused ensemble ops exist for the cpu backend only; elsewhere their reference runs."""
         return None if self.backend in (None, "cpu") else "reference"
 
-    def states(self, x: torch.Tensor) -> torch.Tensor:
-        """The hidden states of all instances as one modular_rnn output [T, B, I*n]."""
+    def _per_instance(self, x: torch.Tensor) -> torch.Tensor:
+        """x as [I, B, T, F] (shared [B, T, F] data becomes an expanded view, not a copy)."""
         I = self.num_instances
         if x.dim() == 3:
             x = x.unsqueeze(0).expand(I, *x.shape)
         if x.dim() != 4 or x.shape[0] != I or x.shape[-1] != self.num_features:
             raise ValueError(f"x must be [I={I}, B, T, F={self.num_features}] or [B, T, F], got {tuple(x.shape)}")
+        return x
+
+    def states(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden states of all instances as one modular_rnn output [T, B, I*n]."""
+        x = self._per_instance(x)
         nl, _ = _act(self.variant)
         drive = ensemble_drive(x, self.W_x, backend=self._ensemble_backend())
         return modular_rnn(drive, self.W_h, self._empty_L, self._empty_idx, alpha=1.0, nonlinearity=nl,
@@ -157,12 +163,19 @@ class RNNEnsemble(nn.Module):
         return torch.relu(out) if relu_out else out
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The same value as loss(self(x), y), computed by the fused readout+loss op: the
-        [I, B, T, F] output is never formed (one pass over y instead of about ten)."""
+        """The same value and gradients as loss(self(x), y). On the CPU (backend None or
+        "cpu") one fused op computes the loss and its parameter gradients in a single pass over
+        x and y (ensemble_loss); elsewhere, or when x requires grad, the states come from
+        modular_rnn and the fused readout+loss op (or its reference) finishes the loss."""
         I, F = self.num_instances, self.num_features
         if y.dim() != 4 or y.shape[0] != I or y.shape[-1] != F:
             raise ValueError(f"y must be [I={I}, B, T, F={F}], got {tuple(y.shape)}")
-        _, relu_out = _act(self.variant)
+        nl, relu_out = _act(self.variant)
+        x = self._per_instance(x)
+        if (self.backend in (None, "cpu") and y.device.type == "cpu" and cpu_extension_available()
+                and not x.requires_grad):
+            return ensemble_loss(x, self.W_x, self.W_h, self.readout_weight(), self.b, y, nl == "relu", relu_out,
+                                 backend="cpu").sum()
         per_instance = ensemble_readout_loss(self.states(x), self.readout_weight(), self.b, y, relu_out,
                                              backend=self._ensemble_backend())
         return per_instance.sum()

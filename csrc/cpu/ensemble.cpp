@@ -29,6 +29,13 @@
 #include <cstdint>
 #include <tuple>
 #include <type_traits>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "flush_denormal.h"
 
 namespace rnnofrnns {
 namespace {
@@ -280,6 +287,311 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_readout_loss
   return {loss, gh, pW.sum(0), pb.sum(0)};
 }
 
+// ---------------------------------------------------------------------------------------
+// ensemble_loss: the whole training loss of the ensemble and its parameter gradients in one
+// pass over the data (input projection, recurrence, readout, loss and backpropagation
+// through time, fused):
+//
+//   h_t = W_x[i] x_t + W_h[i] s(h_{t-1}),  h_{-1} = 0,  s = relu (relu_hidden) or identity
+//   loss[i] = mean_{b,t,f} (r(W_y[i]^T h_t + b[i]) - y_t)^2,  r = relu (relu_out) or identity
+//
+// Each instance is an independent small RNN, so the work splits into (instance, batch tile)
+// pieces that never meet: a tile holds one batch row per SIMD lane (8 float32 / 4 float64
+// with AVX2), its x and y rows are transposed once into lane-major [T, F, lanes] buffers
+// and the forward states and backward gradients of the tile stay in the L1/L2 cache. Memory
+// traffic is one read of x and of y; nothing of size [T, B, I*n] is formed. Weight
+// gradients accumulate per lane in vector registers/L1 and are reduced into float64 per
+// (instance, chunk); the chunk count depends only on the sizes, so results do not depend
+// on the thread count.
+
+// dst[q*L + l] = rows[l][q] for q < len, l < L; rows l >= nrows are zero.
+template <typename scalar_t>
+void transpose_rows(const scalar_t* src, int64_t row_stride, int64_t nrows, int64_t len, scalar_t* dst) {
+  constexpr int64_t L = at::vec::Vectorized<scalar_t>::size();
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<scalar_t, float> && L == 8) {
+    if (len % 8 == 0) {
+      const __m256 zero = _mm256_setzero_ps();
+      for (int64_t q = 0; q < len; q += 8) {
+        __m256 r[8];
+        for (int64_t l = 0; l < 8; ++l) r[l] = l < nrows ? _mm256_loadu_ps(src + l * row_stride + q) : zero;
+        const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+        const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+        const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+        const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+        const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+        const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+        const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+        const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+        float* o = dst + q * 8;
+        _mm256_storeu_ps(o + 0 * 8, _mm256_permute2f128_ps(s0, s4, 0x20));
+        _mm256_storeu_ps(o + 1 * 8, _mm256_permute2f128_ps(s1, s5, 0x20));
+        _mm256_storeu_ps(o + 2 * 8, _mm256_permute2f128_ps(s2, s6, 0x20));
+        _mm256_storeu_ps(o + 3 * 8, _mm256_permute2f128_ps(s3, s7, 0x20));
+        _mm256_storeu_ps(o + 4 * 8, _mm256_permute2f128_ps(s0, s4, 0x31));
+        _mm256_storeu_ps(o + 5 * 8, _mm256_permute2f128_ps(s1, s5, 0x31));
+        _mm256_storeu_ps(o + 6 * 8, _mm256_permute2f128_ps(s2, s6, 0x31));
+        _mm256_storeu_ps(o + 7 * 8, _mm256_permute2f128_ps(s3, s7, 0x31));
+      }
+      return;
+    }
+  }
+#endif
+  for (int64_t l = 0; l < L; ++l) {
+    if (l < nrows) {
+      const scalar_t* s = src + l * row_stride;
+      for (int64_t q = 0; q < len; ++q) dst[q * L + l] = s[q];
+    } else {
+      for (int64_t q = 0; q < len; ++q) dst[q * L + l] = scalar_t(0);
+    }
+  }
+}
+
+// Fully unrolled loops over compile-time hidden sizes / feature counts keep the per-step
+// vector arrays in registers (GCC otherwise stores them back to the stack every iteration).
+#define UNROLL _Pragma("GCC unroll 16")
+
+// Largest hidden size / feature count of the fused ensemble_loss (its per-step vectors live
+// in fixed-size local arrays); larger ensembles go through modular_rnn instead.
+constexpr int64_t kMaxEnsembleDim = 64;
+
+// C[j, k] += sum over steps t and lanes of A[t, j] * b(B[t, k]) for lane-major A [steps, na, L]
+// and B [steps, nb, L] (b = relu when RELU_B): the weight gradients of one tile as small
+// GEMMs whose accumulators stay in registers when KC (= nb) is a compile-time size.
+template <typename scalar_t, int64_t KC, bool RELU_B>
+void lane_outer_acc(const scalar_t* A, int64_t a_step, int64_t na, const scalar_t* Bm, int64_t b_step, int64_t nb,
+                    int64_t steps, double* C) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t L = Vec::size();
+  const Vec zero(scalar_t(0));
+  for (int64_t j = 0; j < na; ++j) {
+    Vec acc[KC];
+    UNROLL for (int64_t k = 0; k < nb; ++k) acc[k] = zero;
+    for (int64_t t = 0; t < steps; ++t) {
+      const Vec a = Vec::loadu(A + t * a_step + j * L);
+      const scalar_t* bt = Bm + t * b_step;
+      UNROLL for (int64_t k = 0; k < nb; ++k) {
+        Vec bv = Vec::loadu(bt + k * L);
+        if constexpr (RELU_B) bv = at::vec::maximum(bv, zero);
+        acc[k] = at::vec::fmadd(a, bv, acc[k]);
+      }
+    }
+    UNROLL for (int64_t k = 0; k < nb; ++k) {
+      alignas(64) scalar_t lanes[L];
+      acc[k].store(lanes);
+      double s = 0;
+      for (int64_t l = 0; l < L; ++l) s += static_cast<double>(lanes[l]);
+      C[j * nb + k] += s;
+    }
+  }
+}
+
+// The batch tiles [tile0, tile1) of one instance. NN / FF > 0 fix the hidden size / feature
+// count at compile time, so that the per-step vectors (states, readout, carried gradient)
+// live in registers; 0 means "given at run time" (at most kMaxEnsembleDim).
+template <typename scalar_t, int64_t NN, int64_t FF>
+void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t* wx, const scalar_t* wh,
+                         const scalar_t* wy, const scalar_t* bias, int64_t n_rt, int64_t F_rt, int64_t B, int64_t T,
+                         int64_t tile0, int64_t tile1, bool relu_hidden, bool relu_out, bool need_grad,
+                         scalar_t scale, scalar_t* buf, double* out_loss, double* gwx, double* gwh, double* gwy,
+                         double* gb) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t L = Vec::size();
+  constexpr int64_t NC = NN > 0 ? NN : kMaxEnsembleDim, FC = FF > 0 ? FF : kMaxEnsembleDim;
+  const int64_t n = NN > 0 ? NN : n_rt, F = FF > 0 ? FF : F_rt;
+  // Weights broadcast to full vectors once (an FMA can then read them straight from L1),
+  // then lane-major [T, F, L] inputs, targets and readout gradients and [T, n, L] states
+  // and state gradients of the current tile.
+  scalar_t* wxb = buf;
+  scalar_t* whb = wxb + n * F * L;
+  scalar_t* wyb = whb + n * n * L;
+  scalar_t* xt = wyb + n * F * L;
+  scalar_t* yt = xt + T * F * L;
+  scalar_t* go = yt + T * F * L;
+  scalar_t* hs = go + T * F * L;
+  scalar_t* gp = hs + T * n * L;
+  for (int64_t q = 0; q < n * F; ++q) {
+    Vec(wx[q]).store(wxb + q * L);
+    Vec(wy[q]).store(wyb + q * L);
+  }
+  for (int64_t q = 0; q < n * n; ++q) Vec(wh[q]).store(whb + q * L);
+  auto W = [](const scalar_t* b, int64_t q) { return Vec::loadu(b + q * L); };
+  const Vec zero(scalar_t(0)), vscale(scale);
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
+    const int64_t b0 = tile * L, nrows = std::min<int64_t>(L, B - b0);
+    transpose_rows(xs + b0 * T * F, T * F, nrows, T * F, xt);
+    transpose_rows(ys + b0 * T * F, T * F, nrows, T * F, yt);
+    alignas(64) scalar_t lane_mask[L];
+    for (int64_t l = 0; l < L; ++l) lane_mask[l] = l < nrows ? scalar_t(1) : scalar_t(0);
+    const Vec mask = Vec::loadu(lane_mask);
+    // Forward: state, readout, error and the readout's gradient go_t (masked lanes give 0).
+    Vec lossv = zero;
+    for (int64_t t = 0; t < T; ++t) {
+      Vec p[NC];
+      UNROLL for (int64_t j = 0; j < n; ++j) p[j] = zero;
+      UNROLL for (int64_t f = 0; f < F; ++f) {
+        const Vec xf = Vec::loadu(xt + (t * F + f) * L);
+        UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(wxb, j * F + f), xf, p[j]);
+      }
+      if (t > 0) {
+        UNROLL for (int64_t k = 0; k < n; ++k) {
+          Vec sk = Vec::loadu(hs + ((t - 1) * n + k) * L);
+          if (relu_hidden) sk = at::vec::maximum(sk, zero);
+          UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(whb, j * n + k), sk, p[j]);
+        }
+      }
+      UNROLL for (int64_t j = 0; j < n; ++j) p[j].store(hs + (t * n + j) * L);
+      Vec o[FC];
+      UNROLL for (int64_t f = 0; f < F; ++f) o[f] = Vec(bias[f]);
+      UNROLL for (int64_t j = 0; j < n; ++j)
+        UNROLL for (int64_t f = 0; f < F; ++f) o[f] = at::vec::fmadd(W(wyb, j * F + f), p[j], o[f]);
+      UNROLL for (int64_t f = 0; f < F; ++f) {
+        const Vec e = ((relu_out ? at::vec::maximum(o[f], zero) : o[f]) - Vec::loadu(yt + (t * F + f) * L)) * mask;
+        lossv = at::vec::fmadd(e, e, lossv);
+        Vec g = e * vscale;
+        if (relu_out) g = Vec::blendv(zero, g, o[f] > zero);
+        g.store(go + (t * F + f) * L);
+      }
+    }
+    {
+      alignas(64) scalar_t lanes[L];
+      lossv.store(lanes);
+      for (int64_t l = 0; l < L; ++l) *out_loss += static_cast<double>(lanes[l]);
+    }
+    if (!need_grad) continue;
+    // Backpropagation through time: gp_t = W_y go_t + carry, carry = s'(h_{t-1}) W_h^T gp_t.
+    Vec c[NC];
+    UNROLL for (int64_t j = 0; j < n; ++j) c[j] = zero;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      Vec g[NC];
+      UNROLL for (int64_t j = 0; j < n; ++j) g[j] = c[j];
+      UNROLL for (int64_t f = 0; f < F; ++f) {
+        const Vec gf = Vec::loadu(go + (t * F + f) * L);
+        UNROLL for (int64_t j = 0; j < n; ++j) g[j] = at::vec::fmadd(W(wyb, j * F + f), gf, g[j]);
+      }
+      UNROLL for (int64_t j = 0; j < n; ++j) g[j].store(gp + (t * n + j) * L);
+      if (t == 0) break;
+      UNROLL for (int64_t k = 0; k < n; ++k) c[k] = zero;
+      UNROLL for (int64_t j = 0; j < n; ++j)
+        UNROLL for (int64_t k = 0; k < n; ++k) c[k] = at::vec::fmadd(W(whb, j * n + k), g[j], c[k]);
+      if (relu_hidden)
+        UNROLL for (int64_t k = 0; k < n; ++k) c[k] = Vec::blendv(zero, c[k], Vec::loadu(hs + ((t - 1) * n + k) * L) > zero);
+    }
+    // Weight gradients of the tile: sums over steps and lanes of outer products.
+    lane_outer_acc<scalar_t, FC, false>(hs, n * L, n, go, F * L, F, T, gwy);
+    lane_outer_acc<scalar_t, FC, false>(gp, n * L, n, xt, F * L, F, T, gwx);
+    if (T > 1) {
+      if (relu_hidden) lane_outer_acc<scalar_t, NC, true>(gp + n * L, n * L, n, hs, n * L, n, T - 1, gwh);
+      else lane_outer_acc<scalar_t, NC, false>(gp + n * L, n * L, n, hs, n * L, n, T - 1, gwh);
+    }
+    UNROLL for (int64_t f = 0; f < F; ++f) {
+      Vec s = zero;
+      for (int64_t t = 0; t < T; ++t) s = s + Vec::loadu(go + (t * F + f) * L);
+      alignas(64) scalar_t lanes[L];
+      s.store(lanes);
+      for (int64_t l = 0; l < L; ++l) gb[f] += static_cast<double>(lanes[l]);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_loss(
+    const at::Tensor& x_in, const at::Tensor& Wx_in, const at::Tensor& Wh_in, const at::Tensor& Wy_in,
+    const at::Tensor& b_in, const at::Tensor& y_in, bool relu_hidden, bool relu_out, bool need_grad) {
+  const char* op = "ensemble_loss";
+  const EnsDims d = check_x_w(op, y_in, Wy_in, "y", "W_y");
+  check_cpu_float(op, {{"x", &x_in}, {"W_x", &Wx_in}, {"W_h", &Wh_in}, {"W_y", &Wy_in}, {"b", &b_in}, {"y", &y_in}});
+  TORCH_CHECK_VALUE(x_in.sizes() == y_in.sizes(), op, ": x must have the shape of y [I, B, T, F] = ", y_in.sizes(),
+                    ", got ", x_in.sizes());
+  TORCH_CHECK_VALUE(Wx_in.sizes() == Wy_in.sizes(), op, ": W_x must be [I, n, F] = ", Wy_in.sizes(), ", got ",
+                    Wx_in.sizes());
+  TORCH_CHECK_VALUE(Wh_in.dim() == 3 && Wh_in.size(0) == d.I && Wh_in.size(1) == d.n && Wh_in.size(2) == d.n, op,
+                    ": W_h must be [I, n, n] = [", d.I, ", ", d.n, ", ", d.n, "], got shape ", Wh_in.sizes());
+  TORCH_CHECK_VALUE(b_in.dim() == 2 && b_in.size(0) == d.I && b_in.size(1) == d.F, op, ": b must be [I, F] = [", d.I,
+                    ", ", d.F, "], got shape ", b_in.sizes());
+  TORCH_CHECK_VALUE(d.I >= 1 && d.B >= 1 && d.T >= 1 && d.F >= 1 && d.n >= 1, op,
+                    ": needs I, B, T, F, n >= 1, got y of shape ", y_in.sizes(), " and W_y of shape ", Wy_in.sizes());
+  TORCH_CHECK_VALUE(d.n <= kMaxEnsembleDim && d.F <= kMaxEnsembleDim, op, ": the hidden size n and the feature count F ",
+                    "must be at most ", kMaxEnsembleDim, ", got n = ", d.n, " and F = ", d.F);
+  // Data shared by all instances may come as an expanded view (instance stride 0).
+  const bool shared = d.I > 1 && x_in.stride(0) == 0 && x_in.select(0, 0).is_contiguous();
+  const at::Tensor x = shared ? x_in : x_in.contiguous();
+  const int64_t x_inst_stride = shared ? 0 : d.B * d.T * d.F;
+  const at::Tensor y = y_in.contiguous(), Wx = Wx_in.contiguous(), Wh = Wh_in.contiguous(),
+                   Wy = Wy_in.contiguous(), bias = b_in.contiguous();
+  const auto fopts = Wy.options().dtype(at::kDouble);
+  at::Tensor loss = at::zeros({d.I}, fopts);
+  const int64_t gsz = need_grad ? d.I : 0;
+  at::Tensor gWx = at::zeros({gsz, d.n, d.F}, fopts), gWh = at::zeros({gsz, d.n, d.n}, fopts),
+             gWy = at::zeros({gsz, d.n, d.F}, fopts), gb = at::zeros({gsz, d.F}, fopts);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "ensemble_loss", [&] {
+    using Vec = at::vec::Vectorized<scalar_t>;
+    constexpr int64_t L = Vec::size();
+    const int64_t tiles = (d.B + L - 1) / L;
+    // Enough (instance, chunk) pieces for the threads when there are few instances; a
+    // function of the sizes only.
+    const int64_t chunks = std::min<int64_t>(tiles, std::max<int64_t>(1, (32 + d.I - 1) / d.I));
+    const int64_t pieces = d.I * chunks;
+    // Per-piece float64 partials, summed over chunks at the end in a fixed order.
+    const int64_t per = 1 + (need_grad ? 2 * d.n * d.F + d.n * d.n + d.F : 0);
+    std::vector<double> partial(static_cast<size_t>(pieces * per), 0.0);
+    const int64_t buf_len = (2 * d.n * d.F + d.n * d.n + 3 * d.T * d.F + 2 * d.T * d.n) * L;
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    const scalar_t* ys = y.const_data_ptr<scalar_t>();
+    const scalar_t* wx = Wx.const_data_ptr<scalar_t>();
+    const scalar_t* wh = Wh.const_data_ptr<scalar_t>();
+    const scalar_t* wy = Wy.const_data_ptr<scalar_t>();
+    const scalar_t* bs = bias.const_data_ptr<scalar_t>();
+    const scalar_t scale = scalar_t(2) / static_cast<scalar_t>(d.B * d.T * d.F);
+    auto run = [&](auto NN_tag, auto FF_tag) {
+      constexpr int64_t NN = decltype(NN_tag)::value, FF = decltype(FF_tag)::value;
+      at::parallel_for(0, pieces, 1, [&](int64_t p0, int64_t p1) {
+        FlushDenormalGuard ftz;
+        std::vector<scalar_t> buf(static_cast<size_t>(buf_len));
+        for (int64_t piece = p0; piece < p1; ++piece) {
+          const int64_t i = piece / chunks, c = piece % chunks;
+          double* part = partial.data() + piece * per;
+          const int64_t nF = d.n * d.F;
+          ensemble_loss_chunk<scalar_t, NN, FF>(
+              xs + i * x_inst_stride, ys + i * d.B * d.T * d.F, wx + i * nF, wh + i * d.n * d.n, wy + i * nF,
+              bs + i * d.F, d.n, d.F, d.B, d.T, tiles * c / chunks, tiles * (c + 1) / chunks, relu_hidden, relu_out,
+              need_grad, scale, buf.data(), part, part + 1, part + 1 + nF, part + 1 + nF + d.n * d.n,
+              part + 1 + 2 * nF + d.n * d.n);
+        }
+      });
+    };
+    using std::integral_constant;
+    if (d.F == 8 && d.n == 2) run(integral_constant<int64_t, 2>{}, integral_constant<int64_t, 8>{});
+    else if (d.F == 8 && d.n == 5) run(integral_constant<int64_t, 5>{}, integral_constant<int64_t, 8>{});
+    else if (d.F == 8 && d.n == 10) run(integral_constant<int64_t, 10>{}, integral_constant<int64_t, 8>{});
+    else if (d.F == 8) run(integral_constant<int64_t, 0>{}, integral_constant<int64_t, 8>{});
+    else run(integral_constant<int64_t, 0>{}, integral_constant<int64_t, 0>{});
+    double* ls = loss.mutable_data_ptr<double>();
+    double* g[4] = {need_grad ? gWx.mutable_data_ptr<double>() : nullptr,
+                    need_grad ? gWh.mutable_data_ptr<double>() : nullptr,
+                    need_grad ? gWy.mutable_data_ptr<double>() : nullptr,
+                    need_grad ? gb.mutable_data_ptr<double>() : nullptr};
+    const int64_t sizes[4] = {d.n * d.F, d.n * d.n, d.n * d.F, d.F};
+    for (int64_t i = 0; i < d.I; ++i)
+      for (int64_t c = 0; c < chunks; ++c) {
+        const double* part = partial.data() + (i * chunks + c) * per;
+        ls[i] += part[0];
+        if (!need_grad) continue;
+        int64_t off = 1;
+        for (int q = 0; q < 4; ++q) {
+          for (int64_t e = 0; e < sizes[q]; ++e) g[q][i * sizes[q] + e] += part[off + e];
+          off += sizes[q];
+        }
+      }
+  });
+  const auto dt = y.scalar_type();
+  const double count = static_cast<double>(d.B * d.T * d.F);
+  return {at::div(loss, count).to(dt), gWx.to(dt), gWh.to(dt), gWy.to(dt), gb.to(dt)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnofrnns, m) {
@@ -290,12 +602,17 @@ TORCH_LIBRARY_FRAGMENT(rnnofrnns, m) {
   m.def(
       "ensemble_readout_loss(Tensor h, Tensor W_y, Tensor b, Tensor y, bool relu) "
       "-> (Tensor loss, Tensor grad_h, Tensor grad_W_y, Tensor grad_b)");
+  m.def(
+      "ensemble_loss(Tensor x, Tensor W_x, Tensor W_h, Tensor W_y, Tensor b, Tensor y, bool relu_hidden, "
+      "bool relu_out, bool need_grad) -> (Tensor loss, Tensor grad_W_x, Tensor grad_W_h, Tensor grad_W_y, "
+      "Tensor grad_b)");
 }
 
 TORCH_LIBRARY_IMPL(rnnofrnns, CPU, m) {
   m.impl("ensemble_drive_fwd", &ensemble_drive_fwd);
   m.impl("ensemble_drive_bwd", &ensemble_drive_bwd);
   m.impl("ensemble_readout_loss", &ensemble_readout_loss);
+  m.impl("ensemble_loss", &ensemble_loss);
 }
 
 }  // namespace rnnofrnns

@@ -38,11 +38,7 @@
 #include <sys/mman.h>
 #endif
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <xmmintrin.h>
-#define RNNOFRNNS_HAS_MXCSR 1
-#endif
-
+#include "flush_denormal.h"
 #include "validate.h"
 
 namespace rnnofrnns {
@@ -53,16 +49,6 @@ using at::vec::Vectorized;
 constexpr int kRows = 4;    // batch rows that share one pass over the weights
 constexpr int kStage = 16;  // (t, b) rows per weight-gradient update; a multiple of kRows
 constexpr int64_t kChunks = 16;  // independent slices of the batch in the backward pass
-
-// Flush subnormals to zero (FTZ) and treat subnormal inputs as zero (DAZ) in the
-// current thread for the lifetime of the object.
-struct FlushDenormalGuard {
-#ifdef RNNOFRNNS_HAS_MXCSR
-  unsigned int saved;
-  FlushDenormalGuard() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
-  ~FlushDenormalGuard() { _mm_setcsr(saved); }
-#endif
-};
 
 template <typename T>
 int64_t padded_size(int64_t n) {

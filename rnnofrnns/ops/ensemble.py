@@ -1,10 +1,13 @@
-"""Fused input projection and readout+loss of an ensemble of I small RNNs (one area each
-of a modular_rnn call). References in PyTorch; the "cpu" backend is csrc/cpu/ensemble.cpp.
-There is no Triton kernel for these two: on other devices the reference runs.
+"""Fused ops of an ensemble of I small RNNs (one area each of a modular_rnn call).
+References in PyTorch; the "cpu" backend is csrc/cpu/ensemble.cpp. There are no Triton
+kernels for these: on other devices the reference runs.
 
     ensemble_drive(x [I, B, T, F], W_x [I, n, F]) -> drive [T, B, I*n]
     ensemble_readout_loss(h [T, B, I*n], W_y [I, n, F], b [I, F], y [I, B, T, F], relu)
         -> loss [I], loss[i] = mean over (b, t, f) of (sigma(h_i W_y[i] + b[i]) - y[i])^2
+    ensemble_loss(x, W_x, W_h [I, n, n], W_y, b, y, relu_hidden, relu_out) -> loss [I]:
+        the whole training loss in one pass (drive, recurrence h_t = W_x x_t + W_h s(h_{t-1}),
+        readout, loss); its reference is the composition of the three references below.
 """
 from __future__ import annotations
 
@@ -29,6 +32,17 @@ def ensemble_readout_loss_reference(h: torch.Tensor, W_y: torch.Tensor, b: torch
     if relu:
         out = torch.relu(out)
     return (out - y).square().mean(dim=(1, 2, 3))
+
+
+def ensemble_loss_reference(x: torch.Tensor, W_x: torch.Tensor, W_h: torch.Tensor, W_y: torch.Tensor,
+                            b: torch.Tensor, y: torch.Tensor, relu_hidden: bool, relu_out: bool) -> torch.Tensor:
+    from .modular_rnn import modular_rnn_reference
+
+    n = W_h.shape[1]
+    h = modular_rnn_reference(ensemble_drive_reference(x, W_x), W_h, W_h.new_zeros(0, n, n),
+                              torch.zeros(0, 2, dtype=torch.int64, device=x.device), alpha=1.0,
+                              nonlinearity="relu" if relu_hidden else "identity", form="hopfield")
+    return ensemble_readout_loss_reference(h, W_y, b, y, relu_out)
 
 
 def _backend(backend: Optional[str], device: torch.device) -> str:
@@ -82,6 +96,42 @@ def ensemble_readout_loss(h: torch.Tensor, W_y: torch.Tensor, b: torch.Tensor, y
     return torch.ops.rnnofrnns.ensemble_readout_loss(h, W_y, b, y, relu)[0]
 
 
+def ensemble_loss(x: torch.Tensor, W_x: torch.Tensor, W_h: torch.Tensor, W_y: torch.Tensor, b: torch.Tensor,
+                  y: torch.Tensor, relu_hidden: bool, relu_out: bool, backend: Optional[str] = None) -> torch.Tensor:
+    """Per-instance training loss [I] of I small RNNs, h_t = W_x x_t + W_h s(h_{t-1}) (s = relu
+    if relu_hidden), output r(W_y^T h_t + b) (r = relu if relu_out), mean squared error
+    against y. The cpu backend computes the loss and the parameter gradients in one fused
+    pass over x and y; x [I, B, T, F] may be an expanded view of shared data. x and y are
+    data: they must not require grad."""
+    _check_x_w(y, W_y, "y", "W_y")
+    I, B, T, F = y.shape
+    n = W_y.shape[1]
+    if tuple(x.shape) != tuple(y.shape):
+        raise ValueError(f"x must have the shape of y [I, B, T, F] = {list(y.shape)}, got {list(x.shape)}")
+    if tuple(W_x.shape) != (I, n, F):
+        raise ValueError(f"W_x must be [I, n, F] = [{I}, {n}, {F}], got shape {tuple(W_x.shape)}")
+    if tuple(W_h.shape) != (I, n, n):
+        raise ValueError(f"W_h must be [I, n, n] = [{I}, {n}, {n}], got shape {tuple(W_h.shape)}")
+    if tuple(b.shape) != (I, F):
+        raise ValueError(f"b must be [I, F] = [{I}, {F}], got shape {tuple(b.shape)}")
+    if min(B, T) < 1:
+        raise ValueError(f"y needs B >= 1 rows and T >= 1 steps, got shape {tuple(y.shape)}")
+    names, ts = ["x", "W_x", "W_h", "W_y", "b", "y"], [x, W_x, W_h, W_y, b, y]
+    check_float_dtypes(names, ts)
+    check_same_device(names, ts)
+    for name, t in (("x", x), ("y", y)):
+        if t.requires_grad:
+            raise ValueError(f"{name} is data for ensemble_loss and must not require grad")
+    if _backend(backend, y.device) == "reference":
+        return ensemble_loss_reference(x, W_x, W_h, W_y, b, y, relu_hidden, relu_out)
+    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (W_x, W_h, W_y, b))
+    return torch.ops.rnnofrnns.ensemble_loss(x, W_x, W_h, W_y, b, y, relu_hidden, relu_out, need_grad)[0]
+
+
+def _scale_by_instance(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    return grad * grad_loss.view(-1, *([1] * (grad.dim() - 1)))
+
+
 def _register() -> None:
     @torch.library.register_fake("rnnofrnns::ensemble_drive_fwd")
     def _(x, W_x):
@@ -95,6 +145,12 @@ def _register() -> None:
     @torch.library.register_fake("rnnofrnns::ensemble_readout_loss")
     def _(h, W_y, b, y, relu):
         return h.new_empty(W_y.shape[0]), torch.empty_like(h), torch.empty_like(W_y), torch.empty_like(b)
+
+    @torch.library.register_fake("rnnofrnns::ensemble_loss")
+    def _(x, W_x, W_h, W_y, b, y, relu_hidden, relu_out, need_grad):
+        m = W_x.shape[0] if need_grad else 0
+        return (y.new_empty(y.shape[0]), W_x.new_empty(m, *W_x.shape[1:]), W_h.new_empty(m, *W_h.shape[1:]),
+                W_y.new_empty(m, *W_y.shape[1:]), b.new_empty(m, *b.shape[1:]))
 
     def drive_setup(ctx: Any, inputs: Tuple[Any, ...], output: torch.Tensor) -> None:
         ctx.save_for_backward(*inputs)
@@ -122,6 +178,18 @@ def _register() -> None:
         return gh, gW * grad_loss[:, None, None], gb * grad_loss[:, None], None, None
 
     torch.library.register_autograd("rnnofrnns::ensemble_readout_loss", loss_backward, setup_context=loss_setup)
+
+    def fused_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[torch.Tensor, ...]) -> None:
+        ctx.have_grads = inputs[-1]
+        ctx.save_for_backward(*output[1:])
+
+    def fused_backward(ctx: Any, grad_loss: torch.Tensor, *unused: torch.Tensor):
+        if not ctx.have_grads:
+            raise RuntimeError("ensemble_loss was called with need_grad=False, so it has no gradients to give")
+        grads = [_scale_by_instance(g, grad_loss) for g in ctx.saved_tensors]
+        return (None, *grads, None, None, None, None)
+
+    torch.library.register_autograd("rnnofrnns::ensemble_loss", fused_backward, setup_context=fused_setup)
 
 
 if cpu_extension_available():
