@@ -1,6 +1,7 @@
 """Which kernels are available, and which one a call uses."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from typing import Optional
@@ -14,6 +15,18 @@ try:  # loading the shared library registers the C++ ops with the dispatcher
     from rnnofrnns import _C  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on how the package was installed
     _ext_error = e
+
+
+@contextlib.contextmanager
+def flush_denormal():
+    """torch.set_flush_denormal(True) inside the block; the caller's setting is restored after
+    (it is probed, since torch has no getter: with flushing on, 1e-38 / 100 comes out as 0)."""
+    was_on = bool((torch.tensor([1e-38]) / 100).item() == 0)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_on)
 
 
 def cpu_extension_available() -> bool:

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from ._backend import flush_denormal
 from .analysis.superposition import feature_directions, summary
 from .ensemble import RNNEnsemble
 from .training import atomic_write_json
@@ -45,10 +46,16 @@ class SuperpositionConfig:
 
 
 def run_superposition(cfg: SuperpositionConfig, log=print) -> Dict[str, Any]:
+    """Train the ensemble over the grid, analyse it and write metrics.json and the plots.
+    Subnormals are flushed to zero during the run (the caller's setting is restored after)."""
+    with flush_denormal():
+        return _run_superposition(cfg, log)
+
+
+def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)
     os.makedirs(cfg.out, exist_ok=True)
     grid = [(k, s, seed) for k in cfg.delays for s in cfg.sparsities for seed in range(cfg.seeds)]
     ens = RNNEnsemble(len(grid), cfg.features, cfg.hidden, variant=cfg.variant,

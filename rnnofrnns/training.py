@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._backend import flush_denormal
 from .data import TaskData, load_task
 from .models import GlobalWorkspaceNet, SparseComboNet
 
@@ -232,11 +233,16 @@ def _load_checkpoint(path: str) -> Dict[str, Any]:
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
     """Train, checkpoint, evaluate; returns the metrics (rank 0) that also go to OUT/metrics.json.
-    With resume=True the run continues exactly where OUT/last.pt left it."""
+    With resume=True the run continues exactly where OUT/last.pt left it. Subnormals are
+    flushed to zero during the run (the caller's setting is restored after)."""
+    with flush_denormal():
+        return _train(cfg, resume, log)
+
+
+def _train(cfg: TrainConfig, resume: bool, log) -> Dict[str, Any]:
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)
     dist_info = init_distributed(cfg.device)
     if dist_info.world > 1 and cfg.device == "cuda":
         cfg.device = f"cuda:{torch.cuda.current_device()}"
