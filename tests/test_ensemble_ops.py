@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from rnnofrnns import RNNEnsemble
-from rnnofrnns.ops.ensemble import (ensemble_drive, ensemble_drive_reference, ensemble_readout_loss,
-                                    ensemble_readout_loss_reference)
+from rnnofrnns.ops.ensemble import (ensemble_drive, ensemble_drive_reference, ensemble_loss, ensemble_loss_reference,
+                                    ensemble_readout_loss, ensemble_readout_loss_reference)
 
 # I, B, T, F, n. F = 4 runs the SIMD path in float64 (4 lanes with AVX2), F = 8 the scalar one;
 # in float32 F = 8 is the SIMD path (test_float32_*).
@@ -93,9 +93,10 @@ def test_bad_input():
         torch.ops.rnnofrnns.ensemble_readout_loss(h[:1], W, b, y, True)
 
 
+@pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("variant", ["linear", "relu_readout", "relu"])
-def test_training_loss_equals_unfused_loss(variant):
-    ens = RNNEnsemble(6, 3, 2, variant=variant, seed=0, dtype=torch.float64)
+def test_training_loss_equals_unfused_loss(variant, tied):
+    ens = RNNEnsemble(6, 3, 2, variant=variant, tied_readout=tied, seed=0, dtype=torch.float64)
     x, y = ens.sample_batch(5, 7, [torch.Generator().manual_seed(i) for i in range(6)])
     fused = ens.training_loss(x, y)
     ref = ens.loss(ens(x), y)
@@ -103,3 +104,121 @@ def test_training_loss_equals_unfused_loss(variant):
     params = [p for p in ens.parameters()]
     for a, r in zip(torch.autograd.grad(fused, params), torch.autograd.grad(ref, params)):
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-13)
+
+
+# --- ensemble_loss: the whole training loss in one fused op ----------------------------
+
+# I, B, T, F, n. F = 8 with n = 2 / 5 / 10 runs the compile-time specialisations, the rest the
+# generic code; B = 1, 5, 9, 13 leave lanes of the last batch tile empty (8 float32 / 4
+# float64 lanes); T = 1 has no recurrence at all.
+LOSS_SIZES = [(1, 1, 1, 1, 1), (3, 5, 4, 3, 2), (2, 9, 6, 8, 2), (2, 13, 5, 8, 5), (3, 8, 7, 8, 10), (4, 6, 1, 8, 5),
+              (2, 11, 5, 7, 3), (1, 4, 3, 16, 12)]
+
+
+def loss_tensors(I, B, T, F, n, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(I, B, T, F, generator=g, dtype=dtype) < 0.5) * torch.rand(I, B, T, F, generator=g, dtype=dtype)
+    y = torch.rand(I, B, T, F, generator=g, dtype=dtype)
+    Wx = torch.randn(I, n, F, generator=g, dtype=dtype) / F ** 0.5
+    Wh = torch.randn(I, n, n, generator=g, dtype=dtype) / n ** 0.5
+    Wy = torch.randn(I, n, F, generator=g, dtype=dtype) / n ** 0.5
+    b = 0.1 * torch.randn(I, F, generator=g, dtype=dtype)
+    return x, y, [Wx, Wh, Wy, b]
+
+
+@pytest.mark.parametrize("relu_hidden,relu_out", [(False, False), (False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("I,B,T,F,n", LOSS_SIZES)
+def test_fused_loss_matches_reference(I, B, T, F, n, relu_hidden, relu_out):
+    x, y, ws = loss_tensors(I, B, T, F, n)
+    for w in ws:
+        w.requires_grad_(True)
+    out = ensemble_loss(x, *ws, y, relu_hidden, relu_out, backend="cpu")
+    ref = ensemble_loss_reference(x, *ws, y, relu_hidden, relu_out)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-14)
+    gl = torch.rand(I, dtype=torch.float64) + 0.5
+    for a, r in zip(torch.autograd.grad(out, ws, gl), torch.autograd.grad(ref, ws, gl)):
+        torch.testing.assert_close(a, r, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("n", [5, 7])
+def test_fused_loss_float32_accuracy(n):
+    """float32 at a realistic size (n = 5: the specialised path, n = 7: the generic one)."""
+    x, y, ws = loss_tensors(40, 61, 50, 8, n)
+    w32 = [w.float().requires_grad_(True) for w in ws]
+    w64 = [w.clone().requires_grad_(True) for w in ws]
+    out = ensemble_loss(x.float(), *w32, y.float(), False, True, backend="cpu")
+    ref = ensemble_loss_reference(x, *w64, y, False, True)
+    pairs = [(out, ref)] + list(zip(torch.autograd.grad(out.sum(), w32), torch.autograd.grad(ref.sum(), w64)))
+    for a, r in pairs:
+        assert ((a.double() - r).abs().max() / r.abs().max()).item() < 1e-5
+
+
+def test_fused_loss_gradcheck_and_opcheck():
+    x, y, ws = loss_tensors(2, 3, 4, 3, 2)
+    ws = [w.requires_grad_(True) for w in ws]
+    for rh, ro in ((False, True), (True, False)):
+        assert torch.autograd.gradcheck(lambda *w: ensemble_loss(x, *w, y, rh, ro, backend="cpu"), ws)
+    torch.library.opcheck(torch.ops.rnnofrnns.ensemble_loss, (x, *ws, y, False, True, True))
+    torch.library.opcheck(torch.ops.rnnofrnns.ensemble_loss, (x, *[w.detach() for w in ws], y, True, True, False))
+
+
+def test_fused_loss_shared_data_and_no_grad():
+    """Shared data as an expanded view (instance stride 0) gives what the copy gives; under
+    no_grad the op skips the backward pass and returns the same loss."""
+    x, y, ws = loss_tensors(5, 9, 6, 8, 5)
+    shared = x[0].expand(5, *x.shape[1:])
+    a = torch.ops.rnnofrnns.ensemble_loss(shared, *ws, y, False, True, True)
+    b = torch.ops.rnnofrnns.ensemble_loss(shared.contiguous(), *ws, y, False, True, True)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    with torch.no_grad():
+        loss, *grads = torch.ops.rnnofrnns.ensemble_loss(x, *ws, y, False, True, False)
+    assert all(g.numel() == 0 for g in grads)
+    torch.testing.assert_close(loss, ensemble_loss_reference(x, *ws, y, False, True), rtol=1e-12, atol=1e-14)
+
+
+def test_fused_loss_does_not_depend_on_the_thread_count():
+    x, y, ws = loss_tensors(3, 50, 9, 8, 5, dtype=torch.float32)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.rnnofrnns.ensemble_loss(x, *ws, y, True, True, True)
+        torch.set_num_threads(2)
+        two = torch.ops.rnnofrnns.ensemble_loss(x, *ws, y, True, True, True)
+    finally:
+        torch.set_num_threads(old)
+    for u, v in zip(one, two):
+        assert torch.equal(u, v)
+
+
+def test_fused_loss_bad_input():
+    x, y, ws = loss_tensors(3, 2, 3, 4, 2)
+    Wx, Wh, Wy, b = ws
+    with pytest.raises(ValueError, match=r"W_h must be \[I, n, n\] = \[3, 2, 2\], got shape \(3, 2, 3\)"):
+        ensemble_loss(x, Wx, torch.zeros(3, 2, 3, dtype=torch.float64), Wy, b, y, False, True)
+    with pytest.raises(ValueError, match=r"x must have the shape of y \[I, B, T, F\] = \[3, 2, 3, 4\]"):
+        ensemble_loss(x[:, :1], Wx, Wh, Wy, b, y, False, True)
+    with pytest.raises(ValueError, match=r"W_x must be \[I, n, F\] = \[3, 2, 4\]"):
+        ensemble_loss(x, Wx[:, :1], Wh, Wy, b, y, False, True)
+    with pytest.raises(ValueError, match="x is data for ensemble_loss and must not require grad"):
+        ensemble_loss(x.clone().requires_grad_(True), Wx, Wh, Wy, b, y, False, True)
+    with pytest.raises(TypeError, match=r"W_x must have the dtype of x \(torch.float32\), got torch.float64"):
+        ensemble_loss(x.float(), Wx, Wh, Wy, b, y, False, True)
+    big = torch.zeros(1, 1, 1, 65, dtype=torch.float64)
+    with pytest.raises(ValueError, match="n and the feature count F must be at most 64, got n = 1 and F = 65"):
+        torch.ops.rnnofrnns.ensemble_loss(big, torch.zeros(1, 1, 65, dtype=torch.float64),
+                                          torch.zeros(1, 1, 1, dtype=torch.float64),
+                                          torch.zeros(1, 1, 65, dtype=torch.float64),
+                                          torch.zeros(1, 65, dtype=torch.float64), big, False, False, True)
+    with pytest.raises(ValueError, match=r"ensemble_loss: b must be \[I, F\] = \[3, 4\]"):
+        torch.ops.rnnofrnns.ensemble_loss(x, Wx, Wh, Wy, b[:2], y, False, True, True)
+
+
+def test_training_loss_gradient_with_respect_to_x():
+    """x that requires grad goes through modular_rnn (the fused op has no x gradient)."""
+    ens = RNNEnsemble(4, 3, 2, variant="relu_readout", seed=1, dtype=torch.float64)
+    x, y = ens.sample_batch(5, 6, [torch.Generator().manual_seed(i) for i in range(4)])
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    g1, = torch.autograd.grad(ens.training_loss(x1, y), x1)
+    g2, = torch.autograd.grad(ens.loss(ens(x2), y), x2)
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-14)

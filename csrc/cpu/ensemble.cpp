@@ -359,12 +359,13 @@ void transpose_rows(const scalar_t* src, int64_t row_stride, int64_t nrows, int6
 // in fixed-size local arrays); larger ensembles go through modular_rnn instead.
 constexpr int64_t kMaxEnsembleDim = 64;
 
-// C[j, k] += sum over steps t and lanes of A[t, j] * b(B[t, k]) for lane-major A [steps, na, L]
-// and B [steps, nb, L] (b = relu when RELU_B): the weight gradients of one tile as small
-// GEMMs whose accumulators stay in registers when KC (= nb) is a compile-time size.
+// C[j, k] += sum over steps t of A[t, j] * b(B[t, k]), lane by lane, for lane-major A [steps,
+// na, L], B [steps, nb, L] and C [na, nb, L] (b = relu when RELU_B): the weight gradients of
+// one tile as small GEMMs whose accumulators stay in registers when KC (= nb) is a
+// compile-time size. The lanes are summed once per chunk, not per tile.
 template <typename scalar_t, int64_t KC, bool RELU_B>
 void lane_outer_acc(const scalar_t* A, int64_t a_step, int64_t na, const scalar_t* Bm, int64_t b_step, int64_t nb,
-                    int64_t steps, double* C) {
+                    int64_t steps, scalar_t* C) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t L = Vec::size();
   const Vec zero(scalar_t(0));
@@ -380,13 +381,8 @@ void lane_outer_acc(const scalar_t* A, int64_t a_step, int64_t na, const scalar_
         acc[k] = at::vec::fmadd(a, bv, acc[k]);
       }
     }
-    UNROLL for (int64_t k = 0; k < nb; ++k) {
-      alignas(64) scalar_t lanes[L];
-      acc[k].store(lanes);
-      double s = 0;
-      for (int64_t l = 0; l < L; ++l) s += static_cast<double>(lanes[l]);
-      C[j * nb + k] += s;
-    }
+    scalar_t* c = C + j * nb * L;
+    UNROLL for (int64_t k = 0; k < nb; ++k) (Vec::loadu(c + k * L) + acc[k]).store(c + k * L);
   }
 }
 
@@ -414,6 +410,14 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   scalar_t* go = yt + T * F * L;
   scalar_t* hs = go + T * F * L;
   scalar_t* gp = hs + T * n * L;
+  // Per-lane accumulators of the chunk, summed over the lanes into float64 at its end:
+  // loss [L], W_x, W_h, W_y and b gradients [n*F | n*n | n*F | F, L].
+  scalar_t* acc = gp + T * n * L;
+  scalar_t* aWx = acc + L;
+  scalar_t* aWh = aWx + n * F * L;
+  scalar_t* aWy = aWh + n * n * L;
+  scalar_t* ab = aWy + n * F * L;
+  std::fill(acc, ab + F * L, scalar_t(0));
   for (int64_t q = 0; q < n * F; ++q) {
     Vec(wx[q]).store(wxb + q * L);
     Vec(wy[q]).store(wyb + q * L);
@@ -428,8 +432,9 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     alignas(64) scalar_t lane_mask[L];
     for (int64_t l = 0; l < L; ++l) lane_mask[l] = l < nrows ? scalar_t(1) : scalar_t(0);
     const Vec mask = Vec::loadu(lane_mask);
-    // Forward: state, readout, error and the readout's gradient go_t (masked lanes give 0).
-    Vec lossv = zero;
+    // Forward in three passes, so that only the recurrence itself is serial in t:
+    // (a) input drive W_x x_t for all t, (b) h_t = drive_t + W_h s(h_{t-1}),
+    // (c) readout, error and the readout's gradient go_t (masked lanes give 0).
     for (int64_t t = 0; t < T; ++t) {
       Vec p[NC];
       UNROLL for (int64_t j = 0; j < n; ++j) p[j] = zero;
@@ -437,18 +442,26 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
         const Vec xf = Vec::loadu(xt + (t * F + f) * L);
         UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(wxb, j * F + f), xf, p[j]);
       }
-      if (t > 0) {
-        UNROLL for (int64_t k = 0; k < n; ++k) {
-          Vec sk = Vec::loadu(hs + ((t - 1) * n + k) * L);
-          if (relu_hidden) sk = at::vec::maximum(sk, zero);
-          UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(whb, j * n + k), sk, p[j]);
-        }
+      UNROLL for (int64_t j = 0; j < n; ++j) p[j].store(hs + (t * n + j) * L);
+    }
+    for (int64_t t = 1; t < T; ++t) {
+      Vec p[NC];
+      UNROLL for (int64_t j = 0; j < n; ++j) p[j] = Vec::loadu(hs + (t * n + j) * L);
+      UNROLL for (int64_t k = 0; k < n; ++k) {
+        Vec sk = Vec::loadu(hs + ((t - 1) * n + k) * L);
+        if (relu_hidden) sk = at::vec::maximum(sk, zero);
+        UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(whb, j * n + k), sk, p[j]);
       }
       UNROLL for (int64_t j = 0; j < n; ++j) p[j].store(hs + (t * n + j) * L);
+    }
+    Vec lossv = zero;
+    for (int64_t t = 0; t < T; ++t) {
       Vec o[FC];
       UNROLL for (int64_t f = 0; f < F; ++f) o[f] = Vec(bias[f]);
-      UNROLL for (int64_t j = 0; j < n; ++j)
-        UNROLL for (int64_t f = 0; f < F; ++f) o[f] = at::vec::fmadd(W(wyb, j * F + f), p[j], o[f]);
+      UNROLL for (int64_t j = 0; j < n; ++j) {
+        const Vec hj = Vec::loadu(hs + (t * n + j) * L);
+        UNROLL for (int64_t f = 0; f < F; ++f) o[f] = at::vec::fmadd(W(wyb, j * F + f), hj, o[f]);
+      }
       UNROLL for (int64_t f = 0; f < F; ++f) {
         const Vec e = ((relu_out ? at::vec::maximum(o[f], zero) : o[f]) - Vec::loadu(yt + (t * F + f) * L)) * mask;
         lossv = at::vec::fmadd(e, e, lossv);
@@ -457,44 +470,59 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
         g.store(go + (t * F + f) * L);
       }
     }
-    {
-      alignas(64) scalar_t lanes[L];
-      lossv.store(lanes);
-      for (int64_t l = 0; l < L; ++l) *out_loss += static_cast<double>(lanes[l]);
-    }
+    (Vec::loadu(acc) + lossv).store(acc);
     if (!need_grad) continue;
-    // Backpropagation through time: gp_t = W_y go_t + carry, carry = s'(h_{t-1}) W_h^T gp_t.
-    Vec c[NC];
-    UNROLL for (int64_t j = 0; j < n; ++j) c[j] = zero;
-    for (int64_t t = T - 1; t >= 0; --t) {
+    // Backpropagation through time, again with only the carry serial in t:
+    // (d) gp_t = W_y go_t for all t, (e) gp_t += carry, carry = s'(h_{t-1}) W_h^T gp_t.
+    for (int64_t t = 0; t < T; ++t) {
       Vec g[NC];
-      UNROLL for (int64_t j = 0; j < n; ++j) g[j] = c[j];
+      UNROLL for (int64_t j = 0; j < n; ++j) g[j] = zero;
       UNROLL for (int64_t f = 0; f < F; ++f) {
         const Vec gf = Vec::loadu(go + (t * F + f) * L);
         UNROLL for (int64_t j = 0; j < n; ++j) g[j] = at::vec::fmadd(W(wyb, j * F + f), gf, g[j]);
       }
       UNROLL for (int64_t j = 0; j < n; ++j) g[j].store(gp + (t * n + j) * L);
-      if (t == 0) break;
+    }
+    for (int64_t t = T - 1; t > 0; --t) {
+      Vec c[NC];
       UNROLL for (int64_t k = 0; k < n; ++k) c[k] = zero;
-      UNROLL for (int64_t j = 0; j < n; ++j)
-        UNROLL for (int64_t k = 0; k < n; ++k) c[k] = at::vec::fmadd(W(whb, j * n + k), g[j], c[k]);
-      if (relu_hidden)
-        UNROLL for (int64_t k = 0; k < n; ++k) c[k] = Vec::blendv(zero, c[k], Vec::loadu(hs + ((t - 1) * n + k) * L) > zero);
+      UNROLL for (int64_t j = 0; j < n; ++j) {
+        const Vec gj = Vec::loadu(gp + (t * n + j) * L);
+        UNROLL for (int64_t k = 0; k < n; ++k) c[k] = at::vec::fmadd(W(whb, j * n + k), gj, c[k]);
+      }
+      scalar_t* gprev = gp + (t - 1) * n * L;
+      if (relu_hidden) {
+        const scalar_t* hprev = hs + (t - 1) * n * L;
+        UNROLL for (int64_t k = 0; k < n; ++k) c[k] = Vec::blendv(zero, c[k], Vec::loadu(hprev + k * L) > zero);
+      }
+      UNROLL for (int64_t k = 0; k < n; ++k) (Vec::loadu(gprev + k * L) + c[k]).store(gprev + k * L);
     }
     // Weight gradients of the tile: sums over steps and lanes of outer products.
-    lane_outer_acc<scalar_t, FC, false>(hs, n * L, n, go, F * L, F, T, gwy);
-    lane_outer_acc<scalar_t, FC, false>(gp, n * L, n, xt, F * L, F, T, gwx);
+    lane_outer_acc<scalar_t, FC, false>(hs, n * L, n, go, F * L, F, T, aWy);
+    lane_outer_acc<scalar_t, FC, false>(gp, n * L, n, xt, F * L, F, T, aWx);
     if (T > 1) {
-      if (relu_hidden) lane_outer_acc<scalar_t, NC, true>(gp + n * L, n * L, n, hs, n * L, n, T - 1, gwh);
-      else lane_outer_acc<scalar_t, NC, false>(gp + n * L, n * L, n, hs, n * L, n, T - 1, gwh);
+      if (relu_hidden) lane_outer_acc<scalar_t, NC, true>(gp + n * L, n * L, n, hs, n * L, n, T - 1, aWh);
+      else lane_outer_acc<scalar_t, NC, false>(gp + n * L, n * L, n, hs, n * L, n, T - 1, aWh);
     }
     UNROLL for (int64_t f = 0; f < F; ++f) {
-      Vec s = zero;
+      Vec s = Vec::loadu(ab + f * L);
       for (int64_t t = 0; t < T; ++t) s = s + Vec::loadu(go + (t * F + f) * L);
-      alignas(64) scalar_t lanes[L];
-      s.store(lanes);
-      for (int64_t l = 0; l < L; ++l) gb[f] += static_cast<double>(lanes[l]);
+      s.store(ab + f * L);
     }
+  }
+  auto flush = [&](const scalar_t* a, double* dst, int64_t count) {
+    for (int64_t q = 0; q < count; ++q) {
+      double s = 0;
+      for (int64_t l = 0; l < L; ++l) s += static_cast<double>(a[q * L + l]);
+      dst[q] += s;
+    }
+  };
+  flush(acc, out_loss, 1);
+  if (need_grad) {
+    flush(aWx, gwx, n * F);
+    flush(aWh, gwh, n * n);
+    flush(aWy, gwy, n * F);
+    flush(ab, gb, F);
   }
 }
 
@@ -538,7 +566,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
     // Per-piece float64 partials, summed over chunks at the end in a fixed order.
     const int64_t per = 1 + (need_grad ? 2 * d.n * d.F + d.n * d.n + d.F : 0);
     std::vector<double> partial(static_cast<size_t>(pieces * per), 0.0);
-    const int64_t buf_len = (2 * d.n * d.F + d.n * d.n + 3 * d.T * d.F + 2 * d.T * d.n) * L;
+    const int64_t buf_len = (2 * d.n * d.F + d.n * d.n + 3 * d.T * d.F + 2 * d.T * d.n + 1 + 2 * d.n * d.F +
+                             d.n * d.n + d.F) * L;
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     const scalar_t* ys = y.const_data_ptr<scalar_t>();
     const scalar_t* wx = Wx.const_data_ptr<scalar_t>();
