@@ -386,6 +386,28 @@ void lane_outer_acc(const scalar_t* A, int64_t a_step, int64_t na, const scalar_
   }
 }
 
+// Software prefetch of the next tile's x and y rows (one contiguous block each), spread in
+// small bites over the passes of the current tile: the hardware prefetcher alone leaves the
+// tile's first reads waiting on memory, and issuing the whole block at once stalls on the
+// miss buffers.
+template <typename scalar_t>
+struct TilePrefetch {
+  const char* x = nullptr;
+  const char* y = nullptr;
+  int64_t lines = 0, per_call = 0, next = 0;
+  TilePrefetch(const scalar_t* xn, const scalar_t* yn, int64_t elems, int64_t calls) {
+    if (elems <= 0) return;
+    x = reinterpret_cast<const char*>(xn);
+    y = reinterpret_cast<const char*>(yn);
+    lines = (elems * static_cast<int64_t>(sizeof(scalar_t)) + 63) / 64;
+    per_call = (2 * lines + calls - 1) / calls;
+  }
+  void step() {
+    for (const int64_t end = std::min(next + per_call, 2 * lines); next < end; ++next)
+      __builtin_prefetch(next < lines ? x + next * 64 : y + (next - lines) * 64, 0, 3);
+  }
+};
+
 // The batch tiles [tile0, tile1) of one instance. NN / FF > 0 fix the hidden size / feature
 // count at compile time, so that the per-step vectors (states, readout, carried gradient)
 // live in registers; 0 means "given at run time" (at most kMaxEnsembleDim).
@@ -432,10 +454,16 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     alignas(64) scalar_t lane_mask[L];
     for (int64_t l = 0; l < L; ++l) lane_mask[l] = l < nrows ? scalar_t(1) : scalar_t(0);
     const Vec mask = Vec::loadu(lane_mask);
+    // The drive, recurrence, readout-backward and carry passes below call pf.step() once per
+    // step: 2T - 1 calls forward and as many backward.
+    const int64_t next_rows = tile + 1 < tile1 ? std::min<int64_t>(L, B - b0 - L) : 0;
+    TilePrefetch<scalar_t> pf(xs + (b0 + L) * T * F, ys + (b0 + L) * T * F, next_rows * T * F,
+                              (need_grad ? 2 : 1) * (2 * T - 1));
     // Forward in three passes, so that only the recurrence itself is serial in t:
     // (a) input drive W_x x_t for all t, (b) h_t = drive_t + W_h s(h_{t-1}),
     // (c) readout, error and the readout's gradient go_t (masked lanes give 0).
     for (int64_t t = 0; t < T; ++t) {
+      pf.step();
       Vec p[NC];
       UNROLL for (int64_t j = 0; j < n; ++j) p[j] = zero;
       UNROLL for (int64_t f = 0; f < F; ++f) {
@@ -445,6 +473,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
       UNROLL for (int64_t j = 0; j < n; ++j) p[j].store(hs + (t * n + j) * L);
     }
     for (int64_t t = 1; t < T; ++t) {
+      pf.step();
       Vec p[NC];
       UNROLL for (int64_t j = 0; j < n; ++j) p[j] = Vec::loadu(hs + (t * n + j) * L);
       UNROLL for (int64_t k = 0; k < n; ++k) {
@@ -475,6 +504,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     // Backpropagation through time, again with only the carry serial in t:
     // (d) gp_t = W_y go_t for all t, (e) gp_t += carry, carry = s'(h_{t-1}) W_h^T gp_t.
     for (int64_t t = 0; t < T; ++t) {
+      pf.step();
       Vec g[NC];
       UNROLL for (int64_t j = 0; j < n; ++j) g[j] = zero;
       UNROLL for (int64_t f = 0; f < F; ++f) {
@@ -484,6 +514,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
       UNROLL for (int64_t j = 0; j < n; ++j) g[j].store(gp + (t * n + j) * L);
     }
     for (int64_t t = T - 1; t > 0; --t) {
+      pf.step();
       Vec c[NC];
       UNROLL for (int64_t k = 0; k < n; ++k) c[k] = zero;
       UNROLL for (int64_t j = 0; j < n; ++j) {
