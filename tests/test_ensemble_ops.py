@@ -140,9 +140,10 @@ def test_fused_loss_matches_reference(I, B, T, F, n, relu_hidden, relu_out):
         torch.testing.assert_close(a, r, rtol=1e-11, atol=1e-14)
 
 
-@pytest.mark.parametrize("n", [5, 7])
+@pytest.mark.parametrize("n", [2, 5, 7, 10])
 def test_fused_loss_float32_accuracy(n):
-    """float32 at a realistic size (n = 5: the specialised path, n = 7: the generic one)."""
+    """float32 at a realistic size (n = 2, 5, 10: the specialised paths, T = 50 not a multiple
+    of their step blocks; n = 7: the generic one)."""
     x, y, ws = loss_tensors(40, 61, 50, 8, n)
     w32 = [w.float().requires_grad_(True) for w in ws]
     w64 = [w.clone().requires_grad_(True) for w in ws]

@@ -413,6 +413,36 @@ struct TilePrefetch {
   }
 };
 
+// out[t, j] = sum_f Wb[j, f] in[t, f] for t in [t0, t1) (lane-major [T, nin, L] in, [T, n, L]
+// out, weights broadcast to vectors): TB steps at a time, so that one weight load feeds TB
+// FMAs and small hidden sizes still have enough independent accumulators. Calls pf.step()
+// once per step.
+template <typename scalar_t, int64_t NC, int64_t TB>
+int64_t lane_matvec(const scalar_t* Wb, const scalar_t* in, scalar_t* out, int64_t n, int64_t nin, int64_t t0,
+                    int64_t t1, TilePrefetch<scalar_t>& pf) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t L = Vec::size();
+  int64_t t = t0;
+  for (; t + TB <= t1; t += TB) {
+    UNROLL for (int64_t u = 0; u < TB; ++u) pf.step();
+    Vec p[TB][NC];
+    UNROLL for (int64_t u = 0; u < TB; ++u) UNROLL for (int64_t j = 0; j < n; ++j) p[u][j] = Vec(scalar_t(0));
+    UNROLL for (int64_t f = 0; f < nin; ++f) {
+      Vec v[TB];
+      UNROLL for (int64_t u = 0; u < TB; ++u) v[u] = Vec::loadu(in + ((t + u) * nin + f) * L);
+      UNROLL for (int64_t j = 0; j < n; ++j) {
+        const Vec w = Vec::loadu(Wb + (j * nin + f) * L);
+        UNROLL for (int64_t u = 0; u < TB; ++u) p[u][j] = at::vec::fmadd(w, v[u], p[u][j]);
+      }
+    }
+    UNROLL for (int64_t u = 0; u < TB; ++u) UNROLL for (int64_t j = 0; j < n; ++j) p[u][j].store(out + ((t + u) * n + j) * L);
+  }
+  return t;
+}
+
+// Steps per block of lane_matvec: enough accumulators (n * TB) for small hidden sizes.
+constexpr int64_t matvec_steps(int64_t nn) { return nn <= 0 ? 1 : nn <= 2 ? 4 : nn <= 5 ? 2 : 1; }
+
 // The batch tiles [tile0, tile1) of one instance. NN / FF > 0 fix the hidden size / feature
 // count at compile time, so that the per-step vectors (states, readout, carried gradient)
 // live in registers; 0 means "given at run time" (at most kMaxEnsembleDim).
@@ -427,6 +457,10 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   constexpr int64_t L = Vec::size();
   constexpr int64_t NC = NN > 0 ? NN : kMaxEnsembleDim, FC = FF > 0 ? FF : kMaxEnsembleDim;
   const int64_t n = NN > 0 ? NN : n_rt, F = FF > 0 ? FF : F_rt;
+  // Compile-time choices for small hidden sizes: the serial passes keep their carried
+  // vector in registers, the per-step products work on TB steps at once.
+  constexpr bool kCarryInRegisters = NN > 0 && NN <= 6;
+  constexpr int64_t TB = matvec_steps(NN);
   // Weights broadcast to full vectors once (an FMA can then read them straight from L1),
   // then lane-major [T, F, L] inputs, targets and readout gradients and [T, n, L] states
   // and state gradients of the current tile.
@@ -467,28 +501,28 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     // Forward in three passes, so that only the recurrence itself is serial in t:
     // (a) input drive W_x x_t for all t, (b) h_t = drive_t + W_h s(h_{t-1}),
     // (c) readout, error and the readout's gradient go_t (masked lanes give 0).
-    for (int64_t t = 0; t < T; ++t) {
-      pf.step();
-      Vec p[NC];
-      UNROLL for (int64_t j = 0; j < n; ++j) p[j] = zero;
-      UNROLL for (int64_t f = 0; f < F; ++f) {
-        const Vec xf = Vec::loadu(xt + (t * F + f) * L);
-        UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(wxb, j * F + f), xf, p[j]);
-      }
-      UNROLL for (int64_t j = 0; j < n; ++j) p[j].store(hs + (t * n + j) * L);
+    lane_matvec<scalar_t, NC, 1>(wxb, xt, hs, n, F, lane_matvec<scalar_t, NC, TB>(wxb, xt, hs, n, F, 0, T, pf), T, pf);
+    // Small hidden sizes carry h_{t-1} (and gp_t below) in registers: no store-to-load round
+    // trip on the serial path.
+    Vec hprev[kCarryInRegisters ? NC : 1];
+    if constexpr (kCarryInRegisters) {
+      UNROLL for (int64_t j = 0; j < n; ++j) hprev[j] = Vec::loadu(hs + j * L);
     }
     for (int64_t t = 1; t < T; ++t) {
       pf.step();
       Vec p[NC];
       UNROLL for (int64_t j = 0; j < n; ++j) p[j] = Vec::loadu(hs + (t * n + j) * L);
       UNROLL for (int64_t k = 0; k < n; ++k) {
-        Vec sk = Vec::loadu(hs + ((t - 1) * n + k) * L);
+        Vec sk = kCarryInRegisters ? hprev[kCarryInRegisters ? k : 0] : Vec::loadu(hs + ((t - 1) * n + k) * L);
         if (relu_hidden) sk = at::vec::maximum(sk, zero);
         UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(whb, j * n + k), sk, p[j]);
       }
-      UNROLL for (int64_t j = 0; j < n; ++j) p[j].store(hs + (t * n + j) * L);
+      UNROLL for (int64_t j = 0; j < n; ++j) {
+        p[j].store(hs + (t * n + j) * L);
+        if constexpr (kCarryInRegisters) hprev[j] = p[j];
+      }
     }
-    Vec lossv = zero;
+    Vec lossv[2] = {zero, zero};  // two accumulators: the squared errors are not one serial chain
     for (int64_t t = 0; t < T; ++t) {
       Vec o[FC];
       UNROLL for (int64_t f = 0; f < F; ++f) o[f] = Vec(bias[f]);
@@ -498,32 +532,27 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
       }
       UNROLL for (int64_t f = 0; f < F; ++f) {
         const Vec e = ((relu_out ? at::vec::maximum(o[f], zero) : o[f]) - Vec::loadu(yt + (t * F + f) * L)) * mask;
-        lossv = at::vec::fmadd(e, e, lossv);
+        lossv[f & 1] = at::vec::fmadd(e, e, lossv[f & 1]);
         Vec g = e * vscale;
         if (relu_out) g = Vec::blendv(zero, g, o[f] > zero);
         g.store(go + (t * F + f) * L);
       }
     }
-    (Vec::loadu(acc) + lossv).store(acc);
+    (Vec::loadu(acc) + (lossv[0] + lossv[1])).store(acc);
     if (!need_grad) continue;
     // Backpropagation through time, again with only the carry serial in t:
     // (d) gp_t = W_y go_t for all t, (e) gp_t += carry, carry = s'(h_{t-1}) W_h^T gp_t.
-    for (int64_t t = 0; t < T; ++t) {
-      pf.step();
-      Vec g[NC];
-      UNROLL for (int64_t j = 0; j < n; ++j) g[j] = zero;
-      UNROLL for (int64_t f = 0; f < F; ++f) {
-        const Vec gf = Vec::loadu(go + (t * F + f) * L);
-        UNROLL for (int64_t j = 0; j < n; ++j) g[j] = at::vec::fmadd(W(wyb, j * F + f), gf, g[j]);
-      }
-      UNROLL for (int64_t j = 0; j < n; ++j) g[j].store(gp + (t * n + j) * L);
+    lane_matvec<scalar_t, NC, 1>(wyb, go, gp, n, F, lane_matvec<scalar_t, NC, TB>(wyb, go, gp, n, F, 0, T, pf), T, pf);
+    Vec gcur[kCarryInRegisters ? NC : 1];
+    if constexpr (kCarryInRegisters) {
+      UNROLL for (int64_t j = 0; j < n; ++j) gcur[j] = Vec::loadu(gp + ((T - 1) * n + j) * L);
     }
     for (int64_t t = T - 1; t > 0; --t) {
       pf.step();
       Vec c[NC];
       UNROLL for (int64_t k = 0; k < n; ++k) c[k] = zero;
       UNROLL for (int64_t j = 0; j < n; ++j) {
-        const Vec gj = Vec::loadu(gp + (t * n + j) * L);
+        const Vec gj = kCarryInRegisters ? gcur[kCarryInRegisters ? j : 0] : Vec::loadu(gp + (t * n + j) * L);
         UNROLL for (int64_t k = 0; k < n; ++k) c[k] = at::vec::fmadd(W(whb, j * n + k), gj, c[k]);
       }
       scalar_t* gprev = gp + (t - 1) * n * L;
@@ -531,7 +560,11 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
         const scalar_t* hprev = hs + (t - 1) * n * L;
         UNROLL for (int64_t k = 0; k < n; ++k) c[k] = Vec::blendv(zero, c[k], Vec::loadu(hprev + k * L) > zero);
       }
-      UNROLL for (int64_t k = 0; k < n; ++k) (Vec::loadu(gprev + k * L) + c[k]).store(gprev + k * L);
+      UNROLL for (int64_t k = 0; k < n; ++k) {
+        const Vec gk = Vec::loadu(gprev + k * L) + c[k];
+        gk.store(gprev + k * L);
+        if constexpr (kCarryInRegisters) gcur[k] = gk;
+      }
     }
     // Weight gradients of the tile: sums over steps and lanes of outer products.
     lane_outer_acc<scalar_t, FC, false>(hs, n * L, n, go, F * L, F, T, aWy);
@@ -540,10 +573,11 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
       if (relu_hidden) lane_outer_acc<scalar_t, NC, true>(gp + n * L, n * L, n, hs, n * L, n, T - 1, aWh);
       else lane_outer_acc<scalar_t, NC, false>(gp + n * L, n * L, n, hs, n * L, n, T - 1, aWh);
     }
-    UNROLL for (int64_t f = 0; f < F; ++f) {
-      Vec s = Vec::loadu(ab + f * L);
-      for (int64_t t = 0; t < T; ++t) s = s + Vec::loadu(go + (t * F + f) * L);
-      s.store(ab + f * L);
+    {
+      Vec sb[FC];  // one accumulator per feature: F independent chains instead of one
+      UNROLL for (int64_t f = 0; f < F; ++f) sb[f] = zero;
+      for (int64_t t = 0; t < T; ++t) UNROLL for (int64_t f = 0; f < F; ++f) sb[f] = sb[f] + Vec::loadu(go + (t * F + f) * L);
+      UNROLL for (int64_t f = 0; f < F; ++f) (Vec::loadu(ab + f * L) + sb[f]).store(ab + f * L);
     }
   }
   auto flush = [&](const scalar_t* a, double* dst, int64_t count) {
