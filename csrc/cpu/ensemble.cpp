@@ -26,6 +26,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <tuple>
 #include <type_traits>
@@ -650,17 +651,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
     const int64_t pf_ahead = 1;  // tiles ahead (2, 4 and 8 measured no better at hidden 2 and 10)
     auto run = [&](auto NN_tag, auto FF_tag) {
       constexpr int64_t NN = decltype(NN_tag)::value, FF = decltype(FF_tag)::value;
-      at::parallel_for(0, pieces, 1, [&](int64_t p0, int64_t p1) {
+      // Pieces are handed out one at a time rather than split evenly up front: on a shared
+      // machine one core is often slower than the other, and a static split waits for it.
+      // Each piece writes its own partials, so the result does not depend on who ran it.
+      std::atomic<int64_t> next_piece{0};
+      at::parallel_for(0, std::min<int64_t>(pieces, at::get_num_threads()), 1, [&](int64_t, int64_t) {
         FlushDenormalGuard ftz;
         std::vector<scalar_t> buf(static_cast<size_t>(buf_len));
-        for (int64_t piece = p0; piece < p1; ++piece) {
+        for (int64_t piece = next_piece++; piece < pieces; piece = next_piece++) {
           const int64_t i = piece / chunks, c = piece % chunks;
           double* part = partial.data() + piece * per;
           const int64_t nF = d.n * d.F;
           ensemble_loss_chunk<scalar_t, NN, FF>(
               xs + i * x_inst_stride, ys + i * d.B * d.T * d.F, wx + i * nF, wh + i * d.n * d.n, wy + i * nF,
-              bs + i * d.F, x_end, y_end, pf_ahead, d.n, d.F, d.B, d.T, tiles * c / chunks, tiles * (c + 1) / chunks, relu_hidden, relu_out,
-              need_grad, scale, buf.data(), part, part + 1, part + 1 + nF, part + 1 + nF + d.n * d.n,
+              bs + i * d.F, x_end, y_end, pf_ahead, d.n, d.F, d.B, d.T, tiles * c / chunks,
+              tiles * (c + 1) / chunks, relu_hidden, relu_out, need_grad, scale, buf.data(), part, part + 1, part + 1 + nF, part + 1 + nF + d.n * d.n,
               part + 1 + 2 * nF + d.n * d.n);
         }
       });
