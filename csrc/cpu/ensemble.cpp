@@ -390,19 +390,19 @@ void lane_outer_acc(const scalar_t* A, int64_t a_step, int64_t na, const scalar_
 // Software prefetch of the x and y rows of a tile a few tiles ahead (one contiguous block
 // each, possibly in the next instance's data), spread in small bites over the passes of
 // the current tile: the hardware prefetcher alone leaves each tile's first reads waiting on
-// memory, and issuing a whole block at once stalls on the miss buffers. Blocks are clipped
-// to the end of the data.
+// memory, and issuing a whole block at once stalls on the miss buffers. The blocks start
+// `offset` elements after xs / ys and are clipped to x_end / y_end (one past the data).
 template <typename scalar_t>
 struct TilePrefetch {
   const char* x = nullptr;
   const char* y = nullptr;
   int64_t x_lines = 0, lines = 0, per_call = 0, next = 0;
-  TilePrefetch(const scalar_t* xn, const scalar_t* x_end, const scalar_t* yn, const scalar_t* y_end, int64_t elems,
-               int64_t calls) {
-    const int64_t ex = std::max<int64_t>(0, std::min<int64_t>(elems, x_end - xn));
-    const int64_t ey = std::max<int64_t>(0, std::min<int64_t>(elems, y_end - yn));
-    x = reinterpret_cast<const char*>(xn);
-    y = reinterpret_cast<const char*>(yn);
+  TilePrefetch(const scalar_t* xs, const scalar_t* x_end, const scalar_t* ys, const scalar_t* y_end, int64_t offset,
+               int64_t elems, int64_t calls) {
+    const int64_t ex = std::max<int64_t>(0, std::min<int64_t>(elems, (x_end - xs) - offset));
+    const int64_t ey = std::max<int64_t>(0, std::min<int64_t>(elems, (y_end - ys) - offset));
+    if (ex > 0) x = reinterpret_cast<const char*>(xs + offset);
+    if (ey > 0) y = reinterpret_cast<const char*>(ys + offset);
     constexpr int64_t per_line = 64 / static_cast<int64_t>(sizeof(scalar_t));
     x_lines = (ex + per_line - 1) / per_line;
     lines = x_lines + (ey + per_line - 1) / per_line;
@@ -436,7 +436,8 @@ int64_t lane_matvec(const scalar_t* Wb, const scalar_t* in, scalar_t* out, int64
         UNROLL for (int64_t u = 0; u < TB; ++u) p[u][j] = at::vec::fmadd(w, v[u], p[u][j]);
       }
     }
-    UNROLL for (int64_t u = 0; u < TB; ++u) UNROLL for (int64_t j = 0; j < n; ++j) p[u][j].store(out + ((t + u) * n + j) * L);
+    UNROLL for (int64_t u = 0; u < TB; ++u)
+      UNROLL for (int64_t j = 0; j < n; ++j) p[u][j].store(out + ((t + u) * n + j) * L);
   }
   return t;
 }
@@ -497,8 +498,8 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     const Vec mask = Vec::loadu(lane_mask);
     // The drive, recurrence, readout-backward and carry passes below call pf.step() once per
     // step: 2T - 1 calls forward and as many backward.
-    const int64_t ahead = (b0 + pf_ahead * L) * T * F;
-    TilePrefetch<scalar_t> pf(xs + ahead, x_end, ys + ahead, y_end, L * T * F, (need_grad ? 2 : 1) * (2 * T - 1));
+    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, (b0 + pf_ahead * L) * T * F, L * T * F,
+                              (need_grad ? 2 : 1) * (2 * T - 1));
     // Forward in three passes, so that only the recurrence itself is serial in t:
     // (a) input drive W_x x_t for all t, (b) h_t = drive_t + W_h s(h_{t-1}),
     // (c) readout, error and the readout's gradient go_t (masked lanes give 0).
@@ -577,7 +578,8 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     {
       Vec sb[FC];  // one accumulator per feature: F independent chains instead of one
       UNROLL for (int64_t f = 0; f < F; ++f) sb[f] = zero;
-      for (int64_t t = 0; t < T; ++t) UNROLL for (int64_t f = 0; f < F; ++f) sb[f] = sb[f] + Vec::loadu(go + (t * F + f) * L);
+      for (int64_t t = 0; t < T; ++t)
+        UNROLL for (int64_t f = 0; f < F; ++f) sb[f] = sb[f] + Vec::loadu(go + (t * F + f) * L);
       UNROLL for (int64_t f = 0; f < F; ++f) (Vec::loadu(ab + f * L) + sb[f]).store(ab + f * L);
     }
   }
@@ -665,8 +667,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
           ensemble_loss_chunk<scalar_t, NN, FF>(
               xs + i * x_inst_stride, ys + i * d.B * d.T * d.F, wx + i * nF, wh + i * d.n * d.n, wy + i * nF,
               bs + i * d.F, x_end, y_end, pf_ahead, d.n, d.F, d.B, d.T, tiles * c / chunks,
-              tiles * (c + 1) / chunks, relu_hidden, relu_out, need_grad, scale, buf.data(), part, part + 1, part + 1 + nF, part + 1 + nF + d.n * d.n,
-              part + 1 + 2 * nF + d.n * d.n);
+              tiles * (c + 1) / chunks, relu_hidden, relu_out, need_grad, scale, buf.data(), part, part + 1,
+              part + 1 + nF, part + 1 + nF + d.n * d.n, part + 1 + 2 * nF + d.n * d.n);
         }
       });
     };
