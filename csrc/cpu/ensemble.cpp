@@ -387,10 +387,11 @@ void lane_outer_acc(const scalar_t* A, int64_t a_step, int64_t na, const scalar_
   }
 }
 
-// Software prefetch of the x and y rows of a tile a few tiles ahead (one contiguous block
-// each, possibly in the next instance's data), spread in small bites over the passes of
-// the current tile: the hardware prefetcher alone leaves each tile's first reads waiting on
-// memory, and issuing a whole block at once stalls on the miss buffers. The blocks start
+// Software prefetch of the x and y rows of the next tile (one contiguous block each,
+// possibly in the next instance's data; 2-8 tiles ahead measured no better), spread in
+// small bites over the passes of the current tile: the hardware prefetcher alone leaves
+// each tile's first reads waiting on memory, and issuing a whole block at once stalls on
+// the miss buffers. The blocks start
 // `offset` elements after xs / ys and are clipped to x_end / y_end (one past the data).
 template <typename scalar_t>
 struct TilePrefetch {
@@ -416,10 +417,10 @@ struct TilePrefetch {
 
 // out[t, j] = sum_f Wb[j, f] in[t, f] for t in [t0, t1) (lane-major [T, nin, L] in, [T, n, L]
 // out, weights broadcast to vectors): TB steps at a time, so that one weight load feeds TB
-// FMAs and small hidden sizes still have enough independent accumulators. Calls pf.step()
-// once per step.
+// FMAs and small hidden sizes still have enough independent accumulators; the last
+// T mod TB steps one at a time. Calls pf.step() once per step.
 template <typename scalar_t, int64_t NC, int64_t TB>
-int64_t lane_matvec(const scalar_t* Wb, const scalar_t* in, scalar_t* out, int64_t n, int64_t nin, int64_t t0,
+void lane_matvec(const scalar_t* Wb, const scalar_t* in, scalar_t* out, int64_t n, int64_t nin, int64_t t0,
                     int64_t t1, TilePrefetch<scalar_t>& pf) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t L = Vec::size();
@@ -439,7 +440,7 @@ int64_t lane_matvec(const scalar_t* Wb, const scalar_t* in, scalar_t* out, int64
     UNROLL for (int64_t u = 0; u < TB; ++u)
       UNROLL for (int64_t j = 0; j < n; ++j) p[u][j].store(out + ((t + u) * n + j) * L);
   }
-  return t;
+  if constexpr (TB > 1) lane_matvec<scalar_t, NC, 1>(Wb, in, out, n, nin, t, t1, pf);
 }
 
 // Steps per block of lane_matvec: enough accumulators (n * TB) for small hidden sizes.
@@ -451,7 +452,7 @@ constexpr int64_t matvec_steps(int64_t nn) { return nn <= 0 ? 1 : nn <= 2 ? 4 : 
 template <typename scalar_t, int64_t NN, int64_t FF>
 void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t* wx, const scalar_t* wh,
                          const scalar_t* wy, const scalar_t* bias, const scalar_t* x_end, const scalar_t* y_end,
-                         int64_t pf_ahead, int64_t n_rt, int64_t F_rt, int64_t B, int64_t T,
+                         int64_t n_rt, int64_t F_rt, int64_t B, int64_t T,
                          int64_t tile0, int64_t tile1, bool relu_hidden, bool relu_out, bool need_grad,
                          scalar_t scale, scalar_t* buf, double* out_loss, double* gwx, double* gwh, double* gwy,
                          double* gb) {
@@ -498,12 +499,12 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     const Vec mask = Vec::loadu(lane_mask);
     // The drive, recurrence, readout-backward and carry passes below call pf.step() once per
     // step: 2T - 1 calls forward and as many backward.
-    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, (b0 + pf_ahead * L) * T * F, L * T * F,
+    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, (b0 + L) * T * F, L * T * F,
                               (need_grad ? 2 : 1) * (2 * T - 1));
     // Forward in three passes, so that only the recurrence itself is serial in t:
     // (a) input drive W_x x_t for all t, (b) h_t = drive_t + W_h s(h_{t-1}),
     // (c) readout, error and the readout's gradient go_t (masked lanes give 0).
-    lane_matvec<scalar_t, NC, 1>(wxb, xt, hs, n, F, lane_matvec<scalar_t, NC, TB>(wxb, xt, hs, n, F, 0, T, pf), T, pf);
+    lane_matvec<scalar_t, NC, TB>(wxb, xt, hs, n, F, 0, T, pf);
     // Small hidden sizes carry h_{t-1} (and gp_t below) in registers: no store-to-load round
     // trip on the serial path.
     Vec hprev[kCarryInRegisters ? NC : 1];
@@ -544,7 +545,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     if (!need_grad) continue;
     // Backpropagation through time, again with only the carry serial in t:
     // (d) gp_t = W_y go_t for all t, (e) gp_t += carry, carry = s'(h_{t-1}) W_h^T gp_t.
-    lane_matvec<scalar_t, NC, 1>(wyb, go, gp, n, F, lane_matvec<scalar_t, NC, TB>(wyb, go, gp, n, F, 0, T, pf), T, pf);
+    lane_matvec<scalar_t, NC, TB>(wyb, go, gp, n, F, 0, T, pf);
     Vec gcur[kCarryInRegisters ? NC : 1];
     if constexpr (kCarryInRegisters) {
       UNROLL for (int64_t j = 0; j < n; ++j) gcur[j] = Vec::loadu(gp + ((T - 1) * n + j) * L);
@@ -650,7 +651,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
     const scalar_t scale = scalar_t(2) / static_cast<scalar_t>(d.B * d.T * d.F);
     const scalar_t* x_end = xs + (shared ? 1 : d.I) * d.B * d.T * d.F;
     const scalar_t* y_end = ys + d.I * d.B * d.T * d.F;
-    const int64_t pf_ahead = 1;  // tiles ahead (2, 4 and 8 measured no better at hidden 2 and 10)
     auto run = [&](auto NN_tag, auto FF_tag) {
       constexpr int64_t NN = decltype(NN_tag)::value, FF = decltype(FF_tag)::value;
       // Pieces are handed out one at a time rather than split evenly up front: on a shared
@@ -666,7 +666,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
           const int64_t nF = d.n * d.F;
           ensemble_loss_chunk<scalar_t, NN, FF>(
               xs + i * x_inst_stride, ys + i * d.B * d.T * d.F, wx + i * nF, wh + i * d.n * d.n, wy + i * nF,
-              bs + i * d.F, x_end, y_end, pf_ahead, d.n, d.F, d.B, d.T, tiles * c / chunks,
+              bs + i * d.F, x_end, y_end, d.n, d.F, d.B, d.T, tiles * c / chunks,
               tiles * (c + 1) / chunks, relu_hidden, relu_out, need_grad, scale, buf.data(), part, part + 1,
               part + 1 + nF, part + 1 + nF + d.n * d.n, part + 1 + 2 * nF + d.n * d.n);
         }
