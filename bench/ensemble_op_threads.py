@@ -1,0 +1,53 @@
+"""The fused ensemble_loss op alone (no autograd, no optimiser) on the ensemble benchmark's
+data, with 1 and 2 threads: how the one-pass kernel scales with the hidden size and the
+thread count. Usage: python bench/ensemble_op_threads.py [HIDDEN ...] (default 2 5 10).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rnnofrnns  # noqa: E402,F401  (registers the ops)
+from test_bench_ensemble import I, F, data  # noqa: E402
+
+VECTOR_LANES = 8  # float32 rows per AVX2 vector
+
+
+def vector_fmas(n: int, B: int, T: int) -> int:
+    """Vector FMAs of one forward+backward: per (8-row tile, time step) n*F each for the drive,
+    the readout, W_y go, and the W_y and W_x gradients; n*n each for the forward recurrence,
+    the backward carry and the W_h gradient (700 at n = 10, F = 8)."""
+    per_tile_step = 5 * n * F + 3 * n * n
+    return per_tile_step * I * (B // VECTOR_LANES) * T
+
+
+def main() -> None:
+    sizes = [int(a) for a in sys.argv[1:]] or [2, 5, 10]
+    torch.set_flush_denormal(True)
+    x, y = data()
+    B, T = x.shape[1], x.shape[2]
+    for n in sizes:
+        g = torch.Generator().manual_seed(1)
+        Wx = torch.randn(I, n, F, generator=g) * 0.3
+        Wh = torch.randn(I, n, n, generator=g) * 0.2
+        Wy = torch.randn(I, n, F, generator=g) * 0.3
+        b = torch.zeros(I, F)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            times = []
+            for _ in range(7):
+                t0 = time.perf_counter()
+                torch.ops.rnnofrnns.ensemble_loss(x, Wx, Wh, Wy, b, y, False, True, True)
+                times.append(time.perf_counter() - t0)
+            times.sort()
+            rate = vector_fmas(n, B, T) / times[3] / 1e9
+            print(f"hidden {n:2d}, {threads} thread(s): min {times[0] * 1e3:6.1f} ms, median {times[3] * 1e3:6.1f} ms,"
+                  f" {rate:.1f} G vector FMA/s")
+
+
+if __name__ == "__main__":
+    main()
