@@ -11,8 +11,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rnnofrnns  # noqa: E402,F401  (registers the ops)
-from test_bench_ensemble import I, F, data  # noqa: E402
+from test_bench_ensemble import F, I, data
+
+import rnnofrnns  # noqa: F401  (registers the ops)
 
 VECTOR_LANES = 8  # float32 rows per AVX2 vector
 
