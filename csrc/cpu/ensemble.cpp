@@ -415,36 +415,76 @@ struct TilePrefetch {
   }
 };
 
-// out[t, j] = sum_f Wb[j, f] in[t, f] for t in [t0, t1) (lane-major [T, nin, L] in, [T, n, L]
-// out, weights broadcast to vectors): TB steps at a time, so that one weight load feeds TB
-// FMAs and small hidden sizes still have enough independent accumulators; the last
-// T mod TB steps one at a time. Calls pf.step() once per step.
-template <typename scalar_t, int64_t NC, int64_t TB>
-void lane_matvec(const scalar_t* Wb, const scalar_t* in, scalar_t* out, int64_t n, int64_t nin, int64_t t0,
-                    int64_t t1, TilePrefetch<scalar_t>& pf) {
+// out[t, j] = sum_f W[j, f] in[t, f] for t in [t0, t1) (lane-major [T, nin, L] in, [T, n, L]
+// out, each weight broadcast from its scalar): a register block of TB steps x CB outputs,
+// so that one weight load feeds TB FMAs and each input load CB of them; the last T mod TB
+// steps one at a time. Calls pf.step() once per step.
+template <typename scalar_t, int64_t CB, int64_t TB>
+void lane_matvec(const scalar_t* W, const scalar_t* in, scalar_t* out, int64_t n, int64_t nin, int64_t t0,
+                 int64_t t1, TilePrefetch<scalar_t>& pf) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t L = Vec::size();
   int64_t t = t0;
   for (; t + TB <= t1; t += TB) {
     UNROLL for (int64_t u = 0; u < TB; ++u) pf.step();
-    Vec p[TB][NC];
-    UNROLL for (int64_t u = 0; u < TB; ++u) UNROLL for (int64_t j = 0; j < n; ++j) p[u][j] = Vec(scalar_t(0));
-    UNROLL for (int64_t f = 0; f < nin; ++f) {
-      Vec v[TB];
-      UNROLL for (int64_t u = 0; u < TB; ++u) v[u] = Vec::loadu(in + ((t + u) * nin + f) * L);
-      UNROLL for (int64_t j = 0; j < n; ++j) {
-        const Vec w = Vec::loadu(Wb + (j * nin + f) * L);
-        UNROLL for (int64_t u = 0; u < TB; ++u) p[u][j] = at::vec::fmadd(w, v[u], p[u][j]);
+    for (int64_t j0 = 0; j0 < n; j0 += CB) {
+      const int64_t nb = std::min<int64_t>(CB, n - j0);
+      Vec p[TB][CB];
+      UNROLL for (int64_t u = 0; u < TB; ++u) UNROLL for (int64_t j = 0; j < nb; ++j) p[u][j] = Vec(scalar_t(0));
+      UNROLL for (int64_t f = 0; f < nin; ++f) {
+        Vec v[TB];
+        UNROLL for (int64_t u = 0; u < TB; ++u) v[u] = Vec::loadu(in + ((t + u) * nin + f) * L);
+        UNROLL for (int64_t j = 0; j < nb; ++j) {
+          const Vec w(W[(j0 + j) * nin + f]);
+          UNROLL for (int64_t u = 0; u < TB; ++u) p[u][j] = at::vec::fmadd(w, v[u], p[u][j]);
+        }
       }
+      UNROLL for (int64_t u = 0; u < TB; ++u)
+        UNROLL for (int64_t j = 0; j < nb; ++j) p[u][j].store(out + ((t + u) * n + j0 + j) * L);
     }
-    UNROLL for (int64_t u = 0; u < TB; ++u)
-      UNROLL for (int64_t j = 0; j < n; ++j) p[u][j].store(out + ((t + u) * n + j) * L);
   }
-  if constexpr (TB > 1) lane_matvec<scalar_t, NC, 1>(Wb, in, out, n, nin, t, t1, pf);
+  if constexpr (TB > 1) lane_matvec<scalar_t, CB, 1>(W, in, out, n, nin, t, t1, pf);
 }
 
-// Steps per block of lane_matvec: enough accumulators (n * TB) for small hidden sizes.
-constexpr int64_t matvec_steps(int64_t nn) { return nn <= 0 ? 1 : nn <= 2 ? 4 : nn <= 5 ? 2 : 1; }
+// Register block of lane_matvec for a compile-time hidden size nn (0: given at run time):
+// steps per block (enough independent accumulators for small n) and outputs per block.
+constexpr int64_t matvec_steps(int64_t nn) { return nn <= 0 ? 1 : nn <= 2 ? 4 : 2; }
+constexpr int64_t matvec_outputs(int64_t nn) { return nn <= 0 ? 8 : nn <= 5 ? nn : 5; }
+
+// Readout, error and unscaled readout gradient of R consecutive steps t.. of a tile, FB
+// features per register block: o = b + W_y^T h_t, e = r(o) - y_t, go_t = r'(o) e, and the
+// squared errors summed into lossv. The gradients' constant factor 2 / (B T F) is applied
+// once when the tile sums are flushed (all of them are linear in go).
+template <typename scalar_t, int64_t R, int64_t FB>
+inline void readout_steps(const scalar_t* wy, const scalar_t* bias, const scalar_t* hs, const scalar_t* yt,
+                          scalar_t* go, int64_t n, int64_t F, int64_t t, bool relu_out,
+                          at::vec::Vectorized<scalar_t> (&lossv)[2]) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t L = Vec::size();
+  const Vec zero(scalar_t(0));
+  for (int64_t f0 = 0; f0 < F; f0 += FB) {
+    const int64_t nb = std::min<int64_t>(FB, F - f0);
+    Vec o[R][FB];
+    UNROLL for (int64_t f = 0; f < nb; ++f) {
+      const Vec bf(bias[f0 + f]);
+      UNROLL for (int64_t u = 0; u < R; ++u) o[u][f] = bf;
+    }
+    UNROLL for (int64_t j = 0; j < n; ++j) {
+      Vec h[R];
+      UNROLL for (int64_t u = 0; u < R; ++u) h[u] = Vec::loadu(hs + ((t + u) * n + j) * L);
+      UNROLL for (int64_t f = 0; f < nb; ++f) {
+        const Vec w(wy[j * F + f0 + f]);
+        UNROLL for (int64_t u = 0; u < R; ++u) o[u][f] = at::vec::fmadd(w, h[u], o[u][f]);
+      }
+    }
+    UNROLL for (int64_t u = 0; u < R; ++u) UNROLL for (int64_t f = 0; f < nb; ++f) {
+      const int64_t q = ((t + u) * F + f0 + f) * L;
+      const Vec e = (relu_out ? at::vec::maximum(o[u][f], zero) : o[u][f]) - Vec::loadu(yt + q);
+      lossv[f & 1] = at::vec::fmadd(e, e, lossv[f & 1]);
+      (relu_out ? Vec::blendv(zero, e, o[u][f] > zero) : e).store(go + q);
+    }
+  }
+}
 
 // The batch tiles [tile0, tile1) of one instance. NN / FF > 0 fix the hidden size / feature
 // count at compile time, so that the per-step vectors (states, readout, carried gradient)
@@ -454,7 +494,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
                          const scalar_t* wy, const scalar_t* bias, const scalar_t* x_end, const scalar_t* y_end,
                          int64_t n_rt, int64_t F_rt, int64_t B, int64_t T,
                          int64_t tile0, int64_t tile1, bool relu_hidden, bool relu_out, bool need_grad,
-                         scalar_t scale, scalar_t* buf, double* out_loss, double* gwx, double* gwh, double* gwy,
+                         double grad_scale, scalar_t* buf, double* out_loss, double* gwx, double* gwh, double* gwy,
                          double* gb) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t L = Vec::size();
@@ -463,7 +503,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   // Compile-time choices for small hidden sizes: the serial passes keep their carried
   // vector in registers, the per-step products work on TB steps at once.
   constexpr bool kCarryInRegisters = NN > 0 && NN <= 6;
-  constexpr int64_t TB = matvec_steps(NN);
+  constexpr int64_t TB = matvec_steps(NN), CB = matvec_outputs(NN), RB = FF > 0 && FF <= 4 ? FF : 4;
   // Weights broadcast to full vectors once (an FMA can then read them straight from L1),
   // then lane-major [T, F, L] inputs, targets and readout gradients and [T, n, L] states
   // and state gradients of the current tile.
@@ -484,19 +524,23 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   scalar_t* ab = aWy + n * F * L;
   std::fill(acc, ab + F * L, scalar_t(0));
   for (int64_t q = 0; q < n * F; ++q) {
-    Vec(wx[q]).store(wxb + q * L);
-    Vec(wy[q]).store(wyb + q * L);
+    wxb[q] = wx[q];
+    wyb[q] = wy[q];
   }
-  for (int64_t q = 0; q < n * n; ++q) Vec(wh[q]).store(whb + q * L);
-  auto W = [](const scalar_t* b, int64_t q) { return Vec::loadu(b + q * L); };
-  const Vec zero(scalar_t(0)), vscale(scale);
+  for (int64_t q = 0; q < n * n; ++q) whb[q] = wh[q];
+  auto W = [](const scalar_t* b, int64_t q) { return Vec(b[q]); };
+  const Vec zero(scalar_t(0));
   for (int64_t tile = tile0; tile < tile1; ++tile) {
     const int64_t b0 = tile * L, nrows = std::min<int64_t>(L, B - b0);
     transpose_rows(xs + b0 * T * F, T * F, nrows, T * F, xt);
     transpose_rows(ys + b0 * T * F, T * F, nrows, T * F, yt);
-    alignas(64) scalar_t lane_mask[L];
-    for (int64_t l = 0; l < L; ++l) lane_mask[l] = l < nrows ? scalar_t(1) : scalar_t(0);
-    const Vec mask = Vec::loadu(lane_mask);
+    // Lanes past the last batch row see x = 0, hence h = 0 and the output r(b) exactly; their
+    // targets are set to that output, so that their error and gradients are exactly zero.
+    for (int64_t l = nrows; l < L; ++l)
+      for (int64_t q = 0; q < T * F; ++q) {
+        const scalar_t bf = bias[q % F];
+        yt[q * L + l] = relu_out && bf < 0 ? scalar_t(0) : bf;
+      }
     // The drive, recurrence, readout-backward and carry passes below call pf.step() once per
     // step: 2T - 1 calls forward and as many backward.
     TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, (b0 + L) * T * F, L * T * F,
@@ -504,7 +548,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     // Forward in three passes, so that only the recurrence itself is serial in t:
     // (a) input drive W_x x_t for all t, (b) h_t = drive_t + W_h s(h_{t-1}),
     // (c) readout, error and the readout's gradient go_t (masked lanes give 0).
-    lane_matvec<scalar_t, NC, TB>(wxb, xt, hs, n, F, 0, T, pf);
+    lane_matvec<scalar_t, CB, TB>(wxb, xt, hs, n, F, 0, T, pf);
     // Small hidden sizes carry h_{t-1} (and gp_t below) in registers: no store-to-load round
     // trip on the serial path.
     Vec hprev[kCarryInRegisters ? NC : 1];
@@ -526,26 +570,14 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
       }
     }
     Vec lossv[2] = {zero, zero};  // two accumulators: the squared errors are not one serial chain
-    for (int64_t t = 0; t < T; ++t) {
-      Vec o[FC];
-      UNROLL for (int64_t f = 0; f < F; ++f) o[f] = Vec(bias[f]);
-      UNROLL for (int64_t j = 0; j < n; ++j) {
-        const Vec hj = Vec::loadu(hs + (t * n + j) * L);
-        UNROLL for (int64_t f = 0; f < F; ++f) o[f] = at::vec::fmadd(W(wyb, j * F + f), hj, o[f]);
-      }
-      UNROLL for (int64_t f = 0; f < F; ++f) {
-        const Vec e = ((relu_out ? at::vec::maximum(o[f], zero) : o[f]) - Vec::loadu(yt + (t * F + f) * L)) * mask;
-        lossv[f & 1] = at::vec::fmadd(e, e, lossv[f & 1]);
-        Vec g = e * vscale;
-        if (relu_out) g = Vec::blendv(zero, g, o[f] > zero);
-        g.store(go + (t * F + f) * L);
-      }
-    }
+    int64_t t = 0;
+    for (; t + 2 <= T; t += 2) readout_steps<scalar_t, 2, RB>(wyb, bias, hs, yt, go, n, F, t, relu_out, lossv);
+    if (t < T) readout_steps<scalar_t, 1, RB>(wyb, bias, hs, yt, go, n, F, t, relu_out, lossv);
     (Vec::loadu(acc) + (lossv[0] + lossv[1])).store(acc);
     if (!need_grad) continue;
     // Backpropagation through time, again with only the carry serial in t:
     // (d) gp_t = W_y go_t for all t, (e) gp_t += carry, carry = s'(h_{t-1}) W_h^T gp_t.
-    lane_matvec<scalar_t, NC, TB>(wyb, go, gp, n, F, 0, T, pf);
+    lane_matvec<scalar_t, CB, TB>(wyb, go, gp, n, F, 0, T, pf);
     Vec gcur[kCarryInRegisters ? NC : 1];
     if constexpr (kCarryInRegisters) {
       UNROLL for (int64_t j = 0; j < n; ++j) gcur[j] = Vec::loadu(gp + ((T - 1) * n + j) * L);
@@ -584,19 +616,19 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
       UNROLL for (int64_t f = 0; f < F; ++f) (Vec::loadu(ab + f * L) + sb[f]).store(ab + f * L);
     }
   }
-  auto flush = [&](const scalar_t* a, double* dst, int64_t count) {
+  auto flush = [&](const scalar_t* a, double* dst, int64_t count, double factor) {
     for (int64_t q = 0; q < count; ++q) {
       double s = 0;
       for (int64_t l = 0; l < L; ++l) s += static_cast<double>(a[q * L + l]);
-      dst[q] += s;
+      dst[q] += factor * s;
     }
   };
-  flush(acc, out_loss, 1);
+  flush(acc, out_loss, 1, 1.0);
   if (need_grad) {
-    flush(aWx, gwx, n * F);
-    flush(aWh, gwh, n * n);
-    flush(aWy, gwy, n * F);
-    flush(ab, gb, F);
+    flush(aWx, gwx, n * F, grad_scale);
+    flush(aWh, gwh, n * n, grad_scale);
+    flush(aWy, gwy, n * F, grad_scale);
+    flush(ab, gb, F, grad_scale);
   }
 }
 
@@ -648,7 +680,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
     const scalar_t* wh = Wh.const_data_ptr<scalar_t>();
     const scalar_t* wy = Wy.const_data_ptr<scalar_t>();
     const scalar_t* bs = bias.const_data_ptr<scalar_t>();
-    const scalar_t scale = scalar_t(2) / static_cast<scalar_t>(d.B * d.T * d.F);
+    const double grad_scale = 2.0 / static_cast<double>(d.B * d.T * d.F);  // d loss / d output
     const scalar_t* x_end = xs + (shared ? 1 : d.I) * d.B * d.T * d.F;
     const scalar_t* y_end = ys + d.I * d.B * d.T * d.F;
     auto run = [&](auto NN_tag, auto FF_tag) {
@@ -667,7 +699,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
           ensemble_loss_chunk<scalar_t, NN, FF>(
               xs + i * x_inst_stride, ys + i * d.B * d.T * d.F, wx + i * nF, wh + i * d.n * d.n, wy + i * nF,
               bs + i * d.F, x_end, y_end, d.n, d.F, d.B, d.T, tiles * c / chunks,
-              tiles * (c + 1) / chunks, relu_hidden, relu_out, need_grad, scale, buf.data(), part, part + 1,
+              tiles * (c + 1) / chunks, relu_hidden, relu_out, need_grad, grad_scale, buf.data(), part, part + 1,
               part + 1 + nF, part + 1 + nF + d.n * d.n, part + 1 + 2 * nF + d.n * d.n);
         }
       });
