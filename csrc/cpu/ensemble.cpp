@@ -359,6 +359,7 @@ void transpose_rows(const scalar_t* src, int64_t row_stride, int64_t nrows, int6
 // Largest hidden size / feature count of the fused ensemble_loss (its per-step vectors live
 // in fixed-size local arrays); larger ensembles go through modular_rnn instead.
 constexpr int64_t kMaxEnsembleDim = 64;
+constexpr int64_t kFuseFrom = 1;
 
 // C[j, k] += sum over steps t of A[t, j] * b(B[t, k]), lane by lane, for lane-major A [steps,
 // na, L], B [steps, nb, L] and C [na, nb, L] (b = relu when RELU_B): the weight gradients of
@@ -504,6 +505,10 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   // vector in registers, the per-step products work on TB steps at once.
   constexpr bool kCarryInRegisters = NN > 0 && NN <= 6;
   constexpr int64_t TB = matvec_steps(NN), CB = matvec_outputs(NN), RB = FF > 0 && FF <= 4 ? FF : 4;
+  // Hidden sizes from kFuseFrom on run the input / readout-gradient products inside the
+  // serial step loops (enough independent work per step to fill the core while the
+  // recurrence waits); smaller ones in separate passes with register blocks over steps.
+  const bool fuse_steps = NN == 0 ? n >= kFuseFrom : NN >= kFuseFrom;
   // Weights broadcast to full vectors once (an FMA can then read them straight from L1),
   // then lane-major [T, F, L] inputs, targets and readout gradients and [T, n, L] states
   // and state gradients of the current tile.
@@ -541,64 +546,108 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
         const scalar_t bf = bias[q % F];
         yt[q * L + l] = relu_out && bf < 0 ? scalar_t(0) : bf;
       }
-    // The drive, recurrence, readout-backward and carry passes below call pf.step() once per
-    // step: 2T - 1 calls forward and as many backward.
+    // The forward and backward steps below call pf.step() once per step of each pass (the
+    // fused ones are one pass, the split ones two: 2T - 1 calls).
+    const int64_t fwd_calls = fuse_steps ? T : 2 * T - 1, bwd_calls = fuse_steps && !relu_hidden ? T : 2 * T - 1;
     TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, (b0 + L) * T * F, L * T * F,
-                              (need_grad ? 2 : 1) * (2 * T - 1));
-    // Forward in three passes, so that only the recurrence itself is serial in t:
-    // (a) input drive W_x x_t for all t, (b) h_t = drive_t + W_h s(h_{t-1}),
-    // (c) readout, error and the readout's gradient go_t (masked lanes give 0).
-    lane_matvec<scalar_t, CB, TB>(wxb, xt, hs, n, F, 0, T, pf);
-    // Small hidden sizes carry h_{t-1} (and gp_t below) in registers: no store-to-load round
-    // trip on the serial path.
-    Vec hprev[kCarryInRegisters ? NC : 1];
-    if constexpr (kCarryInRegisters) {
-      UNROLL for (int64_t j = 0; j < n; ++j) hprev[j] = Vec::loadu(hs + j * L);
-    }
-    for (int64_t t = 1; t < T; ++t) {
-      pf.step();
-      Vec p[NC];
-      UNROLL for (int64_t j = 0; j < n; ++j) p[j] = Vec::loadu(hs + (t * n + j) * L);
-      UNROLL for (int64_t k = 0; k < n; ++k) {
-        Vec sk = kCarryInRegisters ? hprev[kCarryInRegisters ? k : 0] : Vec::loadu(hs + ((t - 1) * n + k) * L);
-        if (relu_hidden) sk = at::vec::maximum(sk, zero);
-        UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(whb, j * n + k), sk, p[j]);
+                              fwd_calls + (need_grad ? bwd_calls : 0));
+    if (fuse_steps) {
+      // Forward, one step at a time: h_t = W_x x_t + W_h s(h_{t-1}) in one chain per unit,
+      // the input terms first (they do not wait for h_{t-1}, so that the core can start them
+      // while the previous step's recurrence is still in flight).
+      for (int64_t t = 0; t < T; ++t) {
+        pf.step();
+        Vec p[NC];
+        UNROLL for (int64_t j = 0; j < n; ++j) p[j] = zero;
+        UNROLL for (int64_t f = 0; f < F; ++f) {
+          const Vec v = Vec::loadu(xt + (t * F + f) * L);
+          UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(wxb, j * F + f), v, p[j]);
+        }
+        if (t > 0) {
+          UNROLL for (int64_t k = 0; k < n; ++k) {
+            Vec sk = Vec::loadu(hs + ((t - 1) * n + k) * L);
+            if (relu_hidden) sk = at::vec::maximum(sk, zero);
+            UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(whb, j * n + k), sk, p[j]);
+          }
+        }
+        UNROLL for (int64_t j = 0; j < n; ++j) p[j].store(hs + (t * n + j) * L);
       }
-      UNROLL for (int64_t j = 0; j < n; ++j) {
-        p[j].store(hs + (t * n + j) * L);
-        if constexpr (kCarryInRegisters) hprev[j] = p[j];
+    } else {
+      // Forward in passes, so that only the recurrence itself is serial in t: (a) input
+      // drive W_x x_t for all t, (b) h_t = drive_t + W_h s(h_{t-1}); small hidden sizes carry
+      // h_{t-1} in registers (no store-to-load round trip on the serial path).
+      lane_matvec<scalar_t, CB, TB>(wxb, xt, hs, n, F, 0, T, pf);
+      Vec hprev[kCarryInRegisters ? NC : 1];
+      if constexpr (kCarryInRegisters) {
+        UNROLL for (int64_t j = 0; j < n; ++j) hprev[j] = Vec::loadu(hs + j * L);
+      }
+      for (int64_t t = 1; t < T; ++t) {
+        pf.step();
+        Vec p[NC];
+        UNROLL for (int64_t j = 0; j < n; ++j) p[j] = Vec::loadu(hs + (t * n + j) * L);
+        UNROLL for (int64_t k = 0; k < n; ++k) {
+          Vec sk = kCarryInRegisters ? hprev[kCarryInRegisters ? k : 0] : Vec::loadu(hs + ((t - 1) * n + k) * L);
+          if (relu_hidden) sk = at::vec::maximum(sk, zero);
+          UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(whb, j * n + k), sk, p[j]);
+        }
+        UNROLL for (int64_t j = 0; j < n; ++j) {
+          p[j].store(hs + (t * n + j) * L);
+          if constexpr (kCarryInRegisters) hprev[j] = p[j];
+        }
       }
     }
+    // (c) Readout, error and the readout's gradient go_t.
     Vec lossv[2] = {zero, zero};  // two accumulators: the squared errors are not one serial chain
     int64_t t = 0;
     for (; t + 2 <= T; t += 2) readout_steps<scalar_t, 2, RB>(wyb, bias, hs, yt, go, n, F, t, relu_out, lossv);
     if (t < T) readout_steps<scalar_t, 1, RB>(wyb, bias, hs, yt, go, n, F, t, relu_out, lossv);
     (Vec::loadu(acc) + (lossv[0] + lossv[1])).store(acc);
     if (!need_grad) continue;
-    // Backpropagation through time, again with only the carry serial in t:
-    // (d) gp_t = W_y go_t for all t, (e) gp_t += carry, carry = s'(h_{t-1}) W_h^T gp_t.
-    lane_matvec<scalar_t, CB, TB>(wyb, go, gp, n, F, 0, T, pf);
-    Vec gcur[kCarryInRegisters ? NC : 1];
-    if constexpr (kCarryInRegisters) {
-      UNROLL for (int64_t j = 0; j < n; ++j) gcur[j] = Vec::loadu(gp + ((T - 1) * n + j) * L);
-    }
-    for (int64_t t = T - 1; t > 0; --t) {
-      pf.step();
-      Vec c[NC];
-      UNROLL for (int64_t k = 0; k < n; ++k) c[k] = zero;
-      UNROLL for (int64_t j = 0; j < n; ++j) {
-        const Vec gj = kCarryInRegisters ? gcur[kCarryInRegisters ? j : 0] : Vec::loadu(gp + (t * n + j) * L);
-        UNROLL for (int64_t k = 0; k < n; ++k) c[k] = at::vec::fmadd(W(whb, j * n + k), gj, c[k]);
+    if (fuse_steps && !relu_hidden) {
+      // Backpropagation through time, one step at a time: gp_t = W_y go_t + W_h^T gp_{t+1},
+      // again the terms that do not wait for the previous step first.
+      for (int64_t t = T - 1; t >= 0; --t) {
+        pf.step();
+        Vec a[NC];
+        UNROLL for (int64_t j = 0; j < n; ++j) a[j] = zero;
+        UNROLL for (int64_t f = 0; f < F; ++f) {
+          const Vec v = Vec::loadu(go + (t * F + f) * L);
+          UNROLL for (int64_t j = 0; j < n; ++j) a[j] = at::vec::fmadd(W(wyb, j * F + f), v, a[j]);
+        }
+        if (t + 1 < T) {
+          UNROLL for (int64_t i = 0; i < n; ++i) {
+            const Vec gi = Vec::loadu(gp + ((t + 1) * n + i) * L);
+            UNROLL for (int64_t j = 0; j < n; ++j) a[j] = at::vec::fmadd(W(whb, i * n + j), gi, a[j]);
+          }
+        }
+        UNROLL for (int64_t j = 0; j < n; ++j) a[j].store(gp + (t * n + j) * L);
       }
-      scalar_t* gprev = gp + (t - 1) * n * L;
-      if (relu_hidden) {
-        const scalar_t* hprev = hs + (t - 1) * n * L;
-        UNROLL for (int64_t k = 0; k < n; ++k) c[k] = Vec::blendv(zero, c[k], Vec::loadu(hprev + k * L) > zero);
+    } else {
+      // Backpropagation through time in passes, with only the carry serial in t:
+      // (d) gp_t = W_y go_t for all t, (e) gp_t += carry, carry = s'(h_{t-1}) W_h^T gp_t.
+      lane_matvec<scalar_t, CB, TB>(wyb, go, gp, n, F, 0, T, pf);
+      Vec gcur[kCarryInRegisters ? NC : 1];
+      if constexpr (kCarryInRegisters) {
+        UNROLL for (int64_t j = 0; j < n; ++j) gcur[j] = Vec::loadu(gp + ((T - 1) * n + j) * L);
       }
-      UNROLL for (int64_t k = 0; k < n; ++k) {
-        const Vec gk = Vec::loadu(gprev + k * L) + c[k];
-        gk.store(gprev + k * L);
-        if constexpr (kCarryInRegisters) gcur[k] = gk;
+      for (int64_t t = T - 1; t > 0; --t) {
+        pf.step();
+        Vec c[NC];
+        UNROLL for (int64_t k = 0; k < n; ++k) c[k] = zero;
+        UNROLL for (int64_t j = 0; j < n; ++j) {
+          const Vec gj = kCarryInRegisters ? gcur[kCarryInRegisters ? j : 0] : Vec::loadu(gp + (t * n + j) * L);
+          UNROLL for (int64_t k = 0; k < n; ++k) c[k] = at::vec::fmadd(W(whb, j * n + k), gj, c[k]);
+        }
+        scalar_t* gprev = gp + (t - 1) * n * L;
+        if (relu_hidden) {
+          const scalar_t* hprev = hs + (t - 1) * n * L;
+          UNROLL for (int64_t k = 0; k < n; ++k) c[k] = Vec::blendv(zero, c[k], Vec::loadu(hprev + k * L) > zero);
+        }
+        UNROLL for (int64_t k = 0; k < n; ++k) {
+          const Vec gk = Vec::loadu(gprev + k * L) + c[k];
+          gk.store(gprev + k * L);
+          if constexpr (kCarryInRegisters) gcur[k] = gk;
+        }
       }
     }
     // Weight gradients of the tile: sums over steps and lanes of outer products.
