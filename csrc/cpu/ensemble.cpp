@@ -355,11 +355,14 @@ void transpose_rows(const scalar_t* src, int64_t row_stride, int64_t nrows, int6
 // Fully unrolled loops over compile-time hidden sizes / feature counts keep the per-step
 // vector arrays in registers (GCC otherwise stores them back to the stack every iteration).
 #define UNROLL _Pragma("GCC unroll 16")
+#define ALWAYS_INLINE inline __attribute__((always_inline))
 
 // Largest hidden size / feature count of the fused ensemble_loss (its per-step vectors live
 // in fixed-size local arrays); larger ensembles go through modular_rnn instead.
 constexpr int64_t kMaxEnsembleDim = 64;
-constexpr int64_t kFuseFrom = 1;
+
+// Batch tiles that go through the recurrence together (see fused_steps).
+constexpr int64_t kTilesPerGroup = 2;
 
 // C[j, k] += sum over steps t of A[t, j] * b(B[t, k]), lane by lane, for lane-major A [steps,
 // na, L], B [steps, nb, L] and C [na, nb, L] (b = relu when RELU_B): the weight gradients of
@@ -487,6 +490,63 @@ inline void readout_steps(const scalar_t* wy, const scalar_t* bias, const scalar
   }
 }
 
+// One pass of the recurrence over a tile's T steps, for G tiles at once:
+//   forward  (BACKWARD false): out_t = A in_t + R s(out_{t-1}), t = 0 .. T-1, R[j, k] = r[j*n + k]
+//   backward (BACKWARD true):  out_t = A in_t + R out_{t+1},    t = T-1 .. 0, R[j, k] = r[k*n + j]
+// with A[j, f] = a[j*nin + f], s = relu when relu_prev, lane-major [T, nin, L] in and [T, n, L]
+// out. Each output unit is one chain per step, the input terms first: they do not wait for
+// the previous step, so the core can work on them while the previous step's chain is still
+// in flight. Outputs go in blocks of JB; the G tiles share every weight load and give the core
+// G independent chains. Calls pf.step() once per step.
+template <typename scalar_t, int64_t G, int64_t JB, bool BACKWARD>
+ALWAYS_INLINE void fused_steps(const scalar_t* a, const scalar_t* r, scalar_t* const* in_tiles,
+                               scalar_t* const* out_tiles, int64_t n, int64_t nin, int64_t T, bool relu_prev,
+                               TilePrefetch<scalar_t>& pf) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t L = Vec::size();
+  const Vec zero(scalar_t(0));
+  // Local copies of the buffer pointers: vector stores may alias anything, so pointers read
+  // through in_tiles / out_tiles would be reloaded after every store.
+  const scalar_t* in[G];
+  scalar_t* out[G];
+  for (int64_t g = 0; g < G; ++g) {
+    in[g] = in_tiles[g];
+    out[g] = out_tiles[g];
+  }
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = BACKWARD ? T - 1 - s : s, tp = BACKWARD ? t + 1 : t - 1;
+    pf.step();
+    for (int64_t j0 = 0; j0 < n; j0 += JB) {
+      const int64_t nb = std::min<int64_t>(JB, n - j0);
+      Vec p[G][JB];
+      UNROLL for (int64_t g = 0; g < G; ++g) UNROLL for (int64_t j = 0; j < nb; ++j) p[g][j] = zero;
+      UNROLL for (int64_t f = 0; f < nin; ++f) {
+        Vec v[G];
+        UNROLL for (int64_t g = 0; g < G; ++g) v[g] = Vec::loadu(in[g] + (t * nin + f) * L);
+        UNROLL for (int64_t j = 0; j < nb; ++j) {
+          const Vec w(a[(j0 + j) * nin + f]);
+          UNROLL for (int64_t g = 0; g < G; ++g) p[g][j] = at::vec::fmadd(w, v[g], p[g][j]);
+        }
+      }
+      if (s > 0) {
+        UNROLL for (int64_t k = 0; k < n; ++k) {
+          Vec v[G];
+          UNROLL for (int64_t g = 0; g < G; ++g) {
+            v[g] = Vec::loadu(out[g] + (tp * n + k) * L);
+            if (relu_prev) v[g] = at::vec::maximum(v[g], zero);
+          }
+          UNROLL for (int64_t j = 0; j < nb; ++j) {
+            const Vec w(BACKWARD ? r[k * n + j0 + j] : r[(j0 + j) * n + k]);
+            UNROLL for (int64_t g = 0; g < G; ++g) p[g][j] = at::vec::fmadd(w, v[g], p[g][j]);
+          }
+        }
+      }
+      UNROLL for (int64_t g = 0; g < G; ++g)
+        UNROLL for (int64_t j = 0; j < nb; ++j) p[g][j].store(out[g] + (t * n + j0 + j) * L);
+    }
+  }
+}
+
 // The batch tiles [tile0, tile1) of one instance. NN / FF > 0 fix the hidden size / feature
 // count at compile time, so that the per-step vectors (states, readout, carried gradient)
 // live in registers; 0 means "given at run time" (at most kMaxEnsembleDim).
@@ -501,170 +561,129 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   constexpr int64_t L = Vec::size();
   constexpr int64_t NC = NN > 0 ? NN : kMaxEnsembleDim, FC = FF > 0 ? FF : kMaxEnsembleDim;
   const int64_t n = NN > 0 ? NN : n_rt, F = FF > 0 ? FF : F_rt;
-  // Compile-time choices for small hidden sizes: the serial passes keep their carried
-  // vector in registers, the per-step products work on TB steps at once.
+  // Compile-time hidden sizes run two tiles at once through the recurrence (output blocks of
+  // at most 5 units, so that 2 x 5 accumulators fit in the registers); run-time ones one.
+  constexpr int64_t kGroup = NN > 0 ? kTilesPerGroup : 1;
+  constexpr int64_t kGroupBlock = NN > 5 ? 5 : NC;
+  // The split backward of relu_hidden (below): the serial pass keeps its carried vector in
+  // registers for small hidden sizes, W_y go works on TB steps x CB outputs at once.
   constexpr bool kCarryInRegisters = NN > 0 && NN <= 6;
   constexpr int64_t TB = matvec_steps(NN), CB = matvec_outputs(NN), RB = FF > 0 && FF <= 4 ? FF : 4;
-  // Hidden sizes from kFuseFrom on run the input / readout-gradient products inside the
-  // serial step loops (enough independent work per step to fill the core while the
-  // recurrence waits); smaller ones in separate passes with register blocks over steps.
-  const bool fuse_steps = NN == 0 ? n >= kFuseFrom : NN >= kFuseFrom;
-  // Weights broadcast to full vectors once (an FMA can then read them straight from L1),
-  // then lane-major [T, F, L] inputs, targets and readout gradients and [T, n, L] states
-  // and state gradients of the current tile.
+  // Scalar copies of the weights (each FMA broadcasts its weight from L1), then per tile of a
+  // group lane-major [T, F, L] inputs, targets and readout gradients and [T, n, L] states and
+  // state gradients.
   scalar_t* wxb = buf;
-  scalar_t* whb = wxb + n * F * L;
-  scalar_t* wyb = whb + n * n * L;
-  scalar_t* xt = wyb + n * F * L;
-  scalar_t* yt = xt + T * F * L;
-  scalar_t* go = yt + T * F * L;
-  scalar_t* hs = go + T * F * L;
-  scalar_t* gp = hs + T * n * L;
+  scalar_t* whb = wxb + n * F;
+  scalar_t* wyb = whb + n * n;
+  scalar_t* xt[kTilesPerGroup];
+  scalar_t* yt[kTilesPerGroup];
+  scalar_t* go[kTilesPerGroup];
+  scalar_t* hs[kTilesPerGroup];
+  scalar_t* gp[kTilesPerGroup];
+  // The vector buffers start on a cache line (unaligned vector loads that straddle two lines
+  // cost about 20% at hidden 5); buf has room for the shift.
+  scalar_t* next = reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(wyb + n * F) + 63) & ~uintptr_t(63));
+  for (int64_t g = 0; g < kTilesPerGroup; ++g) {
+    xt[g] = next;
+    yt[g] = xt[g] + T * F * L;
+    go[g] = yt[g] + T * F * L;
+    hs[g] = go[g] + T * F * L;
+    gp[g] = hs[g] + T * n * L;
+    next = gp[g] + T * n * L;
+  }
   // Per-lane accumulators of the chunk, summed over the lanes into float64 at its end:
   // loss [L], W_x, W_h, W_y and b gradients [n*F | n*n | n*F | F, L].
-  scalar_t* acc = gp + T * n * L;
+  scalar_t* acc = next;
   scalar_t* aWx = acc + L;
   scalar_t* aWh = aWx + n * F * L;
   scalar_t* aWy = aWh + n * n * L;
   scalar_t* ab = aWy + n * F * L;
   std::fill(acc, ab + F * L, scalar_t(0));
-  for (int64_t q = 0; q < n * F; ++q) {
-    wxb[q] = wx[q];
-    wyb[q] = wy[q];
-  }
-  for (int64_t q = 0; q < n * n; ++q) whb[q] = wh[q];
+  std::copy(wx, wx + n * F, wxb);
+  std::copy(wh, wh + n * n, whb);
+  std::copy(wy, wy + n * F, wyb);
   auto W = [](const scalar_t* b, int64_t q) { return Vec(b[q]); };
   const Vec zero(scalar_t(0));
-  for (int64_t tile = tile0; tile < tile1; ++tile) {
-    const int64_t b0 = tile * L, nrows = std::min<int64_t>(L, B - b0);
-    transpose_rows(xs + b0 * T * F, T * F, nrows, T * F, xt);
-    transpose_rows(ys + b0 * T * F, T * F, nrows, T * F, yt);
-    // Lanes past the last batch row see x = 0, hence h = 0 and the output r(b) exactly; their
-    // targets are set to that output, so that their error and gradients are exactly zero.
-    for (int64_t l = nrows; l < L; ++l)
-      for (int64_t q = 0; q < T * F; ++q) {
-        const scalar_t bf = bias[q % F];
-        yt[q * L + l] = relu_out && bf < 0 ? scalar_t(0) : bf;
-      }
-    // The forward and backward steps below call pf.step() once per step of each pass (the
-    // fused ones are one pass, the split ones two: 2T - 1 calls).
-    const int64_t fwd_calls = fuse_steps ? T : 2 * T - 1, bwd_calls = fuse_steps && !relu_hidden ? T : 2 * T - 1;
-    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, (b0 + L) * T * F, L * T * F,
-                              fwd_calls + (need_grad ? bwd_calls : 0));
-    if (fuse_steps) {
-      // Forward, one step at a time: h_t = W_x x_t + W_h s(h_{t-1}) in one chain per unit,
-      // the input terms first (they do not wait for h_{t-1}, so that the core can start them
-      // while the previous step's recurrence is still in flight).
-      for (int64_t t = 0; t < T; ++t) {
-        pf.step();
-        Vec p[NC];
-        UNROLL for (int64_t j = 0; j < n; ++j) p[j] = zero;
-        UNROLL for (int64_t f = 0; f < F; ++f) {
-          const Vec v = Vec::loadu(xt + (t * F + f) * L);
-          UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(wxb, j * F + f), v, p[j]);
+  auto run_group = [&](auto G_tag, int64_t tile) __attribute__((always_inline)) {
+    constexpr int64_t G = decltype(G_tag)::value;
+    constexpr int64_t JB = G > 1 ? kGroupBlock : NC;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t b0 = (tile + g) * L, nrows = std::min<int64_t>(L, B - b0);
+      transpose_rows(xs + b0 * T * F, T * F, nrows, T * F, xt[g]);
+      transpose_rows(ys + b0 * T * F, T * F, nrows, T * F, yt[g]);
+      // Lanes past the last batch row see x = 0, hence h = 0 and the output r(b) exactly;
+      // their targets are set to that output, so that their error and gradients are exactly 0.
+      for (int64_t l = nrows; l < L; ++l)
+        for (int64_t q = 0; q < T * F; ++q) {
+          const scalar_t bf = bias[q % F];
+          yt[g][q * L + l] = relu_out && bf < 0 ? scalar_t(0) : bf;
         }
-        if (t > 0) {
+    }
+    // The recurrence passes call pf.step() once per step: T calls forward, T backward (the
+    // split backward of relu_hidden: 2T - 1 per tile).
+    const int64_t bwd_calls = relu_hidden ? G * (2 * T - 1) : T;
+    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, (tile + G) * L * T * F, G * L * T * F,
+                              T + (need_grad ? bwd_calls : 0));
+    // Forward: (a) h_t = W_x x_t + W_h s(h_{t-1}), (b) readout, error and its gradient go_t.
+    fused_steps<scalar_t, G, JB, false>(wxb, whb, xt, hs, n, F, T, relu_hidden, pf);
+    for (int64_t g = 0; g < G; ++g) {
+      Vec lossv[2] = {zero, zero};  // two accumulators: the squared errors are not one chain
+      int64_t t = 0;
+      for (; t + 2 <= T; t += 2) readout_steps<scalar_t, 2, RB>(wyb, bias, hs[g], yt[g], go[g], n, F, t, relu_out, lossv);
+      if (t < T) readout_steps<scalar_t, 1, RB>(wyb, bias, hs[g], yt[g], go[g], n, F, t, relu_out, lossv);
+      (Vec::loadu(acc) + (lossv[0] + lossv[1])).store(acc);
+    }
+    if (!need_grad) return;
+    // Backpropagation through time: gp_t = W_y go_t + s'(h_t) W_h^T gp_{t+1}.
+    if (!relu_hidden) {
+      fused_steps<scalar_t, G, JB, true>(wyb, whb, go, gp, n, F, T, false, pf);
+    } else {
+      // The relu mask applies to the carried part only, so it runs as (c) gp_t = W_y go_t for
+      // all t, then (d) gp_t += carry, carry = s'(h_{t-1}) W_h^T gp_t, one tile at a time.
+      for (int64_t g = 0; g < G; ++g) {
+        lane_matvec<scalar_t, CB, TB>(wyb, go[g], gp[g], n, F, 0, T, pf);
+        Vec gcur[kCarryInRegisters ? NC : 1];
+        if constexpr (kCarryInRegisters) {
+          UNROLL for (int64_t j = 0; j < n; ++j) gcur[j] = Vec::loadu(gp[g] + ((T - 1) * n + j) * L);
+        }
+        for (int64_t t = T - 1; t > 0; --t) {
+          pf.step();
+          Vec c[NC];
+          UNROLL for (int64_t k = 0; k < n; ++k) c[k] = zero;
+          UNROLL for (int64_t j = 0; j < n; ++j) {
+            const Vec gj = kCarryInRegisters ? gcur[kCarryInRegisters ? j : 0] : Vec::loadu(gp[g] + (t * n + j) * L);
+            UNROLL for (int64_t k = 0; k < n; ++k) c[k] = at::vec::fmadd(W(whb, j * n + k), gj, c[k]);
+          }
+          scalar_t* gprev = gp[g] + (t - 1) * n * L;
+          const scalar_t* hprev = hs[g] + (t - 1) * n * L;
           UNROLL for (int64_t k = 0; k < n; ++k) {
-            Vec sk = Vec::loadu(hs + ((t - 1) * n + k) * L);
-            if (relu_hidden) sk = at::vec::maximum(sk, zero);
-            UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(whb, j * n + k), sk, p[j]);
+            const Vec gk = Vec::loadu(gprev + k * L) + Vec::blendv(zero, c[k], Vec::loadu(hprev + k * L) > zero);
+            gk.store(gprev + k * L);
+            if constexpr (kCarryInRegisters) gcur[k] = gk;
           }
         }
-        UNROLL for (int64_t j = 0; j < n; ++j) p[j].store(hs + (t * n + j) * L);
-      }
-    } else {
-      // Forward in passes, so that only the recurrence itself is serial in t: (a) input
-      // drive W_x x_t for all t, (b) h_t = drive_t + W_h s(h_{t-1}); small hidden sizes carry
-      // h_{t-1} in registers (no store-to-load round trip on the serial path).
-      lane_matvec<scalar_t, CB, TB>(wxb, xt, hs, n, F, 0, T, pf);
-      Vec hprev[kCarryInRegisters ? NC : 1];
-      if constexpr (kCarryInRegisters) {
-        UNROLL for (int64_t j = 0; j < n; ++j) hprev[j] = Vec::loadu(hs + j * L);
-      }
-      for (int64_t t = 1; t < T; ++t) {
-        pf.step();
-        Vec p[NC];
-        UNROLL for (int64_t j = 0; j < n; ++j) p[j] = Vec::loadu(hs + (t * n + j) * L);
-        UNROLL for (int64_t k = 0; k < n; ++k) {
-          Vec sk = kCarryInRegisters ? hprev[kCarryInRegisters ? k : 0] : Vec::loadu(hs + ((t - 1) * n + k) * L);
-          if (relu_hidden) sk = at::vec::maximum(sk, zero);
-          UNROLL for (int64_t j = 0; j < n; ++j) p[j] = at::vec::fmadd(W(whb, j * n + k), sk, p[j]);
-        }
-        UNROLL for (int64_t j = 0; j < n; ++j) {
-          p[j].store(hs + (t * n + j) * L);
-          if constexpr (kCarryInRegisters) hprev[j] = p[j];
-        }
       }
     }
-    // (c) Readout, error and the readout's gradient go_t.
-    Vec lossv[2] = {zero, zero};  // two accumulators: the squared errors are not one serial chain
-    int64_t t = 0;
-    for (; t + 2 <= T; t += 2) readout_steps<scalar_t, 2, RB>(wyb, bias, hs, yt, go, n, F, t, relu_out, lossv);
-    if (t < T) readout_steps<scalar_t, 1, RB>(wyb, bias, hs, yt, go, n, F, t, relu_out, lossv);
-    (Vec::loadu(acc) + (lossv[0] + lossv[1])).store(acc);
-    if (!need_grad) continue;
-    if (fuse_steps && !relu_hidden) {
-      // Backpropagation through time, one step at a time: gp_t = W_y go_t + W_h^T gp_{t+1},
-      // again the terms that do not wait for the previous step first.
-      for (int64_t t = T - 1; t >= 0; --t) {
-        pf.step();
-        Vec a[NC];
-        UNROLL for (int64_t j = 0; j < n; ++j) a[j] = zero;
-        UNROLL for (int64_t f = 0; f < F; ++f) {
-          const Vec v = Vec::loadu(go + (t * F + f) * L);
-          UNROLL for (int64_t j = 0; j < n; ++j) a[j] = at::vec::fmadd(W(wyb, j * F + f), v, a[j]);
-        }
-        if (t + 1 < T) {
-          UNROLL for (int64_t i = 0; i < n; ++i) {
-            const Vec gi = Vec::loadu(gp + ((t + 1) * n + i) * L);
-            UNROLL for (int64_t j = 0; j < n; ++j) a[j] = at::vec::fmadd(W(whb, i * n + j), gi, a[j]);
-          }
-        }
-        UNROLL for (int64_t j = 0; j < n; ++j) a[j].store(gp + (t * n + j) * L);
+    // Weight gradients: sums over steps and lanes of outer products.
+    for (int64_t g = 0; g < G; ++g) {
+      lane_outer_acc<scalar_t, FC, false>(hs[g], n * L, n, go[g], F * L, F, T, aWy);
+      lane_outer_acc<scalar_t, FC, false>(gp[g], n * L, n, xt[g], F * L, F, T, aWx);
+      if (T > 1) {
+        if (relu_hidden) lane_outer_acc<scalar_t, NC, true>(gp[g] + n * L, n * L, n, hs[g], n * L, n, T - 1, aWh);
+        else lane_outer_acc<scalar_t, NC, false>(gp[g] + n * L, n * L, n, hs[g], n * L, n, T - 1, aWh);
       }
-    } else {
-      // Backpropagation through time in passes, with only the carry serial in t:
-      // (d) gp_t = W_y go_t for all t, (e) gp_t += carry, carry = s'(h_{t-1}) W_h^T gp_t.
-      lane_matvec<scalar_t, CB, TB>(wyb, go, gp, n, F, 0, T, pf);
-      Vec gcur[kCarryInRegisters ? NC : 1];
-      if constexpr (kCarryInRegisters) {
-        UNROLL for (int64_t j = 0; j < n; ++j) gcur[j] = Vec::loadu(gp + ((T - 1) * n + j) * L);
-      }
-      for (int64_t t = T - 1; t > 0; --t) {
-        pf.step();
-        Vec c[NC];
-        UNROLL for (int64_t k = 0; k < n; ++k) c[k] = zero;
-        UNROLL for (int64_t j = 0; j < n; ++j) {
-          const Vec gj = kCarryInRegisters ? gcur[kCarryInRegisters ? j : 0] : Vec::loadu(gp + (t * n + j) * L);
-          UNROLL for (int64_t k = 0; k < n; ++k) c[k] = at::vec::fmadd(W(whb, j * n + k), gj, c[k]);
-        }
-        scalar_t* gprev = gp + (t - 1) * n * L;
-        if (relu_hidden) {
-          const scalar_t* hprev = hs + (t - 1) * n * L;
-          UNROLL for (int64_t k = 0; k < n; ++k) c[k] = Vec::blendv(zero, c[k], Vec::loadu(hprev + k * L) > zero);
-        }
-        UNROLL for (int64_t k = 0; k < n; ++k) {
-          const Vec gk = Vec::loadu(gprev + k * L) + c[k];
-          gk.store(gprev + k * L);
-          if constexpr (kCarryInRegisters) gcur[k] = gk;
-        }
-      }
-    }
-    // Weight gradients of the tile: sums over steps and lanes of outer products.
-    lane_outer_acc<scalar_t, FC, false>(hs, n * L, n, go, F * L, F, T, aWy);
-    lane_outer_acc<scalar_t, FC, false>(gp, n * L, n, xt, F * L, F, T, aWx);
-    if (T > 1) {
-      if (relu_hidden) lane_outer_acc<scalar_t, NC, true>(gp + n * L, n * L, n, hs, n * L, n, T - 1, aWh);
-      else lane_outer_acc<scalar_t, NC, false>(gp + n * L, n * L, n, hs, n * L, n, T - 1, aWh);
-    }
-    {
       Vec sb[FC];  // one accumulator per feature: F independent chains instead of one
       UNROLL for (int64_t f = 0; f < F; ++f) sb[f] = zero;
       for (int64_t t = 0; t < T; ++t)
-        UNROLL for (int64_t f = 0; f < F; ++f) sb[f] = sb[f] + Vec::loadu(go + (t * F + f) * L);
+        UNROLL for (int64_t f = 0; f < F; ++f) sb[f] = sb[f] + Vec::loadu(go[g] + (t * F + f) * L);
       UNROLL for (int64_t f = 0; f < F; ++f) (Vec::loadu(ab + f * L) + sb[f]).store(ab + f * L);
     }
+  };
+  int64_t tile = tile0;
+  if constexpr (kGroup > 1) {
+    for (; tile + kGroup <= tile1; tile += kGroup) run_group(std::integral_constant<int64_t, kGroup>{}, tile);
   }
+  for (; tile < tile1; ++tile) run_group(std::integral_constant<int64_t, 1>{}, tile);
   auto flush = [&](const scalar_t* a, double* dst, int64_t count, double factor) {
     for (int64_t q = 0; q < count; ++q) {
       double s = 0;
@@ -721,8 +740,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
     // Per-piece float64 partials, summed over chunks at the end in a fixed order.
     const int64_t per = 1 + (need_grad ? 2 * d.n * d.F + d.n * d.n + d.F : 0);
     std::vector<double> partial(static_cast<size_t>(pieces * per), 0.0);
-    const int64_t buf_len = (2 * d.n * d.F + d.n * d.n + 3 * d.T * d.F + 2 * d.T * d.n + 1 + 2 * d.n * d.F +
-                             d.n * d.n + d.F) * L;
+    const int64_t buf_len = 2 * d.n * d.F + d.n * d.n + 64 / sizeof(scalar_t) + kTilesPerGroup * (3 * d.T * d.F + 2 * d.T * d.n) * L +
+                            (1 + 2 * d.n * d.F + d.n * d.n + d.F) * L;
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     const scalar_t* ys = y.const_data_ptr<scalar_t>();
     const scalar_t* wx = Wx.const_data_ptr<scalar_t>();
