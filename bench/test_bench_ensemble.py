@@ -90,4 +90,4 @@ def test_training_step(benchmark, contender, hidden):
                 v.grad = grads[k]
             opt.step()
 
-    benchmark.pedantic(step, rounds=3 if contender == "loop" else 5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)

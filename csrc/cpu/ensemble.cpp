@@ -391,19 +391,20 @@ void lane_outer_acc(const scalar_t* A, int64_t a_step, int64_t na, const scalar_
   }
 }
 
-// Software prefetch of the x and y rows of the next tile (one contiguous block each,
-// possibly in the next instance's data; 2-8 tiles ahead measured no better), spread in
-// small bites over the passes of the current tile: the hardware prefetcher alone leaves
-// each tile's first reads waiting on memory, and issuing a whole block at once stalls on
-// the miss buffers. The blocks start
-// `offset` elements after xs / ys and are clipped to x_end / y_end (one past the data).
-template <typename scalar_t>
-struct TilePrefetch {
+// Software prefetch of the x and y rows of later tiles (one contiguous block each, possibly in
+// the next instance's data), spread in small bites over the passes of the current group of
+// tiles: the hardware prefetcher alone leaves each group's first reads waiting on memory, and
+// issuing a whole block at once stalls on the miss buffers. Two streams: the group after next
+// into L2 (prefetcht2: it does not hold the L1 miss buffers that the passes' own L2 reads
+// need while memory answers) and the next group from L2 into L1 (prefetcht0). A block starts
+// `offset` elements after xs / ys and is clipped to x_end / y_end (one past the data).
+template <typename scalar_t, int LOCALITY>
+struct BlockPrefetch {
   const char* x = nullptr;
   const char* y = nullptr;
   int64_t x_lines = 0, lines = 0, per_call = 0, next = 0;
-  TilePrefetch(const scalar_t* xs, const scalar_t* x_end, const scalar_t* ys, const scalar_t* y_end, int64_t offset,
-               int64_t elems, int64_t calls) {
+  BlockPrefetch(const scalar_t* xs, const scalar_t* x_end, const scalar_t* ys, const scalar_t* y_end, int64_t offset,
+                int64_t elems, int64_t calls) {
     const int64_t ex = std::max<int64_t>(0, std::min<int64_t>(elems, (x_end - xs) - offset));
     const int64_t ey = std::max<int64_t>(0, std::min<int64_t>(elems, (y_end - ys) - offset));
     if (ex > 0) x = reinterpret_cast<const char*>(xs + offset);
@@ -415,7 +416,22 @@ struct TilePrefetch {
   }
   void step() {
     for (const int64_t end = std::min(next + per_call, lines); next < end; ++next)
-      __builtin_prefetch(next < x_lines ? x + next * 64 : y + (next - x_lines) * 64, 0, 3);
+      __builtin_prefetch(next < x_lines ? x + next * 64 : y + (next - x_lines) * 64, 0, LOCALITY);
+  }
+};
+
+template <typename scalar_t>
+struct TilePrefetch {
+  BlockPrefetch<scalar_t, 1> far;
+  BlockPrefetch<scalar_t, 3> near;
+  // Prefetch for the group of `group` tiles that starts at tile `tile` (L rows each).
+  TilePrefetch(const scalar_t* xs, const scalar_t* x_end, const scalar_t* ys, const scalar_t* y_end, int64_t tile,
+               int64_t group, int64_t tile_elems, int64_t calls)
+      : far(xs, x_end, ys, y_end, (tile + 2 * group) * tile_elems, group * tile_elems, calls),
+        near(xs, x_end, ys, y_end, (tile + group) * tile_elems, group * tile_elems, calls) {}
+  void step() {
+    far.step();
+    near.step();
   }
 };
 
@@ -622,8 +638,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     // The recurrence passes call pf.step() once per step: T calls forward, T backward (the
     // split backward of relu_hidden: 2T - 1 per tile).
     const int64_t bwd_calls = relu_hidden ? G * (2 * T - 1) : T;
-    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, (tile + G) * L * T * F, G * L * T * F,
-                              T + (need_grad ? bwd_calls : 0));
+    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, tile, G, L * T * F, T + (need_grad ? bwd_calls : 0));
     // Forward: (a) h_t = W_x x_t + W_h s(h_{t-1}), (b) readout, error and its gradient go_t.
     fused_steps<scalar_t, G, JB, false>(wxb, whb, xt, hs, n, F, T, relu_hidden, pf);
     for (int64_t g = 0; g < G; ++g) {
