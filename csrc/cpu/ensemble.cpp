@@ -424,14 +424,26 @@ template <typename scalar_t>
 struct TilePrefetch {
   BlockPrefetch<scalar_t, 1> far;
   BlockPrefetch<scalar_t, 3> near;
-  // Prefetch for the group of `group` tiles that starts at tile `tile` (L rows each).
+  bool far_phase;
+  // Prefetch for the group of `group` tiles that starts at tile `tile` (L rows each): the far
+  // stream in fwd_calls calls (the forward steps), then the near one in bwd_calls calls (the
+  // backward steps, when the far data has had time to reach L2; without a backward pass both
+  // run during the forward steps).
   TilePrefetch(const scalar_t* xs, const scalar_t* x_end, const scalar_t* ys, const scalar_t* y_end, int64_t tile,
-               int64_t group, int64_t tile_elems, int64_t calls)
-      : far(xs, x_end, ys, y_end, (tile + 2 * group) * tile_elems, group * tile_elems, calls),
-        near(xs, x_end, ys, y_end, (tile + group) * tile_elems, group * tile_elems, calls) {}
+               int64_t group, int64_t tile_elems, int64_t fwd_calls, int64_t bwd_calls)
+      : far(xs, x_end, ys, y_end, (tile + 2 * group) * tile_elems, group * tile_elems, fwd_calls),
+        near(xs, x_end, ys, y_end, (tile + group) * tile_elems, group * tile_elems,
+             bwd_calls > 0 ? bwd_calls : fwd_calls),
+        far_phase(bwd_calls > 0) {}
+  // From here on the calls belong to the near stream.
+  void start_near() { far_phase = false; }
   void step() {
-    far.step();
-    near.step();
+    if (far_phase) {
+      far.step();
+    } else {
+      far.step();  // no-op once the far stream is done
+      near.step();
+    }
   }
 };
 
@@ -638,7 +650,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     // The recurrence passes call pf.step() once per step: T calls forward, T backward (the
     // split backward of relu_hidden: 2T - 1 per tile).
     const int64_t bwd_calls = relu_hidden ? G * (2 * T - 1) : T;
-    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, tile, G, L * T * F, T + (need_grad ? bwd_calls : 0));
+    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, tile, G, L * T * F, T, need_grad ? bwd_calls : 0);
     // Forward: (a) h_t = W_x x_t + W_h s(h_{t-1}), (b) readout, error and its gradient go_t.
     fused_steps<scalar_t, G, JB, false>(wxb, whb, xt, hs, n, F, T, relu_hidden, pf);
     for (int64_t g = 0; g < G; ++g) {
@@ -649,6 +661,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
       (Vec::loadu(acc) + (lossv[0] + lossv[1])).store(acc);
     }
     if (!need_grad) return;
+    pf.start_near();
     // Backpropagation through time: gp_t = W_y go_t + s'(h_t) W_h^T gp_{t+1}.
     if (!relu_hidden) {
       fused_steps<scalar_t, G, JB, true>(wyb, whb, go, gp, n, F, T, false, pf);
