@@ -299,7 +299,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_readout_loss
 // Each instance is an independent small RNN, so the work splits into (instance, batch tile)
 // pieces that never meet: a tile holds one batch row per SIMD lane (8 float32 / 4 float64
 // with AVX2), its x and y rows are transposed once into lane-major [T, F, lanes] buffers
-// and the forward states and backward gradients of the tile stay in the L1/L2 cache. Memory
+// and the forward states and backward gradients of the tile stay in the L1/L2 cache. Two
+// tiles at a time go through the recurrences (fused_steps), which are the only serial part;
+// readout and weight gradients run per tile over all steps. Memory
 // traffic is one read of x and of y; nothing of size [T, B, I*n] is formed. Weight
 // gradients accumulate per lane in vector registers/L1 and are reduced into float64 per
 // (instance, chunk); the chunk count depends only on the sizes, so results do not depend
@@ -425,27 +427,30 @@ struct TilePrefetch {
   BlockPrefetch<scalar_t, 1> far;
   BlockPrefetch<scalar_t, 3> near;
   bool far_phase;
-  // Prefetch for the group of `group` tiles that starts at tile `tile` (L rows each): the far
-  // stream in fwd_calls calls (the forward steps), then the near one in bwd_calls calls (the
-  // backward steps, when the far data has had time to reach L2; without a backward pass both
-  // run during the forward steps).
+  // Prefetch for the group of `group` tiles that starts at tile `tile` (L rows each). With
+  // two_level, the far stream runs in the fwd_calls calls of the forward steps and the near
+  // one in the bwd_calls calls of the backward steps, when the far data has had time to reach
+  // L2 (without a backward pass both run during the forward steps). Without it, only the near
+  // stream runs, straight from memory, over all calls: with much work per tile (hidden sizes
+  // from kTwoLevelBelow on) it has the time, and the extra stream costs more than it saves.
   TilePrefetch(const scalar_t* xs, const scalar_t* x_end, const scalar_t* ys, const scalar_t* y_end, int64_t tile,
-               int64_t group, int64_t tile_elems, int64_t fwd_calls, int64_t bwd_calls)
-      : far(xs, x_end, ys, y_end, (tile + 2 * group) * tile_elems, group * tile_elems, fwd_calls),
+               int64_t group, int64_t tile_elems, int64_t fwd_calls, int64_t bwd_calls, bool two_level)
+      : far(xs, x_end, ys, y_end, (tile + 2 * group) * tile_elems, two_level ? group * tile_elems : 0, fwd_calls),
         near(xs, x_end, ys, y_end, (tile + group) * tile_elems, group * tile_elems,
-             bwd_calls > 0 ? bwd_calls : fwd_calls),
-        far_phase(bwd_calls > 0) {}
+             two_level ? (bwd_calls > 0 ? bwd_calls : fwd_calls) : fwd_calls + bwd_calls),
+        far_phase(two_level && bwd_calls > 0) {}
   // From here on the calls belong to the near stream.
   void start_near() { far_phase = false; }
   void step() {
-    if (far_phase) {
-      far.step();
-    } else {
-      far.step();  // no-op once the far stream is done
-      near.step();
-    }
+    far.step();  // no-op once the far stream is done
+    if (!far_phase) near.step();
   }
 };
+
+// Hidden sizes below this use both prefetch streams (see TilePrefetch). Measured with
+// bench/ensemble_op_threads.py, one thread: hidden 2 38 -> 29-32 ms, hidden 5 46 -> 40-43 ms
+// with both; hidden 10 72 -> 75 ms, so it keeps the single stream.
+constexpr int64_t kTwoLevelBelow = 8;
 
 // out[t, j] = sum_f W[j, f] in[t, f] for t in [t0, t1) (lane-major [T, nin, L] in, [T, n, L]
 // out, each weight broadcast from its scalar): a register block of TB steps x CB outputs,
@@ -650,7 +655,8 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     // The recurrence passes call pf.step() once per step: T calls forward, T backward (the
     // split backward of relu_hidden: 2T - 1 per tile).
     const int64_t bwd_calls = relu_hidden ? G * (2 * T - 1) : T;
-    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, tile, G, L * T * F, T, need_grad ? bwd_calls : 0);
+    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, tile, G, L * T * F, T, need_grad ? bwd_calls : 0,
+                              n < kTwoLevelBelow);
     // Forward: (a) h_t = W_x x_t + W_h s(h_{t-1}), (b) readout, error and its gradient go_t.
     fused_steps<scalar_t, G, JB, false>(wxb, whb, xt, hs, n, F, T, relu_hidden, pf);
     for (int64_t g = 0; g < G; ++g) {
