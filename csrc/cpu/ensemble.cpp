@@ -7,7 +7,8 @@
 // Both walk tiles of (one batch row b, up to kInstTile instances, all T steps): per
 // step the tile's slice of the [T, B, I*n] state is contiguous and every instance's
 // x / y rows are read as contiguous [T, F] streams, which keeps TLB and cache misses
-// rare (walking instances inside one (t, b) row instead jumps 512 KB per instance). The readout+loss op never forms the [I, B, T, F] output: it
+// rare (walking instances inside one (t, b) row instead jumps 512 KB per instance). The
+// readout+loss op never forms the [I, B, T, F] output: it
 // returns the per-instance losses together with their gradients with respect to h, W_y
 // and b (the loss is the end of the graph, so its backward only rescales them by the
 // incoming per-instance gradient). Weight gradients are reduced over a fixed number of
@@ -614,7 +615,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   scalar_t* hs[kTilesPerGroup];
   scalar_t* gp[kTilesPerGroup];
   // The vector buffers start on a cache line (unaligned vector loads that straddle two lines
-  // cost about 20% at hidden 5); buf has room for the shift.
+  // cost about 13% at hidden 5); buf has room for the shift.
   scalar_t* next = reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(wyb + n * F) + 63) & ~uintptr_t(63));
   for (int64_t g = 0; g < kTilesPerGroup; ++g) {
     xt[g] = next;
@@ -662,7 +663,8 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     for (int64_t g = 0; g < G; ++g) {
       Vec lossv[2] = {zero, zero};  // two accumulators: the squared errors are not one chain
       int64_t t = 0;
-      for (; t + 2 <= T; t += 2) readout_steps<scalar_t, 2, RB>(wyb, bias, hs[g], yt[g], go[g], n, F, t, relu_out, lossv);
+      for (; t + 2 <= T; t += 2)
+        readout_steps<scalar_t, 2, RB>(wyb, bias, hs[g], yt[g], go[g], n, F, t, relu_out, lossv);
       if (t < T) readout_steps<scalar_t, 1, RB>(wyb, bias, hs[g], yt[g], go[g], n, F, t, relu_out, lossv);
       (Vec::loadu(acc) + (lossv[0] + lossv[1])).store(acc);
     }
@@ -750,8 +752,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
                     ", ", d.F, "], got shape ", b_in.sizes());
   TORCH_CHECK_VALUE(d.I >= 1 && d.B >= 1 && d.T >= 1 && d.F >= 1 && d.n >= 1, op,
                     ": needs I, B, T, F, n >= 1, got y of shape ", y_in.sizes(), " and W_y of shape ", Wy_in.sizes());
-  TORCH_CHECK_VALUE(d.n <= kMaxEnsembleDim && d.F <= kMaxEnsembleDim, op, ": the hidden size n and the feature count F ",
-                    "must be at most ", kMaxEnsembleDim, ", got n = ", d.n, " and F = ", d.F);
+  TORCH_CHECK_VALUE(d.n <= kMaxEnsembleDim && d.F <= kMaxEnsembleDim, op,
+                    ": the hidden size n and the feature count F must be at most ", kMaxEnsembleDim, ", got n = ", d.n,
+                    " and F = ", d.F);
   // Data shared by all instances may come as an expanded view (instance stride 0).
   const bool shared = d.I > 1 && x_in.stride(0) == 0 && x_in.select(0, 0).is_contiguous();
   const at::Tensor x = shared ? x_in : x_in.contiguous();
@@ -774,7 +777,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
     // Per-piece float64 partials, summed over chunks at the end in a fixed order.
     const int64_t per = 1 + (need_grad ? 2 * d.n * d.F + d.n * d.n + d.F : 0);
     std::vector<double> partial(static_cast<size_t>(pieces * per), 0.0);
-    const int64_t buf_len = 2 * d.n * d.F + d.n * d.n + 64 / sizeof(scalar_t) + kTilesPerGroup * (3 * d.T * d.F + 2 * d.T * d.n) * L +
+    // Scalar weights, room for aligning the vector buffers, the buffers of a group of tiles
+    // and the per-lane accumulators (see ensemble_loss_chunk).
+    const int64_t buf_len = 2 * d.n * d.F + d.n * d.n + 64 / static_cast<int64_t>(sizeof(scalar_t)) +
+                            kTilesPerGroup * (3 * d.T * d.F + 2 * d.T * d.n) * L +
                             (1 + 2 * d.n * d.F + d.n * d.n + d.F) * L;
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     const scalar_t* ys = y.const_data_ptr<scalar_t>();
