@@ -367,33 +367,6 @@ constexpr int64_t kMaxEnsembleDim = 64;
 // Batch tiles that go through the recurrence together (see fused_steps).
 constexpr int64_t kTilesPerGroup = 2;
 
-// C[j, k] += sum over steps t of A[t, j] * b(B[t, k]), lane by lane, for lane-major A [steps,
-// na, L], B [steps, nb, L] and C [na, nb, L] (b = relu when RELU_B): the weight gradients of
-// one tile as small GEMMs whose accumulators stay in registers when KC (= nb) is a
-// compile-time size. The lanes are summed once per chunk, not per tile.
-template <typename scalar_t, int64_t KC, bool RELU_B>
-void lane_outer_acc(const scalar_t* A, int64_t a_step, int64_t na, const scalar_t* Bm, int64_t b_step, int64_t nb,
-                    int64_t steps, scalar_t* C) {
-  using Vec = at::vec::Vectorized<scalar_t>;
-  constexpr int64_t L = Vec::size();
-  const Vec zero(scalar_t(0));
-  for (int64_t j = 0; j < na; ++j) {
-    Vec acc[KC];
-    UNROLL for (int64_t k = 0; k < nb; ++k) acc[k] = zero;
-    for (int64_t t = 0; t < steps; ++t) {
-      const Vec a = Vec::loadu(A + t * a_step + j * L);
-      const scalar_t* bt = Bm + t * b_step;
-      UNROLL for (int64_t k = 0; k < nb; ++k) {
-        Vec bv = Vec::loadu(bt + k * L);
-        if constexpr (RELU_B) bv = at::vec::maximum(bv, zero);
-        acc[k] = at::vec::fmadd(a, bv, acc[k]);
-      }
-    }
-    scalar_t* c = C + j * nb * L;
-    UNROLL for (int64_t k = 0; k < nb; ++k) (Vec::loadu(c + k * L) + acc[k]).store(c + k * L);
-  }
-}
-
 // C[r, c] += sum over steps t of a(A[t, r]) * b(B[t, c]) for rows r < RB and columns c < CB of
 // a register block, lane by lane (a = relu when RELU_A, b likewise): A [steps, ., L] with step
 // stride a_step, B likewise, element (r, c) of C at C + (r * c_row + c * c_col) * L. Kept out
@@ -425,37 +398,59 @@ __attribute__((noinline)) void outer_block(const scalar_t* A, int64_t a_step, co
   }
 }
 
-// The whole NA x NB product of outer_block (b = relu when RELU_B) for compile-time sizes. On this
-// machine's core the block shape decides the rate more than the load count does (G vector
-// FMA/s, data in L1, bench/outer_blocks.cpp; the peak is 7.3): 4 x 3 7.05, 3 x 4 6.41, 1 x 10
-// 6.60, 1 x 8 5.32, 2 x 5 5.15, 2 x 4 4.88, 8 x 1 3.86, 4 x 2 3.70. So: 4 x 3 blocks where they
-// fit; a column or two left over as rows of blocks 1 x 8 / 2 x 4 over the transposed product;
-// the last NA mod 4 rows one at a time over all columns (up to 10).
-template <typename scalar_t, int64_t NA, int64_t NB, bool RELU_B>
-void outer_tiled(const scalar_t* A, int64_t a_step, const scalar_t* Bm, int64_t b_step, int64_t steps, scalar_t* C,
-                 int64_t c_row, int64_t c_col) {
+// The whole na x nb product of outer_block, b = relu when RELU_B: the weight gradients of one
+// tile as small GEMMs whose accumulators stay in registers (the lanes are summed once per
+// chunk, not per tile). On this machine's core the block shape decides the rate more than
+// the load count does (G vector FMA/s, data in L1, bench/outer_blocks.cpp; the peak is 7.3):
+// 4 x 3 7.05, 3 x 4 6.41, 1 x 10 6.60, 1 x 8 5.32, 2 x 5 5.15, 2 x 4 4.88, 8 x 1 3.86, 4 x 2
+// 3.70. So: 4 x 3 blocks where they fit; a column or two left over as rows of blocks 1 x 8 /
+// 2 x 4 over the transposed product; the last na mod 4 rows one at a time, in blocks of up to
+// 10 columns.
+template <typename scalar_t, bool RELU_B>
+void outer_tiled(const scalar_t* A, int64_t a_step, int64_t na, const scalar_t* Bm, int64_t b_step, int64_t nb,
+                 int64_t steps, scalar_t* C, int64_t c_row, int64_t c_col) {
   constexpr int64_t L = at::vec::Vectorized<scalar_t>::size();
-  constexpr int64_t R4 = NA / 4 * 4, C3 = NB / 3 * 3, RR = NA - R4, CR = NB - C3;
+  const int64_t R4 = na / 4 * 4, C3 = nb / 3 * 3, CR = nb - C3;
   for (int64_t r0 = 0; r0 < R4; r0 += 4)
     for (int64_t c0 = 0; c0 < C3; c0 += 3)
       outer_block<scalar_t, 4, 3, false, RELU_B>(A + r0 * L, a_step, Bm + c0 * L, b_step, steps,
                                                  C + (r0 * c_row + c0 * c_col) * L, c_row, c_col);
-  if constexpr (CR > 0 && R4 > 0) {
-    // Columns C3.. against rows 0..R4: the transposed product, CR rows x (up to 8) columns.
-    constexpr int64_t W = CR == 1 && R4 % 8 == 0 ? 8 : 4;
-    for (int64_t r0 = 0; r0 < R4; r0 += W)
-      outer_block<scalar_t, CR, W, RELU_B, false>(Bm + C3 * L, b_step, A + r0 * L, a_step, steps,
-                                                  C + (r0 * c_row + C3 * c_col) * L, c_col, c_row);
+  // Columns C3.. against rows 0..R4: the transposed product, CR rows x 8 or 4 columns.
+  for (int64_t r0 = 0; CR > 0 && r0 < R4;) {
+    const scalar_t* a = Bm + C3 * L;
+    scalar_t* c = C + (r0 * c_row + C3 * c_col) * L;
+    if (CR == 2) {
+      outer_block<scalar_t, 2, 4, RELU_B, false>(a, b_step, A + r0 * L, a_step, steps, c, c_col, c_row);
+      r0 += 4;
+    } else if (R4 % 8 == 0) {
+      outer_block<scalar_t, 1, 8, RELU_B, false>(a, b_step, A + r0 * L, a_step, steps, c, c_col, c_row);
+      r0 += 8;
+    } else {
+      outer_block<scalar_t, 1, 4, RELU_B, false>(a, b_step, A + r0 * L, a_step, steps, c, c_col, c_row);
+      r0 += 4;
+    }
   }
-  if constexpr (RR > 0) {
-    constexpr int64_t CB = NB <= 10 ? NB : 10, CF = NB / CB * CB;
-    for (int64_t r = R4; r < NA; ++r) {
-      for (int64_t c0 = 0; c0 < CF; c0 += CB)
-        outer_block<scalar_t, 1, CB, false, RELU_B>(A + r * L, a_step, Bm + c0 * L, b_step, steps,
-                                                    C + (r * c_row + c0 * c_col) * L, c_row, c_col);
-      if constexpr (NB > CF)
-        outer_block<scalar_t, 1, NB - CF, false, RELU_B>(A + r * L, a_step, Bm + CF * L, b_step, steps,
-                                                         C + (r * c_row + CF * c_col) * L, c_row, c_col);
+  // Rows R4..: 1 x 10 blocks, then one block of the columns left (a compile-time width each).
+  auto row = [&](auto CB_tag, int64_t r, int64_t c0) {
+    constexpr int64_t CB = decltype(CB_tag)::value;
+    outer_block<scalar_t, 1, CB, false, RELU_B>(A + r * L, a_step, Bm + c0 * L, b_step, steps,
+                                                C + (r * c_row + c0 * c_col) * L, c_row, c_col);
+  };
+  using std::integral_constant;
+  for (int64_t r = R4; r < na; ++r) {
+    int64_t c0 = 0;
+    for (; c0 + 10 <= nb; c0 += 10) row(integral_constant<int64_t, 10>{}, r, c0);
+    switch (nb - c0) {
+      case 1: row(integral_constant<int64_t, 1>{}, r, c0); break;
+      case 2: row(integral_constant<int64_t, 2>{}, r, c0); break;
+      case 3: row(integral_constant<int64_t, 3>{}, r, c0); break;
+      case 4: row(integral_constant<int64_t, 4>{}, r, c0); break;
+      case 5: row(integral_constant<int64_t, 5>{}, r, c0); break;
+      case 6: row(integral_constant<int64_t, 6>{}, r, c0); break;
+      case 7: row(integral_constant<int64_t, 7>{}, r, c0); break;
+      case 8: row(integral_constant<int64_t, 8>{}, r, c0); break;
+      case 9: row(integral_constant<int64_t, 9>{}, r, c0); break;
+      default: break;
     }
   }
 }
@@ -702,8 +697,6 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   std::copy(wx, wx + n * F, wxb);
   std::copy(wh, wh + n * n, whb);
   std::copy(wy, wy + n * F, wyb);
-  // Weight gradients of compile-time sizes in register blocks (outer_tiled).
-  constexpr bool kTiledGrad = NN > 0 && FF > 0;
   auto W = [](const scalar_t* b, int64_t q) { return Vec(b[q]); };
   const Vec zero(scalar_t(0));
   auto run_group = [&](auto G_tag, int64_t tile) __attribute__((always_inline)) {
@@ -771,20 +764,11 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     // Weight gradients: sums over steps and lanes of outer products.
     for (int64_t g = 0; g < G; ++g) {
       // W_y: [n, F] += h_t go_t^T, W_x: [n, F] += gp_t x_t^T, W_h: [n, n] += gp_t s(h_{t-1})^T.
-      if constexpr (kTiledGrad) {
-        outer_tiled<scalar_t, FF, NN, false>(go[g], F * L, hs[g], n * L, T, aWy, 1, F);
-        outer_tiled<scalar_t, FF, NN, false>(xt[g], F * L, gp[g], n * L, T, aWx, 1, F);
-        if (T > 1) {
-          if (relu_hidden) outer_tiled<scalar_t, NN, NN, true>(gp[g] + n * L, n * L, hs[g], n * L, T - 1, aWh, n, 1);
-          else outer_tiled<scalar_t, NN, NN, false>(gp[g] + n * L, n * L, hs[g], n * L, T - 1, aWh, n, 1);
-        }
-      } else {
-        lane_outer_acc<scalar_t, FC, false>(hs[g], n * L, n, go[g], F * L, F, T, aWy);
-        lane_outer_acc<scalar_t, FC, false>(gp[g], n * L, n, xt[g], F * L, F, T, aWx);
-        if (T > 1) {
-          if (relu_hidden) lane_outer_acc<scalar_t, NC, true>(gp[g] + n * L, n * L, n, hs[g], n * L, n, T - 1, aWh);
-          else lane_outer_acc<scalar_t, NC, false>(gp[g] + n * L, n * L, n, hs[g], n * L, n, T - 1, aWh);
-        }
+      outer_tiled<scalar_t, false>(go[g], F * L, F, hs[g], n * L, n, T, aWy, 1, F);
+      outer_tiled<scalar_t, false>(xt[g], F * L, F, gp[g], n * L, n, T, aWx, 1, F);
+      if (T > 1) {
+        if (relu_hidden) outer_tiled<scalar_t, true>(gp[g] + n * L, n * L, n, hs[g], n * L, n, T - 1, aWh, n, 1);
+        else outer_tiled<scalar_t, false>(gp[g] + n * L, n * L, n, hs[g], n * L, n, T - 1, aWh, n, 1);
       }
       Vec sb[FC];  // one accumulator per feature: F independent chains instead of one
       UNROLL for (int64_t f = 0; f < F; ++f) sb[f] = zero;
