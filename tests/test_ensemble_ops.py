@@ -114,10 +114,11 @@ def test_training_loss_equals_unfused_loss(variant, tied):
 # instance, so the specialisations run batch tiles in pairs (B = 20: 5 float64 tiles, two
 # pairs and one left over). The weight gradients' register blocks (outer_tiled) see every
 # kind of leftover: a column against 8 or 4 rows (F = 8 / 13 with n = 10 / 7, n = 13), two
-# columns (n = 5, 2), rows left over with up to 9 columns and with more than 10 (n = 13).
+# columns (n = 5, 2), rows left over with up to 9 columns and with more than 10 (n = 13). The
+# recurrences' unit blocks of 5 (fused_steps) leave 1 to 4 units over (n = 1, 12, 3 / 13, 9).
 LOSS_SIZES = [(1, 1, 1, 1, 1), (3, 5, 4, 3, 2), (2, 9, 6, 8, 2), (2, 13, 5, 8, 5), (3, 8, 7, 8, 10), (4, 6, 1, 8, 5),
               (2, 11, 5, 7, 3), (1, 4, 3, 16, 12), (32, 20, 6, 8, 10), (33, 9, 5, 8, 5), (32, 13, 4, 8, 2),
-              (2, 6, 5, 13, 7), (2, 5, 4, 5, 13)]
+              (2, 6, 5, 13, 7), (2, 5, 4, 5, 13), (2, 10, 4, 6, 9)]
 
 
 def loss_tensors(I, B, T, F, n, seed=0, dtype=torch.float64):

@@ -608,36 +608,47 @@ ALWAYS_INLINE void fused_steps(const scalar_t* a, const scalar_t* r, scalar_t* c
     in[g] = in_tiles[g];
     out[g] = out_tiles[g];
   }
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = BACKWARD ? T - 1 - s : s, tp = BACKWARD ? t + 1 : t - 1;
-    pf.step();
-    for (int64_t j0 = 0; j0 < n; j0 += JB) {
-      const int64_t nb = std::min<int64_t>(JB, n - j0);
-      Vec p[G][JB];
-      UNROLL for (int64_t g = 0; g < G; ++g) UNROLL for (int64_t j = 0; j < nb; ++j) p[g][j] = zero;
-      UNROLL for (int64_t f = 0; f < nin; ++f) {
+  // Units j0 .. j0 + NB of step t, NB a compile-time width (the accumulators stay in registers).
+  auto block = [&](auto NB_tag, int64_t s, int64_t t, int64_t tp, int64_t j0) __attribute__((always_inline)) {
+    constexpr int64_t NB = decltype(NB_tag)::value;
+    Vec p[G][NB];
+    UNROLL for (int64_t g = 0; g < G; ++g) UNROLL for (int64_t j = 0; j < NB; ++j) p[g][j] = zero;
+    UNROLL for (int64_t f = 0; f < nin; ++f) {
+      Vec v[G];
+      UNROLL for (int64_t g = 0; g < G; ++g) v[g] = Vec::loadu(in[g] + (t * nin + f) * L);
+      UNROLL for (int64_t j = 0; j < NB; ++j) {
+        const Vec w(a[(j0 + j) * nin + f]);
+        UNROLL for (int64_t g = 0; g < G; ++g) p[g][j] = at::vec::fmadd(w, v[g], p[g][j]);
+      }
+    }
+    if (s > 0) {
+      UNROLL for (int64_t k = 0; k < n; ++k) {
         Vec v[G];
-        UNROLL for (int64_t g = 0; g < G; ++g) v[g] = Vec::loadu(in[g] + (t * nin + f) * L);
-        UNROLL for (int64_t j = 0; j < nb; ++j) {
-          const Vec w(a[(j0 + j) * nin + f]);
+        UNROLL for (int64_t g = 0; g < G; ++g) {
+          v[g] = Vec::loadu(out[g] + (tp * n + k) * L);
+          if (relu_prev) v[g] = at::vec::maximum(v[g], zero);
+        }
+        UNROLL for (int64_t j = 0; j < NB; ++j) {
+          const Vec w(BACKWARD ? r[k * n + j0 + j] : r[(j0 + j) * n + k]);
           UNROLL for (int64_t g = 0; g < G; ++g) p[g][j] = at::vec::fmadd(w, v[g], p[g][j]);
         }
       }
-      if (s > 0) {
-        UNROLL for (int64_t k = 0; k < n; ++k) {
-          Vec v[G];
-          UNROLL for (int64_t g = 0; g < G; ++g) {
-            v[g] = Vec::loadu(out[g] + (tp * n + k) * L);
-            if (relu_prev) v[g] = at::vec::maximum(v[g], zero);
-          }
-          UNROLL for (int64_t j = 0; j < nb; ++j) {
-            const Vec w(BACKWARD ? r[k * n + j0 + j] : r[(j0 + j) * n + k]);
-            UNROLL for (int64_t g = 0; g < G; ++g) p[g][j] = at::vec::fmadd(w, v[g], p[g][j]);
-          }
-        }
-      }
-      UNROLL for (int64_t g = 0; g < G; ++g)
-        UNROLL for (int64_t j = 0; j < nb; ++j) p[g][j].store(out[g] + (t * n + j0 + j) * L);
+    }
+    UNROLL for (int64_t g = 0; g < G; ++g)
+      UNROLL for (int64_t j = 0; j < NB; ++j) p[g][j].store(out[g] + (t * n + j0 + j) * L);
+  };
+  using std::integral_constant;
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = BACKWARD ? T - 1 - s : s, tp = BACKWARD ? t + 1 : t - 1;
+    pf.step();
+    int64_t j0 = 0;
+    for (; j0 + JB <= n; j0 += JB) block(integral_constant<int64_t, JB>{}, s, t, tp, j0);
+    if constexpr (JB <= 5) switch (n - j0) {  // wider blocks are only used when JB == n
+      case 1: block(integral_constant<int64_t, 1>{}, s, t, tp, j0); break;
+      case 2: block(integral_constant<int64_t, 2>{}, s, t, tp, j0); break;
+      case 3: block(integral_constant<int64_t, 3>{}, s, t, tp, j0); break;
+      case 4: block(integral_constant<int64_t, 4>{}, s, t, tp, j0); break;
+      default: break;
     }
   }
 }
@@ -656,10 +667,9 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   constexpr int64_t L = Vec::size();
   constexpr int64_t NC = NN > 0 ? NN : kMaxEnsembleDim, FC = FF > 0 ? FF : kMaxEnsembleDim;
   const int64_t n = NN > 0 ? NN : n_rt, F = FF > 0 ? FF : F_rt;
-  // Compile-time hidden sizes run two tiles at once through the recurrence (output blocks of
-  // at most 5 units, so that 2 x 5 accumulators fit in the registers); run-time ones one.
-  constexpr int64_t kGroup = NN > 0 ? kTilesPerGroup : 1;
-  constexpr int64_t kGroupBlock = NN > 5 ? 5 : NC;
+  // Two tiles at a time go through the recurrence, in output blocks of at most 5 units (2 x 5
+  // accumulators fit in the registers; a tile left over alone takes all NN units at once).
+  constexpr int64_t kGroupBlock = NN > 0 && NN <= 5 ? NN : 5;
   // The split backward of relu_hidden (below): the serial pass keeps its carried vector in
   // registers for small hidden sizes, W_y go works on TB steps x CB outputs at once.
   constexpr bool kCarryInRegisters = NN > 0 && NN <= 6;
@@ -701,7 +711,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   const Vec zero(scalar_t(0));
   auto run_group = [&](auto G_tag, int64_t tile) __attribute__((always_inline)) {
     constexpr int64_t G = decltype(G_tag)::value;
-    constexpr int64_t JB = G > 1 ? kGroupBlock : NC;
+    constexpr int64_t JB = G > 1 || NN <= 0 ? kGroupBlock : NN;
     for (int64_t g = 0; g < G; ++g) {
       const int64_t b0 = (tile + g) * L, nrows = std::min<int64_t>(L, B - b0);
       transpose_rows(xs + b0 * T * F, T * F, nrows, T * F, xt[g]);
@@ -778,9 +788,8 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     }
   };
   int64_t tile = tile0;
-  if constexpr (kGroup > 1) {
-    for (; tile + kGroup <= tile1; tile += kGroup) run_group(std::integral_constant<int64_t, kGroup>{}, tile);
-  }
+  for (; tile + kTilesPerGroup <= tile1; tile += kTilesPerGroup)
+    run_group(std::integral_constant<int64_t, kTilesPerGroup>{}, tile);
   for (; tile < tile1; ++tile) run_group(std::integral_constant<int64_t, 1>{}, tile);
   auto flush = [&](const scalar_t* a, double* dst, int64_t count, double factor) {
     for (int64_t q = 0; q < count; ++q) {
