@@ -591,8 +591,9 @@ inline void readout_steps(const scalar_t* wy, const scalar_t* bias, const scalar
 // with A[j, f] = a[j*nin + f], s = relu when relu_prev, lane-major [T, nin, L] in and [T, n, L]
 // out. Each output unit is one chain per step, the input terms first: they do not wait for
 // the previous step, so the core can work on them while the previous step's chain is still
-// in flight. Outputs go in blocks of JB; the G tiles share every weight load and give the core
-// G independent chains. Calls pf.step() once per step.
+// in flight. Outputs go in blocks of JB (JB <= 5, or JB == n), the n mod JB left over in one
+// block of its own width; the G tiles share every weight load and give the core G independent
+// chains. Calls pf.step() once per step.
 template <typename scalar_t, int64_t G, int64_t JB, bool BACKWARD>
 ALWAYS_INLINE void fused_steps(const scalar_t* a, const scalar_t* r, scalar_t* const* in_tiles,
                                scalar_t* const* out_tiles, int64_t n, int64_t nin, int64_t T, bool relu_prev,
