@@ -229,3 +229,30 @@ def test_training_loss_gradient_with_respect_to_x():
     g1, = torch.autograd.grad(ens.training_loss(x1, y), x1)
     g2, = torch.autograd.grad(ens.loss(ens(x2), y), x2)
     torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu_hidden", [False, True])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_nan_parameters_reach_the_loss(dtype, relu_hidden, sign):
+    """A NaN weight of one instance (either sign bit: x86 makes NaNs with the sign set) gives
+    that instance a NaN loss, as the reference does, and leaves the other instances exactly as
+    they were: the relu masks of the fused ops must not turn a NaN output into a dead (zero)
+    one. (The reference spreads a NaN in W_x or W_h to every instance: its recurrence is one
+    dense block-diagonal matmul, and NaN * 0 is NaN.)"""
+    x, y, ws = loss_tensors(3, 9, 5, 8, 5, dtype=dtype)
+    clean = torch.ops.rnnofrnns.ensemble_loss(x, *ws, y, relu_hidden, True, True)[0]
+    nan = sign * torch.tensor(float("nan"), dtype=dtype)
+    for which in (0, 1, 2):  # W_x, W_h, W_y
+        bad = [w.clone() for w in ws]
+        bad[which][1, 0, 0] = nan
+        ref = ensemble_loss_reference(x, *bad, y, relu_hidden, True)
+        fused = torch.ops.rnnofrnns.ensemble_loss(x, *bad, y, relu_hidden, True, True)[0]
+        assert torch.isnan(ref[1]) and torch.isnan(fused[1])
+        assert torch.equal(fused[[0, 2]], clean[[0, 2]])
+    h = torch.randn(5, 9, 3 * 5, dtype=dtype)
+    bad_Wy = ws[2].clone()
+    bad_Wy[1, 0, 0] = nan
+    for loss in (torch.ops.rnnofrnns.ensemble_readout_loss(h, bad_Wy, ws[3], y, True)[0],
+                 ensemble_readout_loss_reference(h, bad_Wy, ws[3], y, True)):
+        assert torch.isnan(loss[1]) and not torch.isnan(loss[[0, 2]]).any()
