@@ -1,6 +1,7 @@
 """The fused ensemble_loss op alone (no autograd, no optimiser) on the ensemble benchmark's
 data, with 1 and 2 threads: how the one-pass kernel scales with the hidden size and the
-thread count. Usage: python bench/ensemble_op_threads.py [HIDDEN ...] (default 2 5 10).
+thread count. Usage: python bench/ensemble_op_threads.py [--relu-hidden] [HIDDEN ...] (default
+2 5 10; relu readout, and a linear hidden layer as in the benchmark unless --relu-hidden).
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def vector_fmas(n: int, B: int, T: int) -> int:
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [2, 5, 10]
+    args = sys.argv[1:]
+    relu_hidden = "--relu-hidden" in args
+    sizes = [int(a) for a in args if a != "--relu-hidden"] or [2, 5, 10]
     torch.set_flush_denormal(True)
     x, y = data()
     B, T = x.shape[1], x.shape[2]
@@ -42,11 +45,11 @@ def main() -> None:
             times = []
             for _ in range(7):
                 t0 = time.perf_counter()
-                torch.ops.rnnofrnns.ensemble_loss(x, Wx, Wh, Wy, b, y, False, True, True)
+                torch.ops.rnnofrnns.ensemble_loss(x, Wx, Wh, Wy, b, y, relu_hidden, True, True)
                 times.append(time.perf_counter() - t0)
             times.sort()
             rate = vector_fmas(n, B, T) / times[3] / 1e9
-            print(f"hidden {n:2d}, {threads} thread(s): min {times[0] * 1e3:6.1f} ms, median {times[3] * 1e3:6.1f} ms,"
+            print(f"hidden {n:2d}{' relu' if relu_hidden else ''}, {threads} thread(s): min {times[0] * 1e3:6.1f} ms, median {times[3] * 1e3:6.1f} ms,"
                   f" {rate:.1f} G vector FMA/s")
 
 
