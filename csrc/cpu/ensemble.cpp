@@ -282,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_readout_loss
       const int64_t V = Vec::size();
       at::Tensor plv = at::zeros({chunks, d.I, V}, Wy.options());
       scalar_t* plvs = plv.mutable_data_ptr<scalar_t>();
-      const Vec zero(scalar_t(0)), vscale(scale);
+      const Vec vscale(scale);
       for_tiles(d, [&](int64_t c, int64_t t, int64_t bb, int64_t i) {
         const int64_t r = t * d.B + bb;
         const scalar_t* hr = hs + r * d.I * d.n + i * d.n;
@@ -590,7 +590,6 @@ inline void readout_steps(const scalar_t* wy, const scalar_t* bias, const scalar
                           at::vec::Vectorized<scalar_t> (&lossv)[2]) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t L = Vec::size();
-  const Vec zero(scalar_t(0));
   for (int64_t f0 = 0; f0 < F; f0 += FB) {
     const int64_t nb = std::min<int64_t>(FB, F - f0);
     Vec o[R][FB];
