@@ -27,6 +27,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <tuple>
@@ -583,14 +584,15 @@ constexpr int64_t matvec_outputs(int64_t nn) { return nn <= 0 ? 8 : nn <= 5 ? nn
 // Readout, error and unscaled readout gradient of R consecutive steps t.. of a tile, FB
 // features per register block: o = b + W_y^T h_t, e = r(o) - y_t, go_t = r'(o) e, and the
 // squared errors summed into lossv. The gradients' constant factor 2 / (B T F) is applied
-// once when the tile sums are flushed (all of them are linear in go).
-template <typename scalar_t, int64_t R, int64_t FB>
+// once when the tile sums are flushed (all of them are linear in go). W0: column 0 of W_y is zero
+// below its first entry (the Hessenberg basis), and those FMAs are skipped.
+template <typename scalar_t, int64_t R, int64_t FB, bool W0 = false>
 inline void readout_steps(const scalar_t* wy, const scalar_t* bias, const scalar_t* hs, const scalar_t* yt,
                           scalar_t* go, int64_t n, int64_t F, int64_t t, bool relu_out,
                           at::vec::Vectorized<scalar_t> (&lossv)[2]) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t L = Vec::size();
-  for (int64_t f0 = 0; f0 < F; f0 += FB) {
+  UNROLL for (int64_t f0 = 0; f0 < F; f0 += FB) {
     const int64_t nb = std::min<int64_t>(FB, F - f0);
     Vec o[R][FB];
     UNROLL for (int64_t f = 0; f < nb; ++f) {
@@ -601,6 +603,7 @@ inline void readout_steps(const scalar_t* wy, const scalar_t* bias, const scalar
       Vec h[R];
       UNROLL for (int64_t u = 0; u < R; ++u) h[u] = Vec::loadu(hs + ((t + u) * n + j) * L);
       UNROLL for (int64_t f = 0; f < nb; ++f) {
+        if (W0 && f0 + f == 0 && j > 0) continue;  // a structural zero
         const Vec w(wy[j * F + f0 + f]);
         UNROLL for (int64_t u = 0; u < R; ++u) o[u][f] = at::vec::fmadd(w, h[u], o[u][f]);
       }
@@ -629,8 +632,11 @@ inline void readout_steps(const scalar_t* wy, const scalar_t* bias, const scalar
 // the previous step, so the core can work on them while the previous step's chain is still
 // in flight. Outputs go in blocks of JB (JB <= 5, or JB == n), the n mod JB left over in one
 // block of its own width; the G tiles share every weight load and give the core G independent
-// chains. Calls pf.step() once per step.
-template <typename scalar_t, int64_t G, int64_t JB, bool BACKWARD>
+// chains. With HN > 0 the recurrent matrix is upper Hessenberg of compile-time size HN (forward:
+// R[j, k] = 0 for k < j - 1; backward, its transpose: R[j, k] = 0 for k > j + 1) and the
+// structural zeros are skipped: 64 instead of 100 FMAs per unit block pair at n = 10. Calls
+// pf.step() once per step.
+template <typename scalar_t, int64_t G, int64_t JB, bool BACKWARD, int64_t HN = 0>
 ALWAYS_INLINE void fused_steps(const scalar_t* a, const scalar_t* r, scalar_t* const* in_tiles,
                                scalar_t* const* out_tiles, int64_t n, int64_t nin, int64_t T, bool relu_prev,
                                TilePrefetch<scalar_t>& pf) {
@@ -646,14 +652,20 @@ ALWAYS_INLINE void fused_steps(const scalar_t* a, const scalar_t* r, scalar_t* c
     out[g] = out_tiles[g];
   }
   // Units j0 .. j0 + NB of step t, NB a compile-time width (the accumulators stay in registers).
-  auto block = [&](auto NB_tag, int64_t s, int64_t t, int64_t tp, int64_t j0) __attribute__((always_inline)) {
+  // j0_tag: the first unit, an int64_t or (with HN > 0) a compile-time integral_constant.
+  auto block = [&](auto NB_tag, int64_t s, int64_t t, int64_t tp, auto j0_tag) __attribute__((always_inline)) {
     constexpr int64_t NB = decltype(NB_tag)::value;
+    const int64_t j0 = j0_tag;
     Vec p[G][NB];
     UNROLL for (int64_t g = 0; g < G; ++g) UNROLL for (int64_t j = 0; j < NB; ++j) p[g][j] = zero;
     UNROLL for (int64_t f = 0; f < nin; ++f) {
       Vec v[G];
       UNROLL for (int64_t g = 0; g < G; ++g) v[g] = Vec::loadu(in[g] + (t * nin + f) * L);
       UNROLL for (int64_t j = 0; j < NB; ++j) {
+        if constexpr (HN > 0 && BACKWARD) {  // a = W_y in the Hessenberg basis: column 0 is c e_0
+          constexpr int64_t J0 = decltype(j0_tag)::value;
+          if (f == 0 && J0 + j > 0) continue;
+        }
         const Vec w(a[(j0 + j) * nin + f]);
         UNROLL for (int64_t g = 0; g < G; ++g) p[g][j] = at::vec::fmadd(w, v[g], p[g][j]);
       }
@@ -666,6 +678,10 @@ ALWAYS_INLINE void fused_steps(const scalar_t* a, const scalar_t* r, scalar_t* c
           if (relu_prev) v[g] = relu_vec(v[g]);
         }
         UNROLL for (int64_t j = 0; j < NB; ++j) {
+          if constexpr (HN > 0) {
+            constexpr int64_t J0 = decltype(j0_tag)::value;
+            if (BACKWARD ? k > J0 + j + 1 : k + 1 < J0 + j) continue;  // a structural zero
+          }
           const Vec w(BACKWARD ? r[k * n + j0 + j] : r[(j0 + j) * n + k]);
           UNROLL for (int64_t g = 0; g < G; ++g) p[g][j] = at::vec::fmadd(w, v[g], p[g][j]);
         }
@@ -678,22 +694,135 @@ ALWAYS_INLINE void fused_steps(const scalar_t* a, const scalar_t* r, scalar_t* c
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = BACKWARD ? T - 1 - s : s, tp = BACKWARD ? t + 1 : t - 1;
     pf.step();
-    int64_t j0 = 0;
-    for (; j0 + JB <= n; j0 += JB) block(integral_constant<int64_t, JB>{}, s, t, tp, j0);
-    if constexpr (JB <= 5) switch (n - j0) {  // wider blocks are only used when JB == n
-      case 1: block(integral_constant<int64_t, 1>{}, s, t, tp, j0); break;
-      case 2: block(integral_constant<int64_t, 2>{}, s, t, tp, j0); break;
-      case 3: block(integral_constant<int64_t, 3>{}, s, t, tp, j0); break;
-      case 4: block(integral_constant<int64_t, 4>{}, s, t, tp, j0); break;
-      default: break;
+    if constexpr (HN > 0) {
+      // Compile-time unit blocks, so that the structural zeros are known to the compiler.
+      static_assert(HN % JB == 0 && HN <= 2 * JB, "Hessenberg unit blocks: one or two, tiling the hidden size");
+      block(integral_constant<int64_t, JB>{}, s, t, tp, integral_constant<int64_t, 0>{});
+      if constexpr (HN > JB) block(integral_constant<int64_t, JB>{}, s, t, tp, integral_constant<int64_t, JB>{});
+    } else {
+      int64_t j0 = 0;
+      for (; j0 + JB <= n; j0 += JB) block(integral_constant<int64_t, JB>{}, s, t, tp, j0);
+      if constexpr (JB <= 5) switch (n - j0) {  // wider blocks are only used when JB == n
+        case 1: block(integral_constant<int64_t, 1>{}, s, t, tp, j0); break;
+        case 2: block(integral_constant<int64_t, 2>{}, s, t, tp, j0); break;
+        case 3: block(integral_constant<int64_t, 3>{}, s, t, tp, j0); break;
+        case 4: block(integral_constant<int64_t, 4>{}, s, t, tp, j0); break;
+        default: break;
+      }
     }
   }
 }
 
+// W = Q H Q^T with Q orthogonal, its first column parallel to q1 (when q1 != 0), and H upper
+// Hessenberg (H[j, k] = 0 for k < j - 1, set exactly): a reflection that maps e_0 onto q1, then
+// n - 2 Householder reflections that keep e_0 (Golub and Van Loan, Matrix Computations,
+// algorithm 7.4.2), in float64. W, H, Q: n x n row-major; q1: n.
+void hessenberg(const double* W, const double* q1, int64_t n, double* H, double* Q) {
+  std::copy(W, W + n * n, H);
+  for (int64_t i = 0; i < n * n; ++i) Q[i] = i % (n + 1) == 0 ? 1.0 : 0.0;
+  std::vector<double> v(static_cast<size_t>(n));
+  // P = I - beta v v^T applied as H = P H P, Q = Q P, v zero above index k0.
+  auto reflect = [&](int64_t k0, double beta) {
+    for (int64_t c = 0; c < n; ++c) {  // H = P H
+      double dot = 0;
+      for (int64_t i = k0; i < n; ++i) dot += v[i] * H[i * n + c];
+      for (int64_t i = k0; i < n; ++i) H[i * n + c] -= beta * dot * v[i];
+    }
+    for (double* M : {H, Q})  // H = H P, Q = Q P
+      for (int64_t r = 0; r < n; ++r) {
+        double dot = 0;
+        for (int64_t i = k0; i < n; ++i) dot += M[r * n + i] * v[i];
+        for (int64_t i = k0; i < n; ++i) M[r * n + i] -= beta * dot * v[i];
+      }
+  };
+  {
+    double rest = 0;
+    for (int64_t i = 1; i < n; ++i) rest += q1[i] * q1[i];
+    if (rest != 0) {  // q1 = c e_0 (or 0) needs no reflection
+      const double norm = std::sqrt(q1[0] * q1[0] + rest), alpha = q1[0] >= 0 ? -norm : norm;
+      v[0] = q1[0] - alpha;
+      for (int64_t i = 1; i < n; ++i) v[i] = q1[i];
+      reflect(0, 2.0 / (v[0] * v[0] + rest));  // P e_0 = q1 / alpha
+    }
+  }
+  for (int64_t k = 0; k + 2 < n; ++k) {
+    // P = I - beta v v^T (v zero above k + 1) maps column k's entries k+1.. onto e_{k+1}.
+    double below = 0;
+    for (int64_t i = k + 2; i < n; ++i) below += H[i * n + k] * H[i * n + k];
+    if (below == 0) continue;  // already zero (NaN compares unequal and goes on, spreading it)
+    const double x0 = H[(k + 1) * n + k];
+    const double norm = std::sqrt(x0 * x0 + below);
+    const double alpha = x0 >= 0 ? -norm : norm;  // no cancellation in v[k + 1] = x0 - alpha
+    v[k + 1] = x0 - alpha;
+    for (int64_t i = k + 2; i < n; ++i) v[i] = H[i * n + k];
+    reflect(k + 1, 2.0 / (v[k + 1] * v[k + 1] + below));
+  }
+  for (int64_t j = 2; j < n; ++j)
+    for (int64_t k = 0; k < j - 1; ++k) H[j * n + k] = 0.0;
+}
+
+// The linear-hidden ensemble in the basis g = Q^T h of hessenberg(W_h, q1 = W_y e_0): g_t = H g_{t-1}
+// + Q^T W_x x_t and W_y^T h_t = (Q^T W_y)^T g_t, the same function of the weights for any
+// orthogonal Q. H has 64 instead of 100 entries at n = 10 (both recurrences) and Q^T W_y e_0 =
+// c e_0 has 1 instead of n (the readout and the backward's W_y go). Its weight gradients come back as
+// dL/dW_x = Q G_x, dL/dW_h = Q G_h Q^T and dL/dW_y = Q G_y from those of the basis' weights.
+struct HessenbergBasis {
+  int64_t n = 0, F = 0;
+  std::vector<double> Q, H, tmp;
+  // wx, wh, wy: the instance's weights; writes the basis' weights into wxb, whb, wyb.
+  template <typename scalar_t>
+  void set(const scalar_t* wx, const scalar_t* wh, const scalar_t* wy, int64_t n_, int64_t F_, scalar_t* wxb,
+           scalar_t* whb, scalar_t* wyb) {
+    n = n_;
+    F = F_;
+    Q.resize(static_cast<size_t>(n * n));
+    H.resize(static_cast<size_t>(n * n));
+    tmp.assign(wh, wh + n * n);
+    tmp.resize(static_cast<size_t>(n * n + n));
+    for (int64_t j = 0; j < n; ++j) tmp[n * n + j] = static_cast<double>(wy[j * F]);  // q1: column 0 of W_y
+    hessenberg(tmp.data(), tmp.data() + n * n, n, H.data(), Q.data());
+    for (int64_t q = 0; q < n * n; ++q) whb[q] = static_cast<scalar_t>(H[q]);
+    for (auto [src, dst] : {std::pair<const scalar_t*, scalar_t*>{wx, wxb}, {wy, wyb}})
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t f = 0; f < F; ++f) {
+          double s = 0;  // (Q^T W)[j, f]
+          for (int64_t i = 0; i < n; ++i) s += Q[i * n + j] * static_cast<double>(src[i * F + f]);
+          dst[j * F + f] = static_cast<scalar_t>(s);
+        }
+    for (int64_t j = 1; j < n; ++j) wyb[j * F] = scalar_t(0);  // Q^T W_y e_0 = c e_0: zero, not rounding
+  }
+  // gx, gh, gy: gradients with respect to the basis' weights, replaced by those of the instance.
+  void gradients_back(double* gx, double* gh, double* gy) {
+    tmp.resize(static_cast<size_t>(n * std::max(n, F)));
+    for (double* g : {gx, gy}) {  // g = Q g
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t f = 0; f < F; ++f) {
+          double s = 0;
+          for (int64_t j = 0; j < n; ++j) s += Q[i * n + j] * g[j * F + f];
+          tmp[i * F + f] = s;
+        }
+      std::copy(tmp.begin(), tmp.begin() + n * F, g);
+    }
+    for (int64_t i = 0; i < n; ++i)  // tmp = Q gh
+      for (int64_t k = 0; k < n; ++k) {
+        double s = 0;
+        for (int64_t j = 0; j < n; ++j) s += Q[i * n + j] * gh[j * n + k];
+        tmp[i * n + k] = s;
+      }
+    for (int64_t i = 0; i < n; ++i)  // gh = tmp Q^T
+      for (int64_t k = 0; k < n; ++k) {
+        double s = 0;
+        for (int64_t j = 0; j < n; ++j) s += tmp[i * n + j] * Q[k * n + j];
+        gh[i * n + k] = s;
+      }
+  }
+};
+
 // The batch tiles [tile0, tile1) of one instance. NN / FF > 0 fix the hidden size / feature
 // count at compile time, so that the per-step vectors (states, readout, carried gradient)
-// live in registers; 0 means "given at run time" (at most kMaxEnsembleDim).
-template <typename scalar_t, int64_t NN, int64_t FF>
+// live in registers; 0 means "given at run time" (at most kMaxEnsembleDim). HESS (a linear
+// hidden layer, NN > 0): the recurrences run in the basis of HessenbergBasis.
+template <typename scalar_t, int64_t NN, int64_t FF, bool HESS = false>
 void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t* wx, const scalar_t* wh,
                          const scalar_t* wy, const scalar_t* bias, const scalar_t* x_end, const scalar_t* y_end,
                          int64_t n_rt, int64_t F_rt, int64_t B, int64_t T,
@@ -741,9 +870,16 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
   scalar_t* aWy = aWh + n * n * L;
   scalar_t* ab = aWy + n * F * L;
   std::fill(acc, ab + F * L, scalar_t(0));
-  std::copy(wx, wx + n * F, wxb);
-  std::copy(wh, wh + n * n, whb);
-  std::copy(wy, wy + n * F, wyb);
+  static_assert(!HESS || NN > 0, "the Hessenberg basis needs a compile-time hidden size");
+  HessenbergBasis basis;
+  if constexpr (HESS) {
+    basis.set(wx, wh, wy, n, F, wxb, whb, wyb);
+  } else {
+    std::copy(wx, wx + n * F, wxb);
+    std::copy(wh, wh + n * n, whb);
+    std::copy(wy, wy + n * F, wyb);
+  }
+  constexpr int64_t HN = HESS ? NN : 0;
   auto W = [](const scalar_t* b, int64_t q) { return Vec(b[q]); };
   const Vec zero(scalar_t(0));
   auto run_group = [&](auto G_tag, int64_t tile) __attribute__((always_inline)) {
@@ -767,20 +903,20 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, tile, G, L * T * F, T, need_grad ? bwd_calls : 0,
                               n < kTwoLevelBelow);
     // Forward: (a) h_t = W_x x_t + W_h s(h_{t-1}), (b) readout, error and its gradient go_t.
-    fused_steps<scalar_t, G, JB, false>(wxb, whb, xt, hs, n, F, T, relu_hidden, pf);
+    fused_steps<scalar_t, G, JB, false, HN>(wxb, whb, xt, hs, n, F, T, relu_hidden, pf);
     for (int64_t g = 0; g < G; ++g) {
       Vec lossv[2] = {zero, zero};  // two accumulators: the squared errors are not one chain
       int64_t t = 0;
       for (; t + 2 <= T; t += 2)
-        readout_steps<scalar_t, 2, RB>(wyb, bias, hs[g], yt[g], go[g], n, F, t, relu_out, lossv);
-      if (t < T) readout_steps<scalar_t, 1, RB>(wyb, bias, hs[g], yt[g], go[g], n, F, t, relu_out, lossv);
+        readout_steps<scalar_t, 2, RB, HESS>(wyb, bias, hs[g], yt[g], go[g], n, F, t, relu_out, lossv);
+      if (t < T) readout_steps<scalar_t, 1, RB, HESS>(wyb, bias, hs[g], yt[g], go[g], n, F, t, relu_out, lossv);
       (Vec::loadu(acc) + (lossv[0] + lossv[1])).store(acc);
     }
     if (!need_grad) return;
     pf.start_near();
     // Backpropagation through time: gp_t = W_y go_t + s'(h_t) W_h^T gp_{t+1}.
     if (!relu_hidden) {
-      fused_steps<scalar_t, G, JB, true>(wyb, whb, go, gp, n, F, T, false, pf);
+      fused_steps<scalar_t, G, JB, true, HN>(wyb, whb, go, gp, n, F, T, false, pf);
     } else {
       // The relu mask applies to the carried part only, so it runs as (c) gp_t = W_y go_t for
       // all t, then (d) gp_t += carry, carry = s'(h_{t-1}) W_h^T gp_t, one tile at a time.
@@ -841,6 +977,7 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     flush(aWh, gwh, n * n, grad_scale);
     flush(aWy, gwy, n * F, grad_scale);
     flush(ab, gb, F, grad_scale);
+    if constexpr (HESS) basis.gradients_back(gwx, gwh, gwy);  // this piece's partials only
   }
 }
 
@@ -899,8 +1036,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
     const double grad_scale = 2.0 / static_cast<double>(d.B * d.T * d.F);  // d loss / d output
     const scalar_t* x_end = xs + (shared ? 1 : d.I) * d.B * d.T * d.F;
     const scalar_t* y_end = ys + d.I * d.B * d.T * d.F;
-    auto run = [&](auto NN_tag, auto FF_tag) {
+    auto run = [&](auto NN_tag, auto FF_tag, auto HESS_tag) {
       constexpr int64_t NN = decltype(NN_tag)::value, FF = decltype(FF_tag)::value;
+      constexpr bool HESS = decltype(HESS_tag)::value;
       // Pieces are handed out one at a time rather than split evenly up front: on a shared
       // machine one core is often slower than the other, and a static split waits for it.
       // Each piece writes its own partials, so the result does not depend on who ran it.
@@ -912,7 +1050,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
           const int64_t i = piece / chunks, c = piece % chunks;
           double* part = partial.data() + piece * per;
           const int64_t nF = d.n * d.F;
-          ensemble_loss_chunk<scalar_t, NN, FF>(
+          ensemble_loss_chunk<scalar_t, NN, FF, HESS>(
               xs + i * x_inst_stride, ys + i * d.B * d.T * d.F, wx + i * nF, wh + i * d.n * d.n, wy + i * nF,
               bs + i * d.F, x_end, y_end, d.n, d.F, d.B, d.T, tiles * c / chunks,
               tiles * (c + 1) / chunks, relu_hidden, relu_out, need_grad, grad_scale, buf.data(), part, part + 1,
@@ -921,11 +1059,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
       });
     };
     using std::integral_constant;
-    if (d.F == 8 && d.n == 2) run(integral_constant<int64_t, 2>{}, integral_constant<int64_t, 8>{});
-    else if (d.F == 8 && d.n == 5) run(integral_constant<int64_t, 5>{}, integral_constant<int64_t, 8>{});
-    else if (d.F == 8 && d.n == 10) run(integral_constant<int64_t, 10>{}, integral_constant<int64_t, 8>{});
-    else if (d.F == 8) run(integral_constant<int64_t, 0>{}, integral_constant<int64_t, 8>{});
-    else run(integral_constant<int64_t, 0>{}, integral_constant<int64_t, 0>{});
+    // A linear hidden layer of a specialised size n >= 5 runs in the Hessenberg basis (at n = 2
+    // there are no structural zeros).
+    const std::false_type dense;
+    const std::true_type hess;
+    if (d.F == 8 && d.n == 2) run(integral_constant<int64_t, 2>{}, integral_constant<int64_t, 8>{}, dense);
+    else if (d.F == 8 && d.n == 5 && relu_hidden) run(integral_constant<int64_t, 5>{}, integral_constant<int64_t, 8>{}, dense);
+    else if (d.F == 8 && d.n == 5) run(integral_constant<int64_t, 5>{}, integral_constant<int64_t, 8>{}, hess);
+    else if (d.F == 8 && d.n == 10 && relu_hidden) run(integral_constant<int64_t, 10>{}, integral_constant<int64_t, 8>{}, dense);
+    else if (d.F == 8 && d.n == 10) run(integral_constant<int64_t, 10>{}, integral_constant<int64_t, 8>{}, hess);
+    else if (d.F == 8) run(integral_constant<int64_t, 0>{}, integral_constant<int64_t, 8>{}, dense);
+    else run(integral_constant<int64_t, 0>{}, integral_constant<int64_t, 0>{}, dense);
     double* ls = loss.mutable_data_ptr<double>();
     double* g[4] = {need_grad ? gWx.mutable_data_ptr<double>() : nullptr,
                     need_grad ? gWh.mutable_data_ptr<double>() : nullptr,
