@@ -946,13 +946,15 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     }
     // Weight gradients: sums over steps and lanes of outer products.
     for (int64_t g = 0; g < G; ++g) {
-      // W_y: [n, F] += h_t go_t^T, W_x: [n, F] += gp_t x_t^T, W_h: [n, n] += gp_t s(h_{t-1})^T.
-      outer_tiled<scalar_t, false>(go[g], F * L, F, hs[g], n * L, n, T, aWy, 1, F);
+      // W_x: [n, F] += gp_t x_t^T, W_h: [n, n] += gp_t s(h_{t-1})^T, W_y: [n, F] += h_t go_t^T, in
+      // this order: gp, just written by the backward pass, first (rdtsc profile, hidden 10: weight
+      // gradients 58.3-59.3 -> 55.9-56.4 Mcycles per call against W_y first).
       outer_tiled<scalar_t, false>(xt[g], F * L, F, gp[g], n * L, n, T, aWx, 1, F);
       if (T > 1) {
         if (relu_hidden) outer_tiled<scalar_t, true>(gp[g] + n * L, n * L, n, hs[g], n * L, n, T - 1, aWh, n, 1);
         else outer_tiled<scalar_t, false>(gp[g] + n * L, n * L, n, hs[g], n * L, n, T - 1, aWh, n, 1);
       }
+      outer_tiled<scalar_t, false>(go[g], F * L, F, hs[g], n * L, n, T, aWy, 1, F);
       Vec sb[FC];  // one accumulator per feature: F independent chains instead of one
       UNROLL for (int64_t f = 0; f < F; ++f) sb[f] = zero;
       for (int64_t t = 0; t < T; ++t)
