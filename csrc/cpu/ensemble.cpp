@@ -486,13 +486,14 @@ void outer_tiled(const scalar_t* A, int64_t a_step, int64_t na, const scalar_t* 
   }
 }
 
-// Software prefetch of the x and y rows of later tiles (one contiguous block each, possibly in
-// the next instance's data), spread in small bites over the passes of the current group of
-// tiles: the hardware prefetcher alone leaves each group's first reads waiting on memory, and
+// Software prefetch of the x and y rows of later tiles (one contiguous block each, possibly the
+// first tiles of the piece of work that the thread runs next), spread in small bites over the
+// passes of the current group of tiles: the hardware prefetcher alone leaves each group's first reads waiting on memory, and
 // issuing a whole block at once stalls on the miss buffers. Two streams: the group after next
 // into L2 (prefetcht2: it does not hold the L1 miss buffers that the passes' own L2 reads
 // need while memory answers) and the next group from L2 into L1 (prefetcht0). A block starts
-// `offset` elements after xs / ys and is clipped to x_end / y_end (one past the data).
+// `offset` elements after xs / ys (none where xs / ys is null) and is clipped to x_end / y_end
+// (one past the data).
 template <typename scalar_t, int LOCALITY>
 struct BlockPrefetch {
   const char* x = nullptr;
@@ -500,8 +501,8 @@ struct BlockPrefetch {
   int64_t x_lines = 0, lines = 0, per_call = 0, next = 0;
   BlockPrefetch(const scalar_t* xs, const scalar_t* x_end, const scalar_t* ys, const scalar_t* y_end, int64_t offset,
                 int64_t elems, int64_t calls) {
-    const int64_t ex = std::max<int64_t>(0, std::min<int64_t>(elems, (x_end - xs) - offset));
-    const int64_t ey = std::max<int64_t>(0, std::min<int64_t>(elems, (y_end - ys) - offset));
+    const int64_t ex = xs ? std::max<int64_t>(0, std::min<int64_t>(elems, (x_end - xs) - offset)) : 0;
+    const int64_t ey = ys ? std::max<int64_t>(0, std::min<int64_t>(elems, (y_end - ys) - offset)) : 0;
     if (ex > 0) x = reinterpret_cast<const char*>(xs + offset);
     if (ey > 0) y = reinterpret_cast<const char*>(ys + offset);
     constexpr int64_t per_line = 64 / static_cast<int64_t>(sizeof(scalar_t));
@@ -520,16 +521,18 @@ struct TilePrefetch {
   BlockPrefetch<scalar_t, 1> far;
   BlockPrefetch<scalar_t, 3> near;
   bool far_phase;
-  // Prefetch for the group of `group` tiles that starts at tile `tile` (L rows each). With
+  // Prefetch of the next group of `group` tiles (near_x / near_y: its first rows, L per tile) and of
+  // the one after (far_x / far_y); null where there is none. With
   // two_level, the far stream runs in the fwd_calls calls of the forward steps and the near
   // one in the bwd_calls calls of the backward steps, when the far data has had time to reach
   // L2 (without a backward pass both run during the forward steps). Without it, only the near
   // stream runs, straight from memory, over all calls: with much work per tile (hidden sizes
   // from kTwoLevelBelow on) it has the time, and the extra stream costs more than it saves.
-  TilePrefetch(const scalar_t* xs, const scalar_t* x_end, const scalar_t* ys, const scalar_t* y_end, int64_t tile,
-               int64_t group, int64_t tile_elems, int64_t fwd_calls, int64_t bwd_calls, bool two_level)
-      : far(xs, x_end, ys, y_end, (tile + 2 * group) * tile_elems, two_level ? group * tile_elems : 0, fwd_calls),
-        near(xs, x_end, ys, y_end, (tile + group) * tile_elems, group * tile_elems,
+  TilePrefetch(const scalar_t* near_x, const scalar_t* near_y, const scalar_t* far_x, const scalar_t* far_y,
+               const scalar_t* x_end, const scalar_t* y_end, int64_t group, int64_t tile_elems, int64_t fwd_calls,
+               int64_t bwd_calls, bool two_level)
+      : far(far_x, x_end, far_y, y_end, 0, two_level ? group * tile_elems : 0, fwd_calls),
+        near(near_x, x_end, near_y, y_end, 0, group * tile_elems,
              two_level ? (bwd_calls > 0 ? bwd_calls : fwd_calls) : fwd_calls + bwd_calls),
         far_phase(two_level && bwd_calls > 0) {}
   // From here on the calls belong to the near stream.
@@ -825,6 +828,7 @@ struct HessenbergBasis {
 template <typename scalar_t, int64_t NN, int64_t FF, bool HESS = false>
 void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t* wx, const scalar_t* wh,
                          const scalar_t* wy, const scalar_t* bias, const scalar_t* x_end, const scalar_t* y_end,
+                         const scalar_t* next_xs, const scalar_t* next_ys,
                          int64_t n_rt, int64_t F_rt, int64_t B, int64_t T,
                          int64_t tile0, int64_t tile1, bool relu_hidden, bool relu_out, bool need_grad,
                          double grad_scale, scalar_t* buf, double* out_loss, double* gwx, double* gwh, double* gwy,
@@ -900,7 +904,13 @@ void ensemble_loss_chunk(const scalar_t* xs, const scalar_t* ys, const scalar_t*
     // The recurrence passes call pf.step() once per step: T calls forward, T backward (the
     // split backward of relu_hidden: 2T - 1 per tile).
     const int64_t bwd_calls = relu_hidden ? G * (2 * T - 1) : T;
-    TilePrefetch<scalar_t> pf(xs, x_end, ys, y_end, tile, G, L * T * F, T, need_grad ? bwd_calls : 0,
+    // The rows of tile u of this piece, or past its end those of the piece this thread runs next.
+    const int64_t te = L * T * F;
+    auto rows = [&](const scalar_t* here, const scalar_t* then, int64_t u) -> const scalar_t* {
+      return u < tile1 ? here + u * te : then ? then + (u - tile1) * te : nullptr;
+    };
+    TilePrefetch<scalar_t> pf(rows(xs, next_xs, tile + G), rows(ys, next_ys, tile + G), rows(xs, next_xs, tile + 2 * G),
+                              rows(ys, next_ys, tile + 2 * G), x_end, y_end, G, te, T, need_grad ? bwd_calls : 0,
                               n < kTwoLevelBelow);
     // Forward: (a) h_t = W_x x_t + W_h s(h_{t-1}), (b) readout, error and its gradient go_t.
     fused_steps<scalar_t, G, JB, false, HN>(wxb, whb, xt, hs, n, F, T, relu_hidden, pf);
@@ -1048,13 +1058,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_
       at::parallel_for(0, std::min<int64_t>(pieces, at::get_num_threads()), 1, [&](int64_t, int64_t) {
         FlushDenormalGuard ftz;
         std::vector<scalar_t> buf(static_cast<size_t>(buf_len));
-        for (int64_t piece = next_piece++; piece < pieces; piece = next_piece++) {
+        // The next piece is claimed when this one starts, so that this one's last groups can
+        // prefetch its first rows (the piece after in memory is likely the other thread's).
+        auto first_rows = [&](const scalar_t* data, int64_t inst_stride, int64_t piece) -> const scalar_t* {
+          if (piece >= pieces) return nullptr;
+          return data + (piece / chunks) * inst_stride + tiles * (piece % chunks) / chunks * L * d.T * d.F;
+        };
+        for (int64_t piece = next_piece++, following; piece < pieces; piece = following) {
+          following = next_piece++;
           const int64_t i = piece / chunks, c = piece % chunks;
           double* part = partial.data() + piece * per;
           const int64_t nF = d.n * d.F;
           ensemble_loss_chunk<scalar_t, NN, FF, HESS>(
               xs + i * x_inst_stride, ys + i * d.B * d.T * d.F, wx + i * nF, wh + i * d.n * d.n, wy + i * nF,
-              bs + i * d.F, x_end, y_end, d.n, d.F, d.B, d.T, tiles * c / chunks,
+              bs + i * d.F, x_end, y_end, first_rows(xs, x_inst_stride, following),
+              first_rows(ys, d.B * d.T * d.F, following), d.n, d.F, d.B, d.T, tiles * c / chunks,
               tiles * (c + 1) / chunks, relu_hidden, relu_out, need_grad, grad_scale, buf.data(), part, part + 1,
               part + 1 + nF, part + 1 + nF + d.n * d.n, part + 1 + 2 * nF + d.n * d.n);
         }
