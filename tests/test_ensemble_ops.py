@@ -160,6 +160,44 @@ def test_fused_loss_float32_accuracy(n):
         assert ((a.double() - r).abs().max() / r.abs().max()).item() < 1e-5
 
 
+def special_recurrences(n, dtype=torch.float64):
+    """W_h and W_y of 6 instances that take the special paths of the Hessenberg basis (linear hidden
+    layers of n = 5 and 10): W_h zero, diagonal, already upper Hessenberg, strongly non-normal
+    (a Jordan-like chain with entries of 1e3), with a zero first column, and a random one; W_y's
+    first column zero, parallel to e_0, or random."""
+    g = torch.Generator().manual_seed(3)
+    Wh = torch.randn(6, n, n, generator=g, dtype=dtype) / n ** 0.5
+    Wh[0] = 0
+    Wh[1] = torch.diag(torch.linspace(-0.9, 0.9, n, dtype=dtype))
+    Wh[2] = torch.triu(Wh[2], diagonal=-1)
+    Wh[3] = 0.5 * torch.eye(n, dtype=dtype) + 1e3 * torch.diag(torch.ones(n - 1, dtype=dtype), 1)
+    Wh[3] = Wh[3] / torch.linalg.matrix_norm(Wh[3], 2)  # keeps h bounded, stays non-normal
+    Wh[4, :, 0] = 0
+    Wy = torch.randn(6, n, 8, generator=g, dtype=dtype) / n ** 0.5
+    Wy[0, :, 0] = 0
+    Wy[1, 1:, 0] = 0
+    Wy[2, :, 0] = 0
+    return Wh, Wy
+
+
+@pytest.mark.parametrize("n", [5, 10])
+def test_fused_loss_hessenberg_basis_special_weights(n):
+    """The linear hidden layer runs in the basis of a Hessenberg reduction of W_h (one per
+    instance, its first vector along W_y's first column): special weights give the reference's
+    loss and gradients, in float64 tightly and in float32 to float32 accuracy."""
+    x, y, ws = loss_tensors(6, 13, 7, 8, n)
+    ws[1], ws[2] = special_recurrences(n)
+    for dtype, rtol in ((torch.float64, 1e-11), (torch.float32, 2e-5)):
+        w = [v.to(dtype).requires_grad_(True) for v in ws]
+        w64 = [v.clone().requires_grad_(True) for v in ws]
+        out = ensemble_loss(x.to(dtype), *w, y.to(dtype), False, True, backend="cpu")
+        ref = ensemble_loss_reference(x, *w64, y, False, True)
+        pairs = [(out, ref)] + list(zip(torch.autograd.grad(out.sum(), w), torch.autograd.grad(ref.sum(), w64)))
+        for a, r in pairs:
+            err = (a.double() - r).abs().amax() / r.abs().amax()
+            assert err.item() < rtol, (dtype, err.item())
+
+
 def test_fused_loss_gradcheck_and_opcheck():
     x, y, ws = loss_tensors(2, 3, 4, 3, 2)
     ws = [w.requires_grad_(True) for w in ws]
@@ -184,14 +222,15 @@ def test_fused_loss_shared_data_and_no_grad():
     torch.testing.assert_close(loss, ensemble_loss_reference(x, *ws, y, False, True), rtol=1e-12, atol=1e-14)
 
 
-def test_fused_loss_does_not_depend_on_the_thread_count():
-    x, y, ws = loss_tensors(3, 50, 9, 8, 5, dtype=torch.float32)
+@pytest.mark.parametrize("I,n,relu_hidden", [(3, 5, True), (3, 10, False), (40, 10, False)])
+def test_fused_loss_does_not_depend_on_the_thread_count(I, n, relu_hidden):
+    x, y, ws = loss_tensors(I, 50, 9, 8, n, dtype=torch.float32)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = torch.ops.rnnofrnns.ensemble_loss(x, *ws, y, True, True, True)
+        one = torch.ops.rnnofrnns.ensemble_loss(x, *ws, y, relu_hidden, True, True)
         torch.set_num_threads(2)
-        two = torch.ops.rnnofrnns.ensemble_loss(x, *ws, y, True, True, True)
+        two = torch.ops.rnnofrnns.ensemble_loss(x, *ws, y, relu_hidden, True, True)
     finally:
         torch.set_num_threads(old)
     for u, v in zip(one, two):
