@@ -5,6 +5,7 @@
 # benchmark's data), millions of TSC cycles: transposes, forward, readout+loss, backward, weight
 # gradients. Compare builds by alternating them and taking the best of several calls.
 #   bench/ensemble_pass_profile.sh DIR [HIDDEN] [SRC]     (default hidden 10, the current source)
+# RELU_HIDDEN=1 profiles the relu-hidden variant (default: a linear hidden layer, as in the benchmark).
 set -euo pipefail
 D=$1; H=${2:-10}; REPO=$(cd "$(dirname "$0")/.." && pwd); SRC=${3:-$REPO/csrc/cpu/ensemble.cpp}
 PY=${PYTHON:-$REPO/.venv/bin/python}
@@ -40,5 +41,5 @@ Wx = torch.randn(I, n, F, generator=g) * 0.3; Wh = torch.randn(I, n, n, generato
 Wy = torch.randn(I, n, F, generator=g) * 0.3; b = torch.zeros(I, F)
 for r in range(6):  # the first two calls warm up
     if r >= 2: os.environ["PROF"] = "1"
-    torch.ops.rnnofrnns.ensemble_loss(x, Wx, Wh, Wy, b, y, False, True, True)
+    torch.ops.rnnofrnns.ensemble_loss(x, Wx, Wh, Wy, b, y, os.environ.get("RELU_HIDDEN") == "1", True, True)
 PYEOF
