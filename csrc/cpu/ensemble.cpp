@@ -722,7 +722,8 @@ ALWAYS_INLINE void fused_steps(const scalar_t* a, const scalar_t* r, scalar_t* c
 // Hessenberg (H[j, k] = 0 for k < j - 1, set exactly): a reflection that maps e_0 onto q1, then
 // N - 2 Householder reflections that keep e_0 (Golub and Van Loan, Matrix Computations,
 // algorithm 7.4.2), in float64. W, H, Q: N x N row-major; q1: N. Compile-time sizes and loops
-// that GCC vectorizes: with HessenbergBasis 7000 instead of 8650 TSC cycles per instance at N = 10.
+// that GCC vectorizes: with HessenbergBasis about 7100-8100 TSC cycles per instance at N = 10
+// (bench/ensemble_parts.sh setup), about 8650 with run-time sizes.
 template <int64_t N>
 void hessenberg(const double* W, const double* q1, double* H, double* Q) {
   std::copy(W, W + N * N, H);
