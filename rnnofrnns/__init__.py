@@ -1,9 +1,14 @@
-"""rnnofrnns: fused kernels and stable models for RNNs of RNNs."""
-from ._backend import BACKENDS, cpu_extension_available, triton_available
+"""rnnofrnns: fused kernels and stable models for RNNs of RNNs.
+
+Layers, each importing only those below it: ops/ (the fused kernels' Python side, one folder
+per op), stability.py and topology.py, models/, experiments/ (training, task switching,
+superposition). The module paths of earlier releases still import (rnnofrnns._compat).
+"""
+from . import _compat
+from .ops._backend import BACKENDS, cpu_extension_available, triton_available
 from .ops import gated_paths, gated_paths_reference, modular_rnn, modular_rnn_reference
 from . import stability, topology
-from .models import GatedLinearNetwork, GlobalWorkspaceNet, ModularRNN, SparseComboNet
-from .ensemble import RNNEnsemble, SmallRNN
+from .models import GatedLinearNetwork, GlobalWorkspaceNet, ModularRNN, RNNEnsemble, SmallRNN, SparseComboNet
 
 __version__ = "0.1.0"
 __all__ = [
@@ -12,3 +17,5 @@ __all__ = [
     "SmallRNN", "RNNEnsemble",
     "stability", "topology", "BACKENDS", "cpu_extension_available", "triton_available",
 ]
+
+_compat.install()

@@ -1,7 +1,8 @@
 """The gated multi-path matmul y = sum_p c_p * (W_p x), with path, sample or neuron gates."""
-from ..._backend import cpu_extension_available
+from .._backend import cpu_extension_available
 from .autograd import register_op_pair
-from .functional import check_gated_paths_args, gated_paths
+from .checks import check_gated_paths_args
+from .functional import gated_paths
 from .reference import gated_paths_reference
 from . import triton_op  # noqa: F401  (registers the Triton custom ops)
 

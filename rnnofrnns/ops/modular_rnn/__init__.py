@@ -1,7 +1,8 @@
 """The modular recurrence: block-diagonal intra-area matrix plus block-sparse feedback."""
-from ..._backend import cpu_extension_available
+from .._backend import cpu_extension_available
 from .autograd import register_op_pair
-from .functional import check_block_index, check_modular_rnn_args, modular_rnn
+from .checks import check_block_index, check_modular_rnn_args
+from .functional import modular_rnn
 from .reference import dense_feedback, modular_rnn_reference
 from . import triton_op  # noqa: F401  (registers the Triton custom ops)
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .autograd import register_op_pair
-from .functional import check_block_index
+from .checks import check_block_index
 
 
 @torch.library.custom_op("rnnofrnns::modular_rnn_fwd_triton", mutates_args=())

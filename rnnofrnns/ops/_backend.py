@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -12,7 +12,7 @@ BACKENDS = ("reference", "cpu", "triton")
 
 _ext_error: Optional[BaseException] = None
 try:  # loading the shared library registers the C++ ops with the dispatcher
-    from rnnofrnns import _C  # noqa: F401
+    from .. import _C  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on how the package was installed
     _ext_error = e
 
@@ -47,22 +47,28 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: Optional[str], device: torch.device) -> str:
-    """Pick the backend for tensors on ``device``.
+def resolve_backend(backend: Optional[str], device: torch.device, *, op: str = "this op",
+                    backends: Sequence[str] = BACKENDS) -> str:
+    """Pick the backend of one op for tensors on ``device``; every op resolves through here.
 
     Order: the ``backend`` argument, then the RNNOFRNNS_BACKEND environment variable,
-    then the default (CPU tensors -> "cpu", CUDA tensors -> "triton"). A forced
+    then the default (CPU tensors -> "cpu", CUDA tensors -> "triton", where the op has
+    them, else "reference"). ``backends`` lists those the op has; the environment
+    variable falls back to the default for an op without the backend it names. A forced
     backend that cannot run raises RuntimeError saying how to get it.
     """
+    from_env = backend is None
     choice = backend if backend is not None else os.environ.get("RNNOFRNNS_BACKEND") or None
+    if from_env and choice in BACKENDS and choice not in backends:
+        choice = None  # e.g. RNNOFRNNS_BACKEND=triton for an op that has no Triton kernel
     if choice is None:
-        if device.type == "cuda" and triton_available():
+        if device.type == "cuda" and "triton" in backends and triton_available():
             return "triton"
-        if device.type == "cpu" and cpu_extension_available():
+        if device.type == "cpu" and "cpu" in backends and cpu_extension_available():
             return "cpu"
         return "reference"
-    if choice not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS} or None, got {choice!r}")
+    if choice not in backends:
+        raise ValueError(f"backend must be one of {tuple(backends)} or None for {op}, got {choice!r}")
     if choice == "cpu":
         if not cpu_extension_available():
             raise RuntimeError(

@@ -21,9 +21,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from .models import GatedLinearNetwork
+from ...models import GatedLinearNetwork
+from .._files import atomic_save, atomic_write_json, pyplot, save_figure
 from .tasks import blocked_curriculum, compose_mean, compose_rows, teachers
-from .training import atomic_save, atomic_write_json
 
 REGIMES = ("flexible", "forgetful")
 
@@ -291,9 +291,7 @@ def _log_summary(m: Dict[str, Any], log: Callable[[str], None]) -> None:
 
 def plot_task_switching(cfg, losses, steps, schedule, trace_t, trace_gates, trace_align, path: str) -> str:
     """Loss over time with the block boundaries, gates over time, alignment over time."""
-    from .plots import _plt, _save
-
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
     t = (torch.arange(losses.numel()) + 1) * cfg.dt
     axes[0].plot(t, losses.cpu(), lw=0.6)
@@ -318,4 +316,4 @@ def plot_task_switching(cfg, losses, steps, schedule, trace_t, trace_gates, trac
             ax.axvline(b * steps * cfg.dt, color="grey", lw=0.4, alpha=0.6)
     axes[0].set_title(f"{cfg.regime} regime: tau_W={cfg.tau_w:g}, tau_c={cfg.tau_c:g}, "
                       f"lambda_nonneg={cfg.lambda_nonneg:g}, lambda_norm={cfg.lambda_norm:g}, blocks of {cfg.block_length:g}")
-    return _save(fig, path)
+    return save_figure(fig, path)

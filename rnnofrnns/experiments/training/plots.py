@@ -6,26 +6,11 @@ from typing import Dict, List, Sequence
 
 import torch
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> str:
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    _plt().close(fig)
-    return path
+from .._files import pyplot, save_figure
 
 
 def training_curves(history: List[Dict[str, float]], path: str) -> str:
-    plt = _plt()
+    plt = pyplot()
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.plot(ep, [h["train_loss"] for h in history], label="train")
@@ -35,14 +20,14 @@ def training_curves(history: List[Dict[str, float]], path: str) -> str:
     b.plot(ep, [h["val_acc"] for h in history], label="validation")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend()
     fig.suptitle("training curves")
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     plt.close(fig)
     return out
 
 
 def connectivity(model, path: str) -> str:
     """|W| + |L| as an image, with the area boundaries."""
-    plt = _plt()
+    plt = pyplot()
     rnn = model.rnn
     with torch.no_grad():
         C = (rnn.intra_matrix().abs() + rnn.feedback_matrix().abs()).float().cpu()
@@ -55,13 +40,13 @@ def connectivity(model, path: str) -> str:
     ax.set_title("connectivity log10(|W| + |L|), area boundaries in cyan")
     ax.set_xlabel("source unit"), ax.set_ylabel("target unit")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     plt.close(fig)
     return out
 
 
 def ablation_bars(ablation: Sequence[float], full: float, path: str) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.bar(range(len(ablation)), ablation, color="tab:blue")
     ax.axhline(full, color="tab:red", ls="--", label=f"no area silenced ({full:.3f})")
@@ -69,7 +54,7 @@ def ablation_bars(ablation: Sequence[float], full: float, path: str) -> str:
     ax.set_xticks(range(len(ablation)))
     ax.legend(loc="lower right")
     ax.set_title("test accuracy with one area silenced")
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     plt.close(fig)
     return out
 

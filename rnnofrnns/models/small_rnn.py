@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import modular_rnn
-from ._backend import cpu_extension_available
-from .ops.ensemble import ensemble_drive, ensemble_loss, ensemble_readout_loss
+from ..ops import ensemble_drive, ensemble_loss, ensemble_readout_loss, modular_rnn
+from ..ops._backend import cpu_extension_available
 
 VARIANTS = ("linear", "relu_readout", "relu")
 
@@ -189,7 +188,7 @@ class RNNEnsemble(nn.Module):
 
     def sample_batch(self, batch_size: int, seq_len: int, generators: Optional[Sequence[torch.Generator]] = None):
         """A delayed-recall batch per instance with its own probability and delay: x, y [I, B, T, F]."""
-        from .tasks import ensemble_delayed_recall
+        from ..experiments.superposition.task import ensemble_delayed_recall
 
         return ensemble_delayed_recall(self.feature_probability.tolist(), self.delay.tolist(), self.num_features,
                                        seq_len, batch_size, generators, dtype=self.W_x.dtype)

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._backend import flush_denormal
+from ...models import GlobalWorkspaceNet, RNNClassifier, SparseComboNet
+from ...ops._backend import flush_denormal
+from .._files import atomic_save, atomic_write_json
 from .data import TaskData, load_task
-from .models import GlobalWorkspaceNet, SparseComboNet
 
 MODELS = ("gw", "scn", "gru", "lstm")
 
@@ -71,20 +72,6 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"--dtype must be float32 or float64, got {self.dtype}")
-
-
-class RNNClassifier(nn.Module):
-    """torch.nn.GRU / LSTM baseline with a linear readout of the last state."""
-
-    def __init__(self, kind: str, input_size: int, hidden_size: int, num_classes: int) -> None:
-        super().__init__()
-        cell = nn.GRU if kind == "gru" else nn.LSTM
-        self.rnn = cell(input_size, hidden_size, batch_first=True)
-        self.readout = nn.Linear(hidden_size, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)
-        return self.readout(out[:, -1])
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -156,20 +143,6 @@ def init_distributed(device: str) -> Dist:
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-
-def atomic_save(obj: Any, path: str) -> None:
-    """Write to a temporary file and rename it over the target: never a half-written file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
 
 def rng_state() -> Dict[str, Any]:
     return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())

@@ -13,10 +13,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from ._backend import flush_denormal
-from .analysis.superposition import feature_directions, summary
-from .ensemble import RNNEnsemble
-from .training import atomic_write_json
+from ...models import RNNEnsemble
+from ...ops._backend import flush_denormal
+from .._files import atomic_write_json, pyplot, save_figure
+from .geometry import feature_directions, summary
 
 
 @dataclass
@@ -125,9 +125,7 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
 
 
 def save_plots(cfg, ens, grid, rows, table) -> List[str]:
-    from .plots import _plt, _save
-
-    plt = _plt()
+    plt = pyplot()
 
     paths = []
     for metric, label, fname in [("k_theta", "k * theta (degrees)", "angle_vs_sparsity.png"),
@@ -146,7 +144,7 @@ def save_plots(cfg, ens, grid, rows, table) -> List[str]:
         ax.set_xlabel("sparsity (1 - p)"), ax.set_ylabel(label), ax.legend(fontsize=8)
         if metric == "k_theta":
             ax.set_yticks([0, 90, 180, 270, 360])
-        paths.append(_save(fig, os.path.join(cfg.out, fname)))
+        paths.append(save_figure(fig, os.path.join(cfg.out, fname)))
     if cfg.hidden == 2:
         k = cfg.delays[0]
         best = {(e["delay"], e["sparsity"]): e["best_seed"] for e in table}
@@ -166,5 +164,5 @@ def save_plots(cfg, ens, grid, rows, table) -> List[str]:
             ax.axhline(0, color="grey", lw=0.3), ax.axvline(0, color="grey", lw=0.3)
             ax.set_title(f"sparsity {grid[i][1]:.2f}", fontsize=9)
         fig.suptitle(f"feature directions w_s = W_h^s W_x, s = 0..{k} (colour: feature)", fontsize=9)
-        paths.append(_save(fig, os.path.join(cfg.out, "feature_directions.png")))
+        paths.append(save_figure(fig, os.path.join(cfg.out, "feature_directions.png")))
     return paths

@@ -1,4 +1,0 @@
-"""Analysis tools."""
-from . import superposition
-
-__all__ = ["superposition"]

@@ -1,0 +1,35 @@
+"""`python -m rnnofrnns superposition`: its arguments and the command."""
+from __future__ import annotations
+
+import argparse
+
+from .experiment import SuperpositionConfig, run_superposition
+
+
+def _superposition(args: argparse.Namespace) -> int:
+    cfg = SuperpositionConfig(hidden=args.hidden, features=args.features, delays=args.delay,
+                              sparsities=args.sparsities, seeds=args.seeds, steps=args.steps,
+                              batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, variant=args.variant,
+                              out=args.out, threads=args.threads, progress=not args.no_progress)
+    run_superposition(cfg)
+    return 0
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add the superposition command to the CLI."""
+    sd = SuperpositionConfig()
+    sp = sub.add_parser("superposition", help="temporal superposition: train small RNNs over a sparsity grid")
+    sp.add_argument("--hidden", type=int, default=sd.hidden, help="hidden size of every RNN")
+    sp.add_argument("--features", type=int, default=sd.features, help="number of input features F")
+    sp.add_argument("--delay", type=int, nargs="+", default=sd.delays, help="delay(s) k to recall")
+    sp.add_argument("--sparsities", type=float, nargs="+", default=sd.sparsities, help="input sparsities 1 - p")
+    sp.add_argument("--seeds", type=int, default=sd.seeds, help="instances per (delay, sparsity)")
+    sp.add_argument("--steps", type=int, default=sd.steps, help="Adam steps")
+    sp.add_argument("--batch-size", type=int, default=sd.batch_size)
+    sp.add_argument("--seq-len", type=int, default=sd.seq_len)
+    sp.add_argument("--lr", type=float, default=sd.lr)
+    sp.add_argument("--variant", choices=["linear", "relu_readout", "relu"], default=sd.variant)
+    sp.add_argument("--out", default=sd.out)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=_superposition)

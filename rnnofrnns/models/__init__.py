@@ -1,0 +1,10 @@
+"""Models built on the ops: the certified RNNs of RNNs (ModularRNN, SparseComboNet,
+GlobalWorkspaceNet), the gated multi-path linear network, the small RNNs of the
+temporal-superposition toolkit and their fused ensemble, and the GRU/LSTM baseline."""
+from .baseline import RNNClassifier
+from .gated import GatedLinearNetwork
+from .modular import GlobalWorkspaceNet, ModularRNN, SparseComboNet
+from .small_rnn import RNNEnsemble, SmallRNN
+
+__all__ = ["ModularRNN", "SparseComboNet", "GlobalWorkspaceNet", "GatedLinearNetwork", "SmallRNN", "RNNEnsemble",
+           "RNNClassifier"]

@@ -1,0 +1,19 @@
+"""The torch.nn baselines the certified models are compared with."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RNNClassifier(nn.Module):
+    """torch.nn.GRU / LSTM baseline with a linear readout of the last state."""
+
+    def __init__(self, kind: str, input_size: int, hidden_size: int, num_classes: int) -> None:
+        super().__init__()
+        cell = nn.GRU if kind == "gru" else nn.LSTM
+        self.rnn = cell(input_size, hidden_size, batch_first=True)
+        self.readout = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.readout(out[:, -1])
