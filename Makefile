@@ -31,7 +31,7 @@ $(VENV)/.deps-stamp: Makefile | $(PY)
 deps: $(VENV)/.deps-stamp
 
 # The package itself, built against the installed torch (no build isolation).
-$(VENV)/.install-stamp: $(VENV)/.deps-stamp setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h)
+$(VENV)/.install-stamp: $(VENV)/.deps-stamp setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*/*.h)
 	$(PIP) install --disable-pip-version-check --no-build-isolation --no-deps -e .
 	$(PY) -c "import rnnofrnns; assert rnnofrnns.cpu_extension_available(), 'rnnofrnns._C did not load'"
 	touch $@
@@ -43,13 +43,13 @@ test: install
 
 bench: install
 	mkdir -p bench/results
-	$(TRITON_ENV) $(PY) -m pytest bench/test_bench_modular_rnn.py --benchmark-enable --benchmark-only \
+	$(TRITON_ENV) $(PY) -m pytest bench/ops/test_bench_modular_rnn.py --benchmark-enable --benchmark-only \
 		--benchmark-json=bench/results/modular_rnn.json $(PYTEST_ARGS)
-	$(TRITON_ENV) $(PY) -m pytest bench/test_bench_ensemble.py --benchmark-enable --benchmark-only \
+	$(TRITON_ENV) $(PY) -m pytest bench/ops/test_bench_ensemble.py --benchmark-enable --benchmark-only \
 		--benchmark-json=bench/results/ensemble.json $(PYTEST_ARGS)
-	$(TRITON_ENV) $(PY) -m pytest bench/test_bench_gated_paths.py --benchmark-enable --benchmark-only \
+	$(TRITON_ENV) $(PY) -m pytest bench/ops/test_bench_gated_paths.py --benchmark-enable --benchmark-only \
 		--benchmark-json=bench/results/gated_paths.json $(PYTEST_ARGS)
-	$(PY) bench/report.py bench/results/modular_rnn.json bench/results/ensemble.json bench/results/gated_paths.json
+	$(PY) bench/ops/report.py bench/results/modular_rnn.json bench/results/ensemble.json bench/results/gated_paths.json
 
 demo: install
 	$(TRITON_ENV) $(PY) -m rnnofrnns demo --out runs/demo

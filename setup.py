@@ -4,7 +4,8 @@ and the C++ CPU kernels (as rnnofrnns._C).
 Build against the torch that is already installed:
     pip install --no-build-isolation -e .
 Set RNNOFRNNS_NO_EXT=1 to skip the C++ extension (the "reference" and "triton"
-backends still work).
+backends still work). RNNOFRNNS_EXTRA_CXXFLAGS adds compiler flags (bench/micro uses it for
+a build with profiling counters).
 """
 import glob
 import os
@@ -35,6 +36,7 @@ def _extensions():
         # at::vec's AVX2 specialisations are only used when the capability is defined;
         # otherwise it falls back to slow generic loops.
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    cxx += os.environ.get("RNNOFRNNS_EXTRA_CXXFLAGS", "").split()
     ext = CppExtension(
         name="rnnofrnns._C",
         sources=sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")),

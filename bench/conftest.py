@@ -4,7 +4,8 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
+# The suites import their contenders and problems from bench/ops (the GPU suite too).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops"))
 
 
 @pytest.fixture(autouse=True)

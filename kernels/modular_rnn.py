@@ -195,9 +195,8 @@ def _csr(keys: torch.Tensor, p: int) -> Tuple[torch.Tensor, torch.Tensor]:
     return rowptr, order.to(torch.int64)
 
 
-# Rows of the batch per program and warps per program. bench/gpu_tune_modular_rnn.py
-# measured the alternatives on an H100 (star, p=16, n=32, T=784, forward at B=64):
-# 16 rows with 1/2/4 warps 74/39/54 ms, 32 rows 61 ms, 64 rows 104-127 ms.
+# Rows of the batch per program and warps per program: the fastest launch shape that
+# bench/gpu/gpu_tune_modular_rnn.py found on an H100 (bench/gpu/RESULTS.md).
 LAUNCH = {"BLOCK_B": BLOCK_B, "num_warps": 2}
 
 

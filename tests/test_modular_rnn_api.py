@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import rnnofrnns
-from rnnofrnns import _backend
+from rnnofrnns.ops import _backend
 from rnnofrnns.ops import modular_rnn, modular_rnn_reference
 from problems import all_to_all, device_for, make_problem, star
 

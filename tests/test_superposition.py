@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from rnnofrnns import RNNEnsemble, SmallRNN
-from rnnofrnns.analysis import superposition as geo
-from rnnofrnns.ensemble import instance_generator
-from rnnofrnns.tasks import delayed_recall
+from rnnofrnns.experiments.superposition import geometry as geo
+from rnnofrnns.experiments.superposition.task import delayed_recall
+from rnnofrnns.models.small_rnn import instance_generator
 from problems import device_for
 
 

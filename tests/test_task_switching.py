@@ -10,9 +10,9 @@ import torch
 
 from rnnofrnns import GatedLinearNetwork, gated_paths_reference
 from rnnofrnns.__main__ import main
-from rnnofrnns.tasks import blocked_curriculum, compose_mean, compose_rows, teachers
-from rnnofrnns.task_switching import (TaskSwitchingConfig, alignment, first_time_below, gate_regulariser,
-                                      run_task_switching, specialisation)
+from rnnofrnns.experiments.task_switching.experiment import (TaskSwitchingConfig, alignment, first_time_below,
+                                                             gate_regulariser, run_task_switching, specialisation)
+from rnnofrnns.experiments.task_switching.tasks import blocked_curriculum, compose_mean, compose_rows, teachers
 
 
 def test_teachers_are_orthogonal_rotations():
@@ -117,7 +117,7 @@ def test_cli_writes_metrics_plot_and_compose(tmp_path, capsys):
 
 
 def test_neuron_specialisation_is_per_output_neuron():
-    from rnnofrnns.task_switching import network_specialisation
+    from rnnofrnns.experiments.task_switching.experiment import network_specialisation
 
     T = teachers(20, 10, 2, generator=torch.Generator().manual_seed(0))
     # neurons 0-4 route teacher A through path 1, neurons 5-9 through path 2

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from rnnofrnns import data as rdata
-from rnnofrnns.training import RNNClassifier, TrainConfig, baseline_hidden_size, build_model, trainable_parameters
+from rnnofrnns.experiments.training import data as rdata
+from rnnofrnns.experiments.training.loop import TrainConfig, baseline_hidden_size, build_model, trainable_parameters
+from rnnofrnns.models import RNNClassifier
 
 SMALL = ["--num-areas", "4", "--area-size", "8", "--no-progress", "--threads", "1"]
 

@@ -23,73 +23,48 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/mv.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <tuple>
 
+#include "checks.h"
+#include "output.h"
+
 namespace rnnofrnns {
 namespace {
 
-enum class Gate { Path, Sample, Neuron };
-
-struct Dims {
-  int64_t B, P, O, I;
-  Gate gate;
-};
-
-Dims check_gated(const at::Tensor& x, const at::Tensor& W, const at::Tensor& c, const char* op) {
-  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D [B, D_in], got shape ", x.sizes());
-  TORCH_CHECK_VALUE(W.dim() == 3, op, ": W must be 3-D [P, D_out, D_in], got shape ", W.sizes());
-  const int64_t B = x.size(0), I = x.size(1), P = W.size(0), O = W.size(1);
-  TORCH_CHECK_VALUE(B >= 1 && I >= 1, op, ": x must be [B, D_in] with B, D_in >= 1, got shape ", x.sizes());
-  TORCH_CHECK_VALUE(P >= 1 && O >= 1 && W.size(2) == I, op, ": W must be [P, D_out, D_in] = [P, D_out, ", I,
-                    "] with P, D_out >= 1, got shape ", W.sizes());
-  Gate gate;
-  if (c.dim() == 1 && c.size(0) == P) {
-    gate = Gate::Path;
-  } else if (c.dim() == 2 && c.size(0) == B && c.size(1) == P) {
-    gate = Gate::Sample;
-  } else if (c.dim() == 3 && c.size(0) == B && c.size(1) == P && c.size(2) == O) {
-    gate = Gate::Neuron;
-  } else {
-    TORCH_CHECK_VALUE(false, op, ": c must be [P] = [", P, "], [B, P] = [", B, ", ", P, "] or [B, P, D_out] = [", B,
-                      ", ", P, ", ", O, "], got shape ", c.sizes());
-  }
-  const auto dt = x.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble, op, ": x must be float32 or float64, got ", dt);
-  TORCH_CHECK_TYPE(W.scalar_type() == dt && c.scalar_type() == dt, op, ": x, W and c must share one dtype, got ", dt,
-                   ", ", W.scalar_type(), ", ", c.scalar_type());
-  for (const at::Tensor* t : {&x, &W, &c})
-    TORCH_CHECK_VALUE(t->device().type() == at::kCPU, op, ": all tensors must be on the CPU, got one on ",
-                      t->device());
-  return {B, P, O, I, gate};
-}
+// ATen's *_out functions take the output by non-const reference; these take a view of an
+// output (a narrowed or reshaped one) by value.
+void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_out(out, a, b); }
+void mv_into(at::Tensor out, const at::Tensor& a, const at::Tensor& v) { at::mv_out(out, a, v); }
+void mul_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mul_out(out, a, b); }
 
 std::tuple<at::Tensor, at::Tensor> gated_paths_fwd(const at::Tensor& x_in, const at::Tensor& W_in,
                                                    const at::Tensor& c_in) {
-  const Dims d = check_gated(x_in, W_in, c_in, "gated_paths_fwd");
+  const GatedDims d = check_gated_paths_inputs(x_in, W_in, c_in, "gated_paths_fwd");
   const at::Tensor x = x_in.contiguous(), W = W_in.contiguous(), c = c_in.contiguous();
+  at::Tensor y = new_output({d.B, d.O}, x.options());
+  const int64_t Bw = rows_to_write("gated_paths_fwd", d.B);  // all rows, except in the test of the NaN fill
   if (d.gate == Gate::Path) {
-    at::Tensor W_eff = at::mv(W.view({d.P, d.O * d.I}).t(), c).view({d.O, d.I});
-    return {at::mm(x, W_eff.t()), W_eff};
+    at::Tensor W_eff = new_output({d.O, d.I}, x.options());
+    mv_into(W_eff.view({d.O * d.I}), W.view({d.P, d.O * d.I}).t(), c);
+    mm_into(y.narrow(0, 0, Bw), x.narrow(0, 0, Bw), W_eff.t());
+    return {y, W_eff};
   }
   if (d.gate == Gate::Neuron) {
-    at::Tensor Z = at::mm(x, W.view({d.P * d.O, d.I}).t());  // [B, P*O]
-    at::Tensor y = at::empty({d.B, d.O}, x.options());
+    at::Tensor Z = new_output({d.B, d.P * d.O}, x.options());
+    mm_into(Z, x, W.view({d.P * d.O, d.I}).t());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_paths_fwd", [&] {
       const scalar_t* z = Z.const_data_ptr<scalar_t>();
       const scalar_t* g = c.const_data_ptr<scalar_t>();
       scalar_t* out = y.mutable_data_ptr<scalar_t>();
       const int64_t P = d.P, O = d.O;
-      at::parallel_for(0, d.B, 16, [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, Bw, 16, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           scalar_t* yr = out + b * O;
           for (int64_t o = 0; o < O; ++o) yr[o] = 0;
@@ -120,15 +95,17 @@ std::tuple<at::Tensor, at::Tensor> gated_paths_fwd(const at::Tensor& x_in, const
         }
     });
   });
-  at::Tensor Wcat = W.permute({1, 0, 2}).reshape({d.O, d.P * d.I}).contiguous();
-  return {at::mm(Xt, Wcat.t()), Wcat};
+  at::Tensor Wcat = new_output({d.O, d.P * d.I}, x.options());
+  Wcat.view({d.O, d.P, d.I}).copy_(W.permute({1, 0, 2}));
+  mm_into(y.narrow(0, 0, Bw), Xt.narrow(0, 0, Bw), Wcat.t());
+  return {y, Wcat};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_paths_bwd(const at::Tensor& dy_in, const at::Tensor& x_in,
                                                                const at::Tensor& W_in, const at::Tensor& c_in,
                                                                const at::Tensor& aux_in, bool need_x, bool need_W,
                                                                bool need_c) {
-  const Dims d = check_gated(x_in, W_in, c_in, "gated_paths_bwd");
+  const GatedDims d = check_gated_paths_inputs(x_in, W_in, c_in, "gated_paths_bwd");
   TORCH_CHECK_VALUE(dy_in.dim() == 2 && dy_in.size(0) == d.B && dy_in.size(1) == d.O,
                     "gated_paths_bwd: grad_y must be [B, D_out] = [", d.B, ", ", d.O, "], got shape ", dy_in.sizes());
   TORCH_CHECK_TYPE(dy_in.scalar_type() == x_in.scalar_type() && aux_in.scalar_type() == x_in.scalar_type(),
@@ -139,21 +116,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_paths_bwd(const at::Tensor&
   const at::Tensor dy = dy_in.contiguous(), x = x_in.contiguous(), W = W_in.contiguous(), c = c_in.contiguous();
   const at::Tensor aux = aux_in.contiguous();
   const int64_t B = d.B, P = d.P, O = d.O, I = d.I;
-  at::Tensor dx, dW, dc;
+  // Gradients that were not asked for come back as zeros of the right shape.
+  auto grad_output = [&](bool needed, const at::Tensor& like) {
+    return needed ? new_output(like.sizes(), like.options()) : new_zero_output(like.sizes(), like.options());
+  };
+  at::Tensor dx = grad_output(need_x, x), dW = grad_output(need_W, W), dc = grad_output(need_c, c);
+  const int64_t Bw = rows_to_write("gated_paths_bwd", B);  // rows of dx: all, except in the test of the NaN fill
   if (d.gate == Gate::Path) {
     TORCH_CHECK_VALUE(aux.sizes() == at::IntArrayRef({O, I}), "gated_paths_bwd: aux must be W_eff [", O, ", ", I,
                       "] for path gates, got shape ", aux.sizes());
-    if (need_x) dx = at::mm(dy, aux);
+    if (need_x) mm_into(dx.narrow(0, 0, Bw), dy.narrow(0, 0, Bw), aux);
     if (need_W || need_c) {
       at::Tensor G = at::mm(dy.t(), x);  // [O, I]
-      if (need_c) dc = at::mv(W.view({P, O * I}), G.view({O * I}));
-      if (need_W) dW = at::mul(c.view({P, 1}), G.view({1, O * I})).view({P, O, I});
+      if (need_c) mv_into(dc, W.view({P, O * I}), G.view({O * I}));
+      if (need_W) mul_into(dW.view({P, O * I}), c.view({P, 1}), G.view({1, O * I}));
     }
   } else if (d.gate == Gate::Neuron) {
     TORCH_CHECK_VALUE(aux.sizes() == at::IntArrayRef({B, P * O}), "gated_paths_bwd: aux must be Z [", B, ", ", P * O,
                       "] for neuron gates, got shape ", aux.sizes());
     at::Tensor dZ = at::empty({B, P * O}, x.options());
-    if (need_c) dc = at::empty({B, P, O}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_paths_bwd", [&] {
       const scalar_t* g = c.const_data_ptr<scalar_t>();
       const scalar_t* z = aux.const_data_ptr<scalar_t>();
@@ -171,15 +152,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_paths_bwd(const at::Tensor&
           }
       });
     });
-    if (need_x) dx = at::mm(dZ, W.view({P * O, I}));
-    if (need_W) dW = at::mm(dZ.t(), x).view({P, O, I});
+    if (need_x) mm_into(dx.narrow(0, 0, Bw), dZ.narrow(0, 0, Bw), W.view({P * O, I}));
+    if (need_W) mm_into(dW.view({P * O, I}), dZ.t(), x);
   } else {
     TORCH_CHECK_VALUE(aux.sizes() == at::IntArrayRef({O, P * I}), "gated_paths_bwd: aux must be Wcat [", O, ", ",
                       P * I, "] for sample gates, got shape ", aux.sizes());
     if (need_x || need_c) {
       at::Tensor dXt = at::mm(dy, aux);  // [B, P*I]
-      if (need_x) dx = at::empty({B, I}, x.options());
-      if (need_c) dc = at::empty({B, P}, x.options());
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_paths_bwd", [&] {
         const scalar_t* g = c.const_data_ptr<scalar_t>();
         const scalar_t* xs = x.const_data_ptr<scalar_t>();
@@ -189,11 +168,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_paths_bwd(const at::Tensor&
         at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             const scalar_t* xr = xs + b * I;
-            if (dxp)
+            const bool write_x = dxp && b < Bw;
+            if (write_x)
               for (int64_t i = 0; i < I; ++i) dxp[b * I + i] = 0;
             for (int64_t p = 0; p < P; ++p) {
               const scalar_t* r = dxt + (b * P + p) * I;
-              if (dxp) {
+              if (write_x) {
                 const scalar_t gp = g[b * P + p];
                 for (int64_t i = 0; i < I; ++i) dxp[b * I + i] += gp * r[i];
               }
@@ -221,24 +201,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_paths_bwd(const at::Tensor&
             }
         });
       });
-      dW = at::mm(dYt.t(), x).view({P, O, I});
+      mm_into(dW.view({P * O, I}), dYt.t(), x);
     }
   }
-  // Gradients that were not asked for come back as zeros of the right shape.
-  if (!dx.defined()) dx = at::zeros_like(x);
-  if (!dW.defined()) dW = at::zeros_like(W);
-  if (!dc.defined()) dc = at::zeros_like(c);
   return {dx, dW, dc};
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(rnnofrnns, m) {
-  m.def("gated_paths_fwd(Tensor x, Tensor W, Tensor c) -> (Tensor y, Tensor aux)");
-  m.def(
-      "gated_paths_bwd(Tensor grad_y, Tensor x, Tensor W, Tensor c, Tensor aux, bool need_x_grad, "
-      "bool need_W_grad, bool need_c_grad) -> (Tensor grad_x, Tensor grad_W, Tensor grad_c)");
-}
 
 TORCH_LIBRARY_IMPL(rnnofrnns, CPU, m) {
   m.impl("gated_paths_fwd", &gated_paths_fwd);

@@ -21,25 +21,17 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/fill.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <limits>
 #include <cmath>
 #include <string>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
+#include "checks.h"
 #include "flush_denormal.h"
-#include "validate.h"
+#include "output.h"
 
 namespace rnnofrnns {
 namespace {
@@ -369,25 +361,6 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
   if (grad_L) reduce(grad_L, s.k, (grad_W ? s.p : 0) * blk);
 }
 
-// A fresh output buffer. Large buffers are backed by transparent huge pages where
-// the kernel allows it (THP "madvise" mode): the first write to a fresh 100 MB
-// state buffer otherwise costs ~25k page faults, about 20 ms here. With
-// RNNOFRNNS_DEBUG_NAN_FILL=1 (set by the test suite) the buffer starts as NaN, so
-// that an element the kernel forgets to write shows up.
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t end = begin + t.nbytes();
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice only
-#endif
-  const char* fill = std::getenv("RNNOFRNNS_DEBUG_NAN_FILL");
-  if (fill && fill[0] == '1') t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
-
 Shape shape_of(const at::Tensor& drive, const at::Tensor& W, const at::Tensor& L_blocks) {
   return Shape{drive.size(0), drive.size(1), W.size(0), W.size(1), L_blocks.size(0), drive.size(2)};
 }
@@ -397,7 +370,7 @@ std::tuple<at::Tensor, at::Tensor> modular_rnn_fwd(const at::Tensor& drive_in, c
                                                    const at::Tensor& h0_in, double alpha,
                                                    c10::string_view nonlinearity, c10::string_view form,
                                                    bool save_pre) {
-  check_inputs(drive_in, W_in, L_in, idx_in, h0_in, alpha, at::kCPU);
+  check_modular_rnn_inputs(drive_in, W_in, L_in, idx_in, h0_in, alpha, at::kCPU);
   const Nonlinearity nl = parse_nonlinearity(nonlinearity);
   const Form fm = parse_form(form);
   const at::Tensor drive = drive_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
@@ -406,11 +379,13 @@ std::tuple<at::Tensor, at::Tensor> modular_rnn_fwd(const at::Tensor& drive_in, c
   at::Tensor states = new_output({s.T, s.B, s.H}, drive.options());
   const bool keep_pre = save_pre && fm == Form::Rate;
   at::Tensor pre = new_output({keep_pre ? s.T : 0, s.B, s.H}, drive.options());
+  Shape written = s;
+  written.T = rows_to_write("modular_rnn_fwd", s.T);  // all steps, except in the test of the NaN fill
   AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "modular_rnn_fwd", [&] {
     forward_kernel<scalar_t>(drive.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                              Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
                              h0.const_data_ptr<scalar_t>(), states.mutable_data_ptr<scalar_t>(),
-                             keep_pre ? pre.mutable_data_ptr<scalar_t>() : nullptr, s,
+                             keep_pre ? pre.mutable_data_ptr<scalar_t>() : nullptr, written,
                              static_cast<scalar_t>(alpha), nl, fm);
   });
   return {states, pre};
@@ -423,7 +398,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
   const Nonlinearity nl = parse_nonlinearity(nonlinearity);
   const Form fm = parse_form(form);
   // states has the drive's shape [T, B, p*n]
-  check_inputs(states_in, W_in, L_in, idx_in, h0_in, alpha, at::kCPU);
+  check_modular_rnn_inputs(states_in, W_in, L_in, idx_in, h0_in, alpha, at::kCPU);
   TORCH_CHECK_VALUE(grad_states_in.sizes() == states_in.sizes(), "modular_rnn_bwd: grad_states must have shape ",
                     states_in.sizes(), ", got ", grad_states_in.sizes());
   TORCH_CHECK_TYPE(grad_states_in.scalar_type() == states_in.scalar_type(), "modular_rnn_bwd: grad_states must be ",
@@ -442,8 +417,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
   at::Tensor grad_drive = new_output({s.T, s.B, s.H}, states.options());
   at::Tensor grad_h0 = new_output({s.B, s.H}, states.options());
   // Weight gradients that are not asked for are returned as zeros.
-  at::Tensor grad_W = need_W_grad ? new_output(W.sizes(), W.options()) : at::zeros_like(W);
-  at::Tensor grad_L = need_L_grad ? new_output(Lb.sizes(), Lb.options()) : at::zeros_like(Lb);
+  at::Tensor grad_W = need_W_grad ? new_output(W.sizes(), W.options()) : new_zero_output(W.sizes(), W.options());
+  at::Tensor grad_L = need_L_grad ? new_output(Lb.sizes(), Lb.options()) : new_zero_output(Lb.sizes(), Lb.options());
+  Shape written = s;
+  written.T = rows_to_write("modular_rnn_bwd", s.T);  // all steps, except in the test of the NaN fill
   AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "modular_rnn_bwd", [&] {
     backward_kernel<scalar_t>(grad_states.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                               Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
@@ -451,23 +428,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
                               fm == Form::Rate ? pre.const_data_ptr<scalar_t>() : nullptr,
                               grad_drive.mutable_data_ptr<scalar_t>(), grad_h0.mutable_data_ptr<scalar_t>(),
                               need_W_grad ? grad_W.mutable_data_ptr<scalar_t>() : nullptr,
-                              need_L_grad ? grad_L.mutable_data_ptr<scalar_t>() : nullptr, s,
+                              need_L_grad ? grad_L.mutable_data_ptr<scalar_t>() : nullptr, written,
                               static_cast<scalar_t>(alpha), nl, fm);
   });
   return {grad_drive, grad_W, grad_L, grad_h0};
 }
 
 }  // namespace
-
-TORCH_LIBRARY(rnnofrnns, m) {
-  m.def(
-      "modular_rnn_fwd(Tensor drive, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, float alpha, "
-      "str nonlinearity, str form, bool save_pre) -> (Tensor states, Tensor pre)");
-  m.def(
-      "modular_rnn_bwd(Tensor grad_states, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, Tensor states, "
-      "Tensor pre, float alpha, str nonlinearity, str form, bool need_W_grad, bool need_L_grad) "
-      "-> (Tensor grad_drive, Tensor grad_W, Tensor grad_L_blocks, Tensor grad_h0)");
-}
 
 TORCH_LIBRARY_IMPL(rnnofrnns, CPU, m) {
   m.impl("modular_rnn_fwd", &modular_rnn_fwd);

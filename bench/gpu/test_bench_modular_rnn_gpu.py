@@ -1,6 +1,6 @@
 """GPU benchmarks of modular_rnn: the Triton kernels against the same contenders on CUDA.
 
-Same problem as bench/test_bench_modular_rnn.py (p=16 areas of n=32 units, T=784,
+Same problem as bench/ops/test_bench_modular_rnn.py (p=16 areas of n=32 units, T=784,
 hopfield form, alpha=0.5), at B=64 and at B=2048 (128 programs of 16 rows: one per SM).
 Contenders: the triton backend, the dense reference and the per-step bmm loop on the
 GPU, and cuDNN's nn.RNN with hidden size 512 (forward only). Every timed call ends

@@ -1,6 +1,6 @@
 """The fused ensemble_loss op alone (no autograd, no optimiser) on the ensemble benchmark's
 data, with 1 and 2 threads: how the one-pass kernel scales with the hidden size and the
-thread count. Usage: python bench/ensemble_op_threads.py [--relu-hidden] [HIDDEN ...] (default
+thread count. Usage: python bench/ops/ensemble_op_threads.py [--relu-hidden] [HIDDEN ...] (default
 2 5 10; relu readout, and a linear hidden layer as in the benchmark unless --relu-hidden).
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main() -> None:
     relu_hidden = "--relu-hidden" in args
     sizes = [a for a in args if a != "--relu-hidden"]
     if not all(a.isdigit() and 1 <= int(a) <= 64 for a in sizes):
-        sys.exit(f"usage: python bench/ensemble_op_threads.py [--relu-hidden] [HIDDEN ...] (hidden sizes 1 to 64), "
+        sys.exit(f"usage: python bench/ops/ensemble_op_threads.py [--relu-hidden] [HIDDEN ...] (hidden sizes 1 to 64), "
                  f"got {' '.join(args)}")
     sizes = [int(a) for a in sizes] or [2, 5, 10]
     torch.set_flush_denormal(True)

@@ -1,4 +1,4 @@
-"""Benchmarks of modular_rnn (run with `make bench`; `bench/report.py` makes the table).
+"""Benchmarks of modular_rnn (run with `make bench`; `bench/ops/report.py` makes the table).
 
 p=16 areas of n=32 units, T=784 (sequential MNIST length), hopfield form, alpha=0.5.
 Topologies: global-workspace star (k=30 blocks) and all-to-all (k=240).

@@ -1,6 +1,6 @@
 // Peak 256-bit FMA rate of one core: 10 independent accumulators, registers only (the
-// reference for the "fraction of peak" figures of the ensemble benchmark in README.md).
-//   g++ -O2 -mavx2 -mfma -pthread bench/fma_peak.cpp -o /tmp/fma_peak && /tmp/fma_peak
+// reference for the "fraction of peak" figures of the ensemble benchmark in docs/performance.md).
+//   g++ -O2 -mavx2 -mfma -pthread bench/micro/fma_peak.cpp -o /tmp/fma_peak && /tmp/fma_peak
 // Prints the rate of one thread alone, then of two threads at once (one per core).
 #include <immintrin.h>
 

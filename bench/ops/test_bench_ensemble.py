@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from rnnofrnns import RNNEnsemble, SmallRNN
-from rnnofrnns.ensemble import instance_generator
+from rnnofrnns.models.small_rnn import instance_generator
 from rnnofrnns.ops.ensemble import ensemble_readout_loss
 
 I, T, B, F = 256, 64, 256, 8

@@ -1,7 +1,7 @@
 """Train every model on every task and print the comparison table of the README.
 
-    python bench/train_table.py --out runs/table        # all runs (about half an hour here)
-    python bench/train_table.py --out runs/table --report   # only print the table from metrics.json
+    python bench/experiments/train_table.py --out runs/table        # all runs (about half an hour here)
+    python bench/experiments/train_table.py --out runs/table --report   # only print the table from metrics.json
 
 Each run is `python -m rnnofrnns train --model M --task T --epochs E --seed 0 --threads 2`;
 "gw-free" adds `--gamma 0.99 --alpha 0.2 --no-guarantee`.

@@ -1,4 +1,4 @@
-"""Benchmarks of gated_paths (part of `make bench`; bench/report.py makes the table).
+"""Benchmarks of gated_paths (part of `make bench`; bench/ops/report.py makes the table).
 
 B=512, D_in=D_out=256, P in {2, 8, 32}, gates of every shape, forward and
 forward+backward (gradients of x, W and c). Contenders: the fused backend of the

@@ -1,6 +1,6 @@
 """Turn pytest-benchmark JSON into tables of speedups and GFLOP/s, and check the targets.
 
-    python bench/report.py bench/results/modular_rnn.json [bench/results/ensemble.json]
+    python bench/ops/report.py bench/results/modular_rnn.json [bench/results/ensemble.json]
 """
 from __future__ import annotations
 

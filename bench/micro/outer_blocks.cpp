@@ -1,8 +1,8 @@
 // Register-block shapes for the weight-gradient products of ensemble_loss (outer_tiled in
-// csrc/cpu/ensemble.cpp): C[r, c] += sum_t A[t, r] * B[t, c], lane by lane, with RB x CB
+// csrc/cpu/ensemble/outer_blocks.h): C[r, c] += sum_t A[t, r] * B[t, c], lane by lane, with RB x CB
 // accumulators, per step RB + CB vector loads for RB * CB FMAs; A and B laid out as the
-// kernel's [T = 64, n = 10 | F = 8, 8 lanes] buffers (in L1). Compare with bench/fma_peak.cpp.
-//   g++ -O3 -mavx2 -mfma bench/outer_blocks.cpp -o /tmp/outer_blocks && /tmp/outer_blocks
+// kernel's [T = 64, n = 10 | F = 8, 8 lanes] buffers (in L1). Compare with bench/micro/fma_peak.cpp.
+//   g++ -O3 -mavx2 -mfma bench/micro/outer_blocks.cpp -o /tmp/outer_blocks && /tmp/outer_blocks
 #include <immintrin.h>
 
 #include <chrono>

@@ -1,12 +1,15 @@
-// Parts of ensemble_loss timed on their own, in TSC cycles (the README's figures for the weight
-// gradients of one tile and for the Hessenberg setup). Built and run by bench/ensemble_parts.sh.
+// Parts of ensemble_loss timed on their own, in TSC cycles (the figures for the weight gradients
+// of one tile and for the Hessenberg setup in docs/performance.md). Built and run by
+// bench/micro/ensemble_parts.sh, against the kernel's own headers in csrc/cpu/ensemble/.
 //   ensemble_parts gw MODE   weight gradients of one tile (hidden 10, F 8, T 64), best and mean of
 //                            4000 calls, x 8192 tiles = Mcycles per op; MODE bits: 1 rewrite the
 //                            tile's buffers before each call, 2 two tiles alternating, 4 prefetch
 //                            64 KB of fresh lines before each call (7: all three, as in the op).
 //                            Also a register-only FMA loop in the same process, for the peak.
 //   ensemble_parts setup     HessenbergBasis<10, 8>: set and gradients_back per instance
-#include ENSEMBLE_SRC
+#include "ensemble/hessenberg.h"
+#include "ensemble/outer_blocks.h"
+
 #include <x86intrin.h>
 
 #include <cstdio>

@@ -2,7 +2,7 @@
 warps per program): correctness of each against the float64 reference, then the median
 time of the forward and of forward+backward with triton.testing.do_bench.
 
-    python bench/gpu_tune_modular_rnn.py
+    python bench/gpu/gpu_tune_modular_rnn.py
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import sys
 import torch
 import triton.testing
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "ops")]
 
 import rnnofrnns.kernels.modular_rnn as tk  # noqa: E402
 from rnnofrnns.ops import modular_rnn, modular_rnn_reference  # noqa: E402
