@@ -2,7 +2,8 @@
 
 Layers, each importing only those below it: ops/ (the fused kernels' Python side, one folder
 per op), stability.py and topology.py, models/, experiments/ (training, task switching,
-superposition). The module paths of earlier releases still import (rnnofrnns._compat).
+superposition); RNNEnsemble.sample_batch alone reaches up, to the superposition task. The
+module paths of earlier releases still import (rnnofrnns._compat).
 """
 from . import _compat
 from .ops._backend import BACKENDS, cpu_extension_available, triton_available

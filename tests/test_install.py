@@ -26,6 +26,9 @@ L = 0.3 * torch.randn(2, 4, 4, dtype=torch.float64)
 idx = torch.tensor([[0, 1], [1, 0]])
 out = modular_rnn(drive, W, L, idx, backend="cpu")
 torch.testing.assert_close(out, modular_rnn_reference(drive, W, L, idx))
+import rnnofrnns.experiments.training.loop as loop, rnnofrnns.training as old_loop
+assert loop is old_loop and loop.__file__.startswith(os.environ["SITE"]), loop.__file__
+from rnnofrnns.tasks import delayed_recall, teachers
 print("installed-ok", rnnofrnns.__file__)
 """
 
@@ -40,9 +43,10 @@ def test_wheel_builds_and_imports_outside_source_tree(tmp_path):
     (wheel,) = wheel_dir.glob("rnnofrnns-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "rnnofrnns/kernels/modular_rnn.py" in names
-    for sub in ("ops/modular_rnn/functional.py", "analysis/superposition.py"):
+    for sub in ("ops/modular_rnn/functional.py", "ops/ensemble/functional.py", "models/modular.py",
+                "experiments/training/loop.py", "experiments/superposition/geometry.py",
+                "experiments/task_switching/experiment.py"):
         assert f"rnnofrnns/{sub}" in names, sub
-    assert "rnnofrnns/ops/modular_rnn/functional.py" in names
     assert any(n.startswith("rnnofrnns/_C") and n.endswith(".so") for n in names), names
     top = {n.split("/")[0] for n in names}
     assert "kernels" not in top and "csrc" not in top and "tests" not in top, top
