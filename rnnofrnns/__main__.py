@@ -14,32 +14,64 @@ parses them and dispatches. Benchmarks are in bench/, not here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 # Integer arguments that must be positive, in every command that has them.
 _POSITIVE = ("area_size", "steps", "batch", "epochs", "hidden", "features", "seeds", "batch_size", "seq_len")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with every default in --help and its errors as one line, like the commands' own."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from rnnofrnns.experiments.errors import RunError, UsageError
     from rnnofrnns.experiments.superposition import cli as superposition_cli
     from rnnofrnns.experiments.task_switching import cli as task_switching_cli
     from rnnofrnns.experiments.training import cli as training_cli
     from rnnofrnns.experiments.training.data import DataError
 
-    parser = argparse.ArgumentParser(prog="python -m rnnofrnns", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _Parser(prog="python -m rnnofrnns", description=__doc__, formatter_class=_Formatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for cli in (training_cli, superposition_cli, task_switching_cli):
         cli.register(sub)
     args = parser.parse_args(argv)
+    args.argv = argv[1:]  # the command's own arguments, for the commands that need to know what was given
     for name in _POSITIVE:
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     try:
         return args.func(args)
-    except (ValueError, DataError, FileNotFoundError) as e:
+    except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (RunError, DataError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line here, the traceback on request
+        if os.environ.get("RNNOFRNNS_TRACEBACK") == "1":
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"error: internal error, {type(e).__name__}: {first} (RNNOFRNNS_TRACEBACK=1 shows where)",
+              file=sys.stderr)
         return 1
 
 

@@ -196,6 +196,8 @@ def feedback_norm_budget(alpha: float, rate: float, kappa: float) -> float:
     at step alpha (0 or negative: impossible even without feedback)."""
     if alpha >= 1.0:
         return 1.0 - kappa
+    if rate <= 0:  # an area that does not contract leaves no room, whatever the feedback
+        return -math.inf
     return math.sqrt(1.0 + 2.0 * rate * (1.0 - alpha) / alpha) - kappa
 
 
@@ -217,8 +219,11 @@ class Certificate:
     kappa: float
     omega: float
     area_rates: torch.Tensor = field(repr=False)
+    reason: str = ""  # why it fails, where that is not a number (non-finite weights)
 
     def __str__(self) -> str:
+        if self.reason:
+            return f"Certificate(FAILS: {self.reason})"
         return (f"Certificate(continuous {'holds' if self.holds else 'FAILS'}: rate {self.rate:.4g}, "
                 f"worst skew {self.worst_skew:.2e}; discrete {'holds' if self.discrete_holds else 'FAILS'}: "
                 f"step factor {self.step_factor:.4g} at alpha {self.alpha:g}, max alpha {self.max_alpha:.4g}; "
@@ -254,6 +259,13 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
         p, n, _ = W.shape
         if tuple(metric.shape) != (p, n):
             raise ValueError(f"metric must be [p, n] = [{p}, {n}], got {tuple(metric.shape)}")
+        bad = [name for name, t in (("W", W), ("L_blocks", Lb), ("metric", metric)) if not torch.isfinite(t).all()]
+        if bad:  # no eigenvalue or norm of a NaN matrix means anything: the certificate fails
+            return Certificate(
+                holds=False, rate=math.nan, metric=metric.to(inputs["metric"].dtype), worst_skew=math.nan,
+                discrete_holds=False, step_factor=math.inf, max_alpha=0.0, alpha=a, kappa=math.nan, omega=math.nan,
+                area_rates=torch.full((p,), math.nan, dtype=torch.float64),
+                reason=f"{' and '.join(bad)} {'hold' if len(bad) > 1 else 'holds'} non-finite values")
         rates = torch.tensor([area_rate(W[i], metric[i]) for i in range(p)], dtype=torch.float64)
         rate = float(rates.min())
         if (metric > 0).all():

@@ -112,7 +112,7 @@ def test_cli_writes_metrics_plot_and_compose(tmp_path, capsys):
     assert {"final_specialisation", "final_loss", "final_gates", "final_alignment"} <= set(m)
     assert (out / "task_switching.png").exists() and (out / "network.pt").exists()
     assert not [p for p in os.listdir(out) if ".tmp" in p]
-    assert main(["task-switching", "--tau-w", "-1", "--out", str(tmp_path / "bad"), "--no-progress"]) == 1
+    assert main(["task-switching", "--tau-w", "-1", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2  # a bad argument, like argparse's
     assert "--tau-w must be a positive number, got -1.0" in capsys.readouterr().err
 
 

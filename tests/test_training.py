@@ -137,10 +137,10 @@ def test_baselines_have_a_comparable_parameter_count(kind):
     (["train", "--epochs", "0"], 2, "--epochs must be a positive integer"),
     (["train", "--area-size", "-3", "--out", "OUT"], 2, "--area-size must be a positive integer"),
     (["train", "--batch-size", "0", "--out", "OUT"], 2, "--batch-size must be a positive integer"),
-    (["train", "--lr", "-1", "--out", "OUT"], 1, "--lr must be positive"),
+    (["train", "--lr", "-1", "--out", "OUT"], 2, "--lr must be positive"),
     (["train", "--task", "smnist", "--data-dir", "EMPTY", "--out", "OUT"], 1, "train-images-idx3-ubyte"),
     (["evaluate", "NOWHERE"], 1, "config.json is missing"),
-    (["train", "--resume", "--out", "NOWHERE"], 1, "nothing to resume"),
+    (["train", "--resume", "--out", "NOWHERE"], 2, "nothing to resume"),
 ])
 def test_bad_arguments_end_with_one_line(tmp_path, args, code, match):
     (tmp_path / "EMPTY").mkdir()

@@ -114,16 +114,8 @@ class ModularRNN(nn.Module):
         self.register_buffer("live", live)
         self.register_buffer("unit_index", live.reshape(-1).nonzero().squeeze(1))
 
-        # Budget of the feedback's M-weighted norm that keeps the discrete map contracting.
-        rate = min(stability.area_rate(W[i], metric[i]) for i in range(p))
-        kappa = max(stability._weighted_abs_norm(W[i], metric[i]) for i in range(p))
-        budget = stability.feedback_norm_budget(self.alpha, rate, kappa)
-        if guarantee and budget <= 0:
-            raise ValueError(
-                f"guarantee=True cannot hold at alpha={alpha}: the areas alone have contraction rate {rate:.3g} "
-                f"and weighted norm {kappa:.3g}, which leaves no room for feedback; lower alpha or gamma, "
-                "or pass guarantee=False")
-        self.register_buffer("feedback_budget", torch.tensor(self.guarantee_margin * max(budget, 0.0), dtype=dtype))
+        # from the stored (possibly float32) W and M, so that a state_dict load recomputes it exactly
+        self.register_buffer("feedback_budget", self._budget(self.W, self.M).to(dtype))
 
         std = feedback_init / math.sqrt(n * max(1.0, 2.0 * m / p))
         self.B = nn.Parameter((torch.randn(m, n, n, generator=generator, dtype=torch.float64) * std * mask).to(dtype))
@@ -136,6 +128,44 @@ class ModularRNN(nn.Module):
         else:
             self.register_parameter("input_bias", None)
         self._silenced: Tuple[int, ...] = ()
+        # The budget follows from W, M and this model's own alpha: a state_dict from a model
+        # with another alpha (or other areas) must not carry its budget over.
+        self.register_load_state_dict_post_hook(ModularRNN._recompute_budget_after_load)
+
+    def _budget(self, W: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
+        """Budget of the feedback's M-weighted norm that keeps the discrete map at this model's
+        alpha contracting (times the guarantee margin), from the areas W and their metric."""
+        W, metric = W.detach().double().cpu(), metric.detach().double().cpu()
+        rate = min(stability.area_rate(W[i], metric[i]) for i in range(W.shape[0]))
+        kappa = max(stability._weighted_abs_norm(W[i], metric[i]) for i in range(W.shape[0]))
+        budget = stability.feedback_norm_budget(self.alpha, rate, kappa)
+        if self.guarantee and not budget > 0:
+            raise ValueError(
+                f"guarantee=True cannot hold at alpha={self.alpha}: the areas alone have contraction rate {rate:.3g} "
+                f"and weighted norm {kappa:.3g}, which leaves no room for feedback; lower alpha or gamma, "
+                "or pass guarantee=False")
+        return torch.tensor(self.guarantee_margin * max(budget, 0.0), dtype=torch.float64)
+
+    @staticmethod
+    def _recompute_budget_after_load(module: "ModularRNN", incompatible_keys) -> None:
+        if not (torch.isfinite(module.W).all() and torch.isfinite(module.M).all()):
+            return  # forward and certify() report non-finite weights themselves
+        with torch.no_grad():
+            module.feedback_budget.copy_(module._budget(module.W, module.M))
+
+    def _check_finite(self) -> None:
+        """A clear error instead of NaN outputs when a weight is not finite (one check per call)."""
+        if torch.compiler.is_compiling():
+            return
+        named = [("W", self.W), ("M", self.M), ("feedback_budget", self.feedback_budget), ("B", self.B),
+                 ("input_weight", self.input_weight)]
+        if self.input_bias is not None:
+            named.append(("input_bias", self.input_bias))
+        if bool(torch.stack([t.detach().isfinite().all() for _, t in named]).all()):
+            return
+        bad = [name for name, t in named if not bool(t.detach().isfinite().all())]
+        raise ValueError(f"{type(self).__name__}: the weights {', '.join(bad)} hold NaN or inf values; "
+                         "the network cannot run (reload a checkpoint or lower the learning rate)")
 
     # -- the weights the network runs with ------------------------------------------------
     def raw_feedback_blocks(self) -> torch.Tensor:
@@ -195,18 +225,29 @@ class ModularRNN(nn.Module):
         return L
 
     def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.input_size:
+        layout = "[B, T, input_size]" if self.batch_first else "[T, B, input_size]"
+        if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3) or x.shape[-1] != self.input_size:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            layout = "[B, T, input_size]" if self.batch_first else "[T, B, input_size]"
-            raise ValueError(f"x must be {layout} with input_size={self.input_size}, got {shape}")
+            raise ValueError(f"x must be {layout} with input_size={self.input_size} (or unbatched [T, input_size]), "
+                             f"got {shape}")
+        if x.dim() == 2:  # unbatched, as torch.nn.RNN: output [T, hidden_size], h_n [1, hidden_size]
+            if h0 is not None and h0.dim() not in (1, 2):
+                raise ValueError(f"h0 of an unbatched input must be [1, hidden_size] or [hidden_size] = "
+                                 f"[{self.hidden_size}], got {tuple(h0.shape)}")
+            h0 = None if h0 is None else h0.reshape(1, 1, -1)
+            output, h_n = self.forward(x.unsqueeze(0 if self.batch_first else 1), h0)
+            return output.squeeze(0 if self.batch_first else 1), h_n[:, 0]
+        self._check_finite()
         x_t = x.transpose(0, 1) if self.batch_first else x
         T, B = x_t.shape[:2]
+        if T < 1:
+            raise ValueError(f"x must hold at least one step, got shape {tuple(x.shape)} for {layout}")
         if h0 is not None:
-            if h0.dim() == 3 and h0.shape[0] == 1:
-                h0 = h0[0]
-            if tuple(h0.shape) != (B, self.hidden_size):
+            if tuple(h0.shape) not in ((1, B, self.hidden_size), (B, self.hidden_size)):
                 raise ValueError(f"h0 must be [1, B, hidden_size] or [B, hidden_size] = [{B}, {self.hidden_size}], "
                                  f"got {tuple(h0.shape)}")
+            h0 = h0.reshape(B, self.hidden_size)
+        if h0 is not None:
             h0 = self._pad(h0)
             gate = self._area_gate()
             if gate is not None:
@@ -246,7 +287,11 @@ class ModularRNN(nn.Module):
         return int(self.feedback_mask.sum().item())
 
     def certify_inputs(self) -> dict:
-        return dict(W=self.W, L_blocks=self._feedback_in_use(), L_index=self.L_index, metric=self.M, alpha=self.alpha)
+        finite = all(bool(t.detach().isfinite().all()) for t in (self.B, self.M, self.feedback_budget))
+        # with a non-finite B, M or budget the feedback in use is not defined (its norm bound has
+        # no SVD): it is reported as NaN, and certify() fails saying so
+        L = self._feedback_in_use() if finite else torch.full_like(self.raw_feedback_blocks(), math.nan)
+        return dict(W=self.W, L_blocks=L, L_index=self.L_index, metric=self.M, alpha=self.alpha)
 
     def certify(self) -> stability.Certificate:
         """Contraction certificate of the network as it runs now (see rnnofrnns.stability)."""

@@ -24,6 +24,9 @@ from ..ops import ensemble_drive, ensemble_loss, ensemble_readout_loss, modular_
 from ..ops._backend import cpu_extension_available
 
 VARIANTS = ("linear", "relu_readout", "relu")
+# Largest hidden size and feature count of the fused ensemble ops (csrc/cpu/ensemble_*.cpp);
+# larger ensembles take the composed path (modular_rnn and the ops' references).
+MAX_FUSED_DIM = 64
 
 
 def _check(num_features: int, hidden_size: int, variant: str) -> None:
@@ -133,8 +136,11 @@ class RNNEnsemble(nn.Module):
         return self.W_x if self.tied_readout else self.W_y
 
     def _ensemble_backend(self) -> Optional[str]:
-        """The fused ensemble ops exist for the cpu backend only; elsewhere their reference runs."""
-        return None if self.backend in (None, "cpu") else "reference"
+        """The fused ensemble ops exist for the cpu backend only, and for feature counts up to
+        MAX_FUSED_DIM; elsewhere their reference runs."""
+        if self.backend in (None, "cpu") and self.num_features <= MAX_FUSED_DIM:
+            return None
+        return "reference"
 
     def _per_instance(self, x: torch.Tensor) -> torch.Tensor:
         """x as [I, B, T, F] (shared [B, T, F] data becomes an expanded view, not a copy)."""
@@ -164,15 +170,17 @@ class RNNEnsemble(nn.Module):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The same value and gradients as loss(self(x), y). On the CPU (backend None or
         "cpu") one fused op computes the loss and its parameter gradients in a single pass over
-        x and y (ensemble_loss); elsewhere, or when x requires grad, the states come from
-        modular_rnn and the fused readout+loss op (or its reference) finishes the loss."""
+        x and y (ensemble_loss); elsewhere, above MAX_FUSED_DIM hidden units or features, or
+        when x requires grad, the states come from modular_rnn and the fused readout+loss op
+        (or its reference) finishes the loss."""
         I, F = self.num_instances, self.num_features
         if y.dim() != 4 or y.shape[0] != I or y.shape[-1] != F:
             raise ValueError(f"y must be [I={I}, B, T, F={F}], got {tuple(y.shape)}")
         nl, relu_out = _act(self.variant)
         x = self._per_instance(x)
+        fits = max(self.hidden_size, self.num_features) <= MAX_FUSED_DIM
         if (self.backend in (None, "cpu") and y.device.type == "cpu" and cpu_extension_available()
-                and not x.requires_grad):
+                and not x.requires_grad and fits):
             return ensemble_loss(x, self.W_x, self.W_h, self.readout_weight(), self.b, y, nl == "relu", relu_out,
                                  backend="cpu").sum()
         per_instance = ensemble_readout_loss(self.states(x), self.readout_weight(), self.b, y, relu_out,

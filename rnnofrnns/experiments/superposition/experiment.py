@@ -5,6 +5,7 @@ sparsities (and delays), trained jointly as one fused call, then analysed.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ import torch
 from ...models import RNNEnsemble
 from ...ops._backend import flush_denormal
 from .._files import atomic_write_json, pyplot, save_figure
+from ..errors import RunError, UsageError
 from .geometry import feature_directions, summary
 
 
@@ -38,11 +40,17 @@ class SuperpositionConfig:
     def validate(self) -> None:
         for name in ("hidden", "features", "seeds", "steps", "batch_size", "seq_len"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if not self.delays or any(k < 1 or k >= self.seq_len for k in self.delays):
-            raise ValueError(f"--delay values must be in [1, seq_len) = [1, {self.seq_len}), got {self.delays}")
+            raise UsageError(f"--delay values must be in [1, seq_len) = [1, {self.seq_len}), got {self.delays}")
         if not self.sparsities or any(not 0.0 <= s < 1.0 for s in self.sparsities):
-            raise ValueError(f"--sparsities must lie in [0, 1), got {self.sparsities}")
+            raise UsageError(f"--sparsities must lie in [0, 1), got {self.sparsities}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {self.threads}")
+        if self.variant not in ("linear", "relu_readout", "relu"):
+            raise UsageError(f"--variant must be linear, relu_readout or relu, got {self.variant!r}")
 
 
 def run_superposition(cfg: SuperpositionConfig, log=print) -> Dict[str, Any]:
@@ -56,6 +64,8 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UsageError(f"--out {cfg.out} is a file, not a folder")
     os.makedirs(cfg.out, exist_ok=True)
     grid = [(k, s, seed) for k in cfg.delays for s in cfg.sparsities for seed in range(cfg.seeds)]
     ens = RNNEnsemble(len(grid), cfg.features, cfg.hidden, variant=cfg.variant,
@@ -73,6 +83,10 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
     for step in range(cfg.steps):
         x, y = ens.sample_batch(cfg.batch_size, cfg.seq_len, gens)
         loss = ens.training_loss(x, y)
+        if not bool(torch.isfinite(loss.detach())):
+            if bar is not None:
+                bar.close()
+            _stop_diverged(cfg, ens, grid, x, y, step, float(loss))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -122,6 +136,23 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
             f"{mkt}  {e['median_spectral_radius']:15.3f}  {e['median_loss']:.3e}")
     log("plots: " + ", ".join(pictures))
     return metrics
+
+
+def _stop_diverged(cfg: SuperpositionConfig, ens: RNNEnsemble, grid, x: torch.Tensor, y: torch.Tensor, step: int,
+                   loss: float) -> None:
+    """Name the instances whose loss is not finite in metrics.json and a RunError: the joint run
+    stops at once (nothing of a NaN instance would mean anything)."""
+    with torch.no_grad():
+        per_instance = (ens(x) - y).square().mean(dim=(1, 2, 3))
+    bad = [i for i in range(len(grid)) if not bool(torch.isfinite(per_instance[i]))]
+    names = [dict(instance=i, delay=grid[i][0], sparsity=grid[i][1], seed=grid[i][2]) for i in bad]
+    shown = ", ".join(f"#{n['instance']} (delay {n['delay']}, sparsity {n['sparsity']:g}, seed {n['seed']})"
+                      for n in names[:3])
+    reason = (f"the loss became {loss} at Adam step {step + 1}: {len(bad)} of {len(grid)} RNNs diverged"
+              f"{': ' + shown if shown else ''}{' ...' if len(bad) > 3 else ''}; lower --lr")
+    atomic_write_json(dict(stopped="diverged", reason=reason, step=step + 1, diverged=names, config=asdict(cfg)),
+                      os.path.join(cfg.out, "metrics.json"))
+    raise RunError(reason)
 
 
 def save_plots(cfg, ens, grid, rows, table) -> List[str]:

@@ -28,6 +28,7 @@ TASK_SWITCHING_HELP = {
     "compose": "after the blocked phase, solve the two composed tasks with the gates alone",
     "compose_length": "time given to each composed task",
     "backend": "gated_paths backend (reference, cpu, triton; default: the device's)",
+    "threads": "torch CPU threads",
 }
 
 
@@ -43,6 +44,8 @@ def _add_task_switching_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, choices=["path", "neuron"], default=default, help="one gate per path, or per path and output neuron")
         elif f.name == "backend":
             parser.add_argument(flag, choices=["reference", "cpu", "triton"], default=None, help=TASK_SWITCHING_HELP[f.name])
+        elif f.name == "threads":
+            parser.add_argument(flag, type=int, default=None, help=TASK_SWITCHING_HELP[f.name])
         elif f.name == "compose":
             parser.add_argument(flag, action="store_true", help=TASK_SWITCHING_HELP[f.name])
         else:

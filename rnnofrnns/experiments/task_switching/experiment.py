@@ -23,6 +23,7 @@ import torch
 
 from ...models import GatedLinearNetwork
 from .._files import atomic_save, atomic_write_json, pyplot, save_figure
+from ..errors import RunError, UsageError
 from .tasks import blocked_curriculum, compose_mean, compose_rows, teachers
 
 REGIMES = ("flexible", "forgetful")
@@ -30,7 +31,7 @@ REGIMES = ("flexible", "forgetful")
 
 @dataclass
 class TaskSwitchingConfig:
-    """Settings of the experiment. None means the regime's default (SCIENCE.md section 2):
+    """Settings of the experiment. None means the regime's default (Sandbrink et al., 2024):
     flexible: tau_c 0.03, lambda_nonneg 0.091, lambda_norm 0.91; forgetful: tau_c = tau_W
     and no regulariser."""
 
@@ -58,12 +59,13 @@ class TaskSwitchingConfig:
     compose_length: float = 2.0
     backend: Optional[str] = None
     out: str = "runs/task-switching"
+    threads: Optional[int] = None
     progress: bool = True
 
     def resolved(self) -> "TaskSwitchingConfig":
         """A copy with the regime's defaults filled in, checked."""
         if self.regime not in REGIMES:
-            raise ValueError(f"--regime must be one of {REGIMES}, got {self.regime!r}")
+            raise UsageError(f"--regime must be one of {REGIMES}, got {self.regime!r}")
         flexible = self.regime == "flexible"
         cfg = TaskSwitchingConfig(**asdict(self))
         if cfg.tau_c is None:
@@ -75,25 +77,27 @@ class TaskSwitchingConfig:
         for name in ("d_in", "d_out", "paths", "teachers", "blocks", "batch", "record_every"):
             v = getattr(cfg, name)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
         for name in ("tau_w", "tau_c", "block_length", "dt", "threshold", "compose_length"):
             v = getattr(cfg, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
         for name in ("lambda_nonneg", "lambda_norm"):
             v = getattr(cfg, name)
             if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {v!r}")
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {v!r}")
         if cfg.norm_k not in (1, 2):
-            raise ValueError(f"--norm-k must be 1 or 2, got {cfg.norm_k!r}")
+            raise UsageError(f"--norm-k must be 1 or 2, got {cfg.norm_k!r}")
         if cfg.gate_shape not in ("path", "neuron"):
-            raise ValueError(f"--gate-shape must be 'path' or 'neuron', got {cfg.gate_shape!r}")
+            raise UsageError(f"--gate-shape must be 'path' or 'neuron', got {cfg.gate_shape!r}")
         if cfg.teachers * cfg.d_out > cfg.d_in:
-            raise ValueError(f"--teachers * --d-out = {cfg.teachers * cfg.d_out} must be <= --d-in = {cfg.d_in}")
+            raise UsageError(f"--teachers * --d-out = {cfg.teachers * cfg.d_out} must be <= --d-in = {cfg.d_in}")
         if cfg.dt > cfg.tau_c or cfg.dt > cfg.tau_w:
-            raise ValueError(f"--dt ({cfg.dt}) must not exceed tau_c ({cfg.tau_c}) or tau_W ({cfg.tau_w})")
+            raise UsageError(f"--dt ({cfg.dt}) must not exceed tau_c ({cfg.tau_c}) or tau_W ({cfg.tau_w})")
+        if cfg.threads is not None and cfg.threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {cfg.threads}")
         if round(cfg.block_length / cfg.dt) < 1:
-            raise ValueError("--block-length must be at least one step --dt")
+            raise UsageError("--block-length must be at least one step --dt")
         return cfg
 
 
@@ -178,8 +182,8 @@ class GradientFlow:
                     W.sub_(grads[0], alpha=lr_W)
                 c.sub_(grads[-1], alpha=lr_c)
                 losses[s] = loss
-            if on_record is not None and (s + 1) % cfg.record_every == 0:
-                on_record(s)
+            if on_record is not None and ((s + 1) % cfg.record_every == 0 or s == steps - 1):
+                on_record(s)  # every record_every steps, and the last step of every phase
         return losses
 
 
@@ -187,6 +191,10 @@ def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = pr
     """Run the blocked curriculum (and, with cfg.compose, the composition phase); write
     metrics.json and task_switching.png into cfg.out and return the metrics."""
     cfg = cfg.resolved()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UsageError(f"--out {cfg.out} is a file, not a folder")
     os.makedirs(cfg.out, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     teacher_set = teachers(cfg.d_in, cfg.d_out, cfg.teachers, generator=gen)
@@ -218,6 +226,10 @@ def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = pr
         clock["t0"] = b * steps * cfg.dt
         losses = flow.run(teacher_set[task], steps, on_record=record)
         all_losses.append(losses)
+        if not bool(torch.isfinite(losses).all()):
+            if bar is not None:
+                bar.close()
+            _stop_diverged(cfg, b, losses)
         entry = dict(block=b + 1, task=int(task),
                      time_to_threshold=first_time_below(losses, cfg.threshold, cfg.dt),
                      final_loss=float(losses[-max(1, steps // 20):].mean()),
@@ -252,6 +264,16 @@ def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = pr
     _log_summary(metrics, log)
     log(f"metrics: {os.path.join(cfg.out, 'metrics.json')}; plot: {picture}")
     return metrics
+
+
+def _stop_diverged(cfg: TaskSwitchingConfig, block: int, losses: torch.Tensor) -> None:
+    """Write metrics.json saying why the run stopped, and raise RunError."""
+    step = int((~torch.isfinite(losses)).nonzero()[0])
+    reason = (f"the loss became {float(losses[step])} in block {block + 1}, step {step + 1}: the gradient flow "
+              f"diverged (lower --dt, or raise --tau-w / --tau-c)")
+    atomic_write_json(dict(stopped="diverged", reason=reason, block=block + 1, step=step + 1, config=asdict(cfg)),
+                      os.path.join(cfg.out, "metrics.json"))
+    raise RunError(reason)
 
 
 def _compose_phase(net: GatedLinearNetwork, flow: GradientFlow, cfg: TaskSwitchingConfig,

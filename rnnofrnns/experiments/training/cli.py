@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import fields, replace
 
+from ..errors import UsageError
 from .data import TASKS
-from .loop import MODELS, TrainConfig, evaluate, train
+from .loop import MODELS, TrainConfig, evaluate, is_run_folder, read_run_config, train
 
 
 TRAIN_HELP = {
@@ -25,10 +25,19 @@ TRAIN_HELP = {
 }
 
 
-def _add_train_args(parser: argparse.ArgumentParser, defaults) -> None:
-    parser.add_argument("--model", choices=MODELS, default=defaults.model, help="model to train")
-    parser.add_argument("--task", choices=list(TASKS), default=defaults.task, help="data set")
-    parser.add_argument("--out", default=defaults.out, help="output folder (checkpoints, metrics.json, plots)")
+# Settings that may differ when a run is resumed: how long it goes on, how it reports, where
+# its data lie and how many threads it uses. Any other setting given with --resume must match
+# the run's config.json.
+RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
+
+
+def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = False) -> None:
+    """The train command's arguments; with suppress=True none has a default (to see which were given)."""
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    parser.add_argument("--model", choices=MODELS, default=d(defaults.model), help="model to train")
+    parser.add_argument("--task", choices=list(TASKS), default=d(defaults.task), help="data set")
+    parser.add_argument("--out", default=d(defaults.out),
+                        help="run folder: checkpoints, config.json, metrics.json, plots (default: runs/MODEL-TASK)")
     for f in fields(defaults):
         if f.name in ("model", "task", "out", "guarantee", "progress"):
             continue
@@ -36,10 +45,15 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults) -> None:
         kind = {int: int, float: float}.get(type(default), str)
         if f.name in ("workspace_size", "hidden_size", "threads", "stop_after"):
             kind = int
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, help=TRAIN_HELP.get(f.name))
-    parser.add_argument("--no-guarantee", action="store_true", help="do not keep the discrete certificate true")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=d(default),
+                            help=TRAIN_HELP.get(f.name, ""))
+    flag = dict(action="store_true") if not suppress else dict(action="store_true", default=argparse.SUPPRESS)
+    parser.add_argument("--no-guarantee", help="do not keep the discrete certificate true", **flag)
+    parser.add_argument("--no-progress", help="no progress bar", **flag)
+    parser.add_argument("--resume", help="continue the run in --out from its last checkpoint; only "
+                        f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE if n != 'progress')} and "
+                        "--no-progress may differ from the run's settings", **flag)
+    parser.add_argument("--overwrite", help="replace the run in --out (its files are removed first)", **flag)
 
 
 def _config_from(args: argparse.Namespace, defaults):
@@ -49,32 +63,53 @@ def _config_from(args: argparse.Namespace, defaults):
     return replace(defaults, **values)
 
 
+def _given(args: argparse.Namespace) -> dict:
+    """The settings given on the command line (not defaulted), under their TrainConfig names."""
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_train_args(probe, TrainConfig(), suppress=True)
+    given = vars(probe.parse_known_args(args.argv)[0])
+    if given.pop("no_guarantee", False):
+        given["guarantee"] = False
+    if given.pop("no_progress", False):
+        given["progress"] = False
+    for name in ("resume", "overwrite", "out"):
+        given.pop(name, None)
+    return given
+
+
 def _train(args: argparse.Namespace) -> int:
     cfg = _config_from(args, TrainConfig())
     if args.resume:
-        saved_path = os.path.join(cfg.out, "config.json")
-        if not os.path.exists(saved_path):
-            raise FileNotFoundError(f"nothing to resume: {saved_path} is missing")
-        with open(saved_path) as f:
-            saved = TrainConfig(**json.load(f))
-        # the run's own settings, except how long it goes on and how it reports
-        for name in ("epochs", "stop_after", "progress"):
-            setattr(saved, name, getattr(cfg, name))
-        if cfg.threads is not None:
-            saved.threads = cfg.threads
-        cfg = saved
-    train(cfg, resume=args.resume)
+        if cfg.out is None:
+            raise UsageError("--resume needs --out, the folder of the run to continue")
+        if not os.path.exists(os.path.join(cfg.out, "config.json")):
+            raise UsageError(f"nothing to resume: {os.path.join(cfg.out, 'config.json')} is missing")
+        saved = read_run_config(cfg.out)
+        given = _given(args)
+        clash = {k: v for k, v in given.items() if k not in RESUMABLE and getattr(saved, k) != v}
+        if clash:
+            raise UsageError("--resume continues the run in " + cfg.out + ", whose settings differ: " + ", ".join(
+                f"--{k.replace('_', '-')} {v} (the run has {getattr(saved, k)})" for k, v in clash.items())
+                + "; drop them, or train a new run into another folder")
+        # --stop-after and the progress bar belong to one invocation; the others keep the run's
+        # values unless given
+        cfg = replace(saved, stop_after=given.get("stop_after"), progress=cfg.progress,
+                      **{k: given[k] for k in ("epochs", "threads", "data_dir") if k in given})
+    train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    result = evaluate(args.dir)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+    result = evaluate(args.dir, threads=args.threads)
     return 0 if result.get("matches_metrics_json", True) else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(model="gw", task="row-digits", out=args.out, epochs=args.epochs, progress=not args.no_progress)
-    metrics = train(cfg)
+    cfg = TrainConfig(model="gw", task="row-digits", out=args.out, epochs=args.epochs, progress=not args.no_progress,
+                      threads=args.threads)
+    metrics = train(cfg, overwrite=is_run_folder(args.out) or not os.path.exists(args.out))  # the demo replaces its own run
     print(f"\ndemo: GW net on row-digits, test accuracy {metrics['test_accuracy']:.4f} in {metrics['wall_time_s']:.0f} s;"
           f" plots and metrics.json in {args.out}/")
     return 0
@@ -87,9 +122,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     tr.set_defaults(func=_train)
     ev = sub.add_parser("evaluate", help="reload a run and recompute its test accuracy and ablation")
     ev.add_argument("dir", help="the --out folder of a finished run")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the run's)")
     ev.set_defaults(func=_evaluate)
     demo = sub.add_parser("demo", help="train the GW net on row-digits (what `make demo` runs)")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=TrainConfig().epochs)
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--out", default="runs/demo", help="run folder; the demo replaces the run it holds")
+    demo.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="number of epochs")
+    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)

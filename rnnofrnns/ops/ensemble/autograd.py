@@ -5,6 +5,8 @@ from typing import Any, Tuple
 
 import torch
 
+from .._common import guard_double_backward
+
 
 def _scale_by_instance(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
     return grad * grad_loss.view(-1, *([1] * (grad.dim() - 1)))
@@ -37,8 +39,10 @@ def register_ops() -> None:
     def drive_backward(ctx: Any, grad: torch.Tensor):
         x, W_x = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gx, gW = torch.ops.rnnofrnns.ensemble_drive_bwd(grad, x, W_x, need[0], need[1])
-        return (gx if need[0] else None, gW if need[1] else None)
+        with torch.no_grad():  # the kernel's result has no graph; guard_double_backward says so
+            gx, gW = torch.ops.rnnofrnns.ensemble_drive_bwd(grad, x, W_x, need[0], need[1])
+        return guard_double_backward("ensemble_drive", (grad, x, W_x),
+                                     (gx if need[0] else None, gW if need[1] else None))
 
     torch.library.register_autograd("rnnofrnns::ensemble_drive_fwd", drive_backward, setup_context=drive_setup)
 
@@ -51,10 +55,13 @@ def register_ops() -> None:
         # The usual case, loss.sum().backward(): no rescaling pass over grad_h. Only for plain
         # eager tensors (traced fake/functional tensors cannot be branched on).
         if type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling() and bool((grad_loss == 1).all()):
-            return gh, gW, gb, None, None
-        T, B, H = gh.shape
-        gh = (gh.view(T, B, ctx.I, H // ctx.I) * grad_loss[None, None, :, None]).view(T, B, H)
-        return gh, gW * grad_loss[:, None, None], gb * grad_loss[:, None], None, None
+            grads = (gh, gW, gb)
+        else:
+            T, B, H = gh.shape
+            grads = ((gh.view(T, B, ctx.I, H // ctx.I) * grad_loss[None, None, :, None]).view(T, B, H),
+                     gW * grad_loss[:, None, None], gb * grad_loss[:, None])
+        # the saved gradients are outputs of the forward kernel, not functions of the weights
+        return (*guard_double_backward("ensemble_readout_loss", (grad_loss, gh, gW, gb), grads), None, None)
 
     torch.library.register_autograd("rnnofrnns::ensemble_readout_loss", loss_backward, setup_context=loss_setup)
 
@@ -66,6 +73,8 @@ def register_ops() -> None:
         if not ctx.have_grads:
             raise RuntimeError("ensemble_loss was called with need_grad=False, so it has no gradients to give")
         grads = [_scale_by_instance(g, grad_loss) for g in ctx.saved_tensors]
-        return (None, *grads, None, None, None, None)
+        # the saved gradients are outputs of the forward kernel, not functions of the weights
+        return (None, *guard_double_backward("ensemble_loss", (grad_loss, *ctx.saved_tensors), grads),
+                None, None, None, None)
 
     torch.library.register_autograd("rnnofrnns::ensemble_loss", fused_backward, setup_context=fused_setup)

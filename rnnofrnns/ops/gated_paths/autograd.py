@@ -14,6 +14,8 @@ from typing import Any, Callable, Tuple
 
 import torch
 
+from .._common import guard_double_backward
+
 
 def aux_shape(x: torch.Tensor, W: torch.Tensor, c: torch.Tensor, weights_in_place: bool) -> Tuple[int, ...]:
     B = x.shape[0]
@@ -46,7 +48,9 @@ def register_op_pair(fwd_name: str, bwd_name: str, weights_in_place: bool) -> No
     def backward(ctx: Any, grad_y: torch.Tensor, grad_aux: torch.Tensor):
         x, W, c, aux = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gx, gW, gc = bwd(grad_y, x, W, c, aux, need[0], need[1], need[2])
-        return (gx if need[0] else None, gW if need[1] else None, gc if need[2] else None)
+        with torch.no_grad():  # the kernel's result has no graph; guard_double_backward says so
+            gx, gW, gc = bwd(grad_y, x, W, c, aux, need[0], need[1], need[2])
+        return guard_double_backward("gated_paths", (grad_y, x, W, c),
+                                     (gx if need[0] else None, gW if need[1] else None, gc if need[2] else None))
 
     torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)

@@ -14,6 +14,8 @@ from typing import Any, Tuple
 
 import torch
 
+from .._common import guard_double_backward
+
 
 def _fwd_fake(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre):
     T, B, H = drive.shape
@@ -43,20 +45,15 @@ def register_op_pair(fwd_name: str, bwd_name: str) -> None:
         W, L_blocks, L_index, h0, states, pre = ctx.saved_tensors
         alpha, nonlinearity, form = ctx.config
         need = ctx.needs_input_grad
-        grad_drive, grad_W, grad_L, grad_h0 = bwd(
-            grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form, need[1], need[2]
-        )
-        return (
-            grad_drive if need[0] else None,
-            grad_W if need[1] else None,
-            grad_L if need[2] else None,
-            None,
-            grad_h0 if need[4] else None,
-            None,
-            None,
-            None,
-            None,
-        )
+        with torch.no_grad():  # the kernel's result has no graph; guard_double_backward says so
+            grad_drive, grad_W, grad_L, grad_h0 = bwd(
+                grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form, need[1], need[2]
+            )
+        grad_drive, grad_W, grad_L, grad_h0 = guard_double_backward(
+            "modular_rnn", (grad_states, W, L_blocks, h0, states),
+            (grad_drive if need[0] else None, grad_W if need[1] else None, grad_L if need[2] else None,
+             grad_h0 if need[4] else None))
+        return grad_drive, grad_W, grad_L, None, grad_h0, None, None, None, None
 
     torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
 

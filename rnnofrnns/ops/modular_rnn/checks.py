@@ -30,8 +30,8 @@ def check_modular_rnn_args(
     if n != n2 or p < 1 or n < 1:
         raise ValueError(f"W must be [p, n, n] with p, n >= 1 (square intra-area blocks), got shape {tuple(W.shape)}")
     T, B, H = drive.shape
-    if T < 1 or B < 1:
-        raise ValueError(f"drive needs T >= 1 steps and B >= 1 rows, got shape {tuple(drive.shape)}")
+    if T < 1:
+        raise ValueError(f"drive needs T >= 1 steps (B = 0 rows are allowed), got shape {tuple(drive.shape)}")
     if H != p * n:
         raise ValueError(f"drive must be [T, B, p*n] = [{T}, {B}, {p * n}] for W of shape {tuple(W.shape)}, got {tuple(drive.shape)}")
     check_tensor("L_blocks", L_blocks, 3, f"[k, {n}, {n}]")
@@ -52,7 +52,7 @@ def check_modular_rnn_args(
         tensors.append(h0)
     check_float_dtypes(names, tensors)
     check_same_device(names + ["L_index"], tensors + [L_index])
-    if not isinstance(alpha, (int, float)) or not (0.0 < float(alpha) <= 1.0):
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not (0.0 < float(alpha) <= 1.0):
         raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")

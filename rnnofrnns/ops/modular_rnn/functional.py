@@ -30,7 +30,7 @@ def modular_rnn(
         L_blocks: [k, n, n] inter-area blocks; k may be 0.
         L_index: int64 [k, 2]; block r sits at (target area, source area) = L_index[r].
         h0: [B, p*n] initial state, or None for zeros.
-        alpha: Euler step dt/tau in (0, 1].
+        alpha: Euler step dt/tau in (0, 1] (a number or a one-element tensor).
         nonlinearity: "relu", "tanh" or "identity".
         form: "rate": h_t = (1-a) h + a (phi(W h + u_t) + L h);
               "hopfield": h_t = (1-a) h + a (W phi(h) + L h + u_t).
@@ -38,11 +38,18 @@ def modular_rnn(
             for CPU tensors and "triton" for CUDA tensors).
 
     Returns:
-        states [T, B, p*n]. Differentiable in drive, W, L_blocks and h0.
+        states [T, B, p*n] (empty for B = 0). Differentiable in drive, W, L_blocks and h0.
     """
+    if isinstance(alpha, torch.Tensor):  # a 0-d tensor, as torch users pass hyperparameters
+        if alpha.numel() != 1 or alpha.requires_grad:
+            raise ValueError(f"alpha must be a number in (0, 1] or a one-element tensor without grad, "
+                             f"got a tensor of shape {tuple(alpha.shape)}{' that requires grad' * alpha.requires_grad}")
+        alpha = float(alpha)
     check_modular_rnn_args(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form)
     name = resolve_backend(backend, drive.device, op="modular_rnn")
     alpha = float(alpha)
+    if drive.shape[1] == 0:  # an empty batch: empty states, still tied to the drive's graph
+        return drive.clone()
     if name == "reference":
         if not torch.compiler.is_compiling():
             check_block_index(L_index, W.shape[0])
