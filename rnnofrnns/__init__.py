@@ -5,11 +5,15 @@ per op), stability.py and topology.py, models/, experiments/ (training, task swi
 superposition); RNNEnsemble.sample_batch alone reaches up, to the superposition task. The
 module paths of earlier releases still import (rnnofrnns._compat).
 """
-from . import _compat
-from .ops._backend import BACKENDS, cpu_extension_available, triton_available
-from .ops import gated_paths, gated_paths_reference, modular_rnn, modular_rnn_reference
-from . import stability, topology
-from .models import GatedLinearNetwork, GlobalWorkspaceNet, ModularRNN, RNNEnsemble, SmallRNN, SparseComboNet
+from ._openmp import choose_wait_policy_for_the_cli
+
+choose_wait_policy_for_the_cli()  # before torch is imported: it starts OpenMP (see _openmp.py)
+
+from . import _compat  # noqa: E402
+from .ops._backend import BACKENDS, cpu_extension_available, triton_available  # noqa: E402
+from .ops import gated_paths, gated_paths_reference, modular_rnn, modular_rnn_reference  # noqa: E402
+from . import stability, topology  # noqa: E402
+from .models import GatedLinearNetwork, GlobalWorkspaceNet, ModularRNN, RNNEnsemble, SmallRNN, SparseComboNet  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [

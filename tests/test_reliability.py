@@ -247,3 +247,44 @@ def test_alpha_as_a_zero_d_tensor(backend):
         modular_rnn(*pr.args(), alpha=torch.tensor([0.5, 0.5]), backend=backend)
     empty = modular_rnn(pr.drive[:, :0], pr.W, pr.L_blocks, pr.L_index, alpha=0.5, backend=backend)
     assert empty.shape == (3, 0, 6)
+
+
+def test_gated_paths_names_both_sides_of_a_d_in_mismatch():
+    with pytest.raises(ValueError, match=r"x and W disagree on D_in: x of shape \(4, 7\) has D_in = 7"):
+        gated_paths(torch.randn(4, 7), torch.randn(3, 6, 5), torch.rand(3), backend="reference")
+
+
+# -- OpenMP's wait policy on a busy machine ---------------------------------------------------
+
+def test_the_cli_sleeps_instead_of_spinning_on_a_busy_machine(monkeypatch):
+    import sys
+
+    from rnnofrnns import _openmp
+
+    assert _openmp.busy_cores(0.01) is None or _openmp.busy_cores(0.01) >= 0
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    monkeypatch.delitem(sys.modules, "torch")  # as before `python -m rnnofrnns` imports it
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(_openmp, "busy_cores", lambda window=0.1: 0.0)
+    _openmp.choose_wait_policy_for_the_cli()
+    assert "OMP_WAIT_POLICY" not in __import__("os").environ  # a quiet machine keeps spinning threads
+    monkeypatch.setattr(_openmp, "busy_cores", lambda window=0.1: 1.0)
+    _openmp.choose_wait_policy_for_the_cli()
+    assert __import__("os").environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice is kept
+    _openmp.choose_wait_policy_for_the_cli()
+    assert __import__("os").environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_ensemble_reference_has_second_derivatives():
+    from rnnofrnns.ops.ensemble import ensemble_loss_reference
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 2, 3, 2, generator=g, dtype=torch.float64), torch.randn(2, 2, 3, 2, generator=g,
+                                                                                   dtype=torch.float64)
+    Wx = torch.randn(2, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    Wh = (0.3 * torch.randn(2, 2, 2, generator=g, dtype=torch.float64)).requires_grad_()
+    Wy = torch.randn(2, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(2, 2, dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(
+        lambda Wx, Wh, Wy: ensemble_loss_reference(x, Wx, Wh, Wy, b, y, False, False), (Wx, Wh, Wy))

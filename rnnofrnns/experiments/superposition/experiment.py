@@ -16,7 +16,7 @@ import torch
 
 from ...models import RNNEnsemble
 from ...ops._backend import flush_denormal
-from .._files import atomic_write_json, pyplot, save_figure
+from .._files import atomic_save, atomic_write_json, pyplot, save_figure
 from ..errors import RunError, UsageError
 from .geometry import feature_directions, summary
 
@@ -86,7 +86,7 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
         if not bool(torch.isfinite(loss.detach())):
             if bar is not None:
                 bar.close()
-            _stop_diverged(cfg, ens, grid, x, y, step, float(loss))
+            _stop_diverged(cfg, ens, grid, x, y, step, float(loss.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -125,7 +125,7 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
             table.append(entry)
     metrics = dict(config=asdict(cfg), wall_time_s=wall, instances=rows, by_sparsity=table)
     atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
-    torch.save(ens.state_dict(), os.path.join(cfg.out, "ensemble.pt"))
+    atomic_save(ens.state_dict(), os.path.join(cfg.out, "ensemble.pt"))
     pictures = save_plots(cfg, ens, grid, rows, table)
     log(f"trained in {wall:.1f} s")
     log("delay  sparsity | best seed: k*theta  spectral radius  loss      | median: k*theta  spectral radius  loss")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ...models import GatedLinearNetwork
+from ...ops._backend import resolve_backend
 from .._files import atomic_save, atomic_write_json, pyplot, save_figure
 from ..errors import RunError, UsageError
 from .tasks import blocked_curriculum, compose_mean, compose_rows, teachers
@@ -94,6 +95,11 @@ class TaskSwitchingConfig:
             raise UsageError(f"--teachers * --d-out = {cfg.teachers * cfg.d_out} must be <= --d-in = {cfg.d_in}")
         if cfg.dt > cfg.tau_c or cfg.dt > cfg.tau_w:
             raise UsageError(f"--dt ({cfg.dt}) must not exceed tau_c ({cfg.tau_c}) or tau_W ({cfg.tau_w})")
+        if cfg.backend is not None:
+            try:
+                resolve_backend(cfg.backend, torch.device("cpu"), op="gated_paths")
+            except (ValueError, RuntimeError) as e:
+                raise UsageError(f"--backend {cfg.backend}: {e}") from None
         if cfg.threads is not None and cfg.threads < 1:
             raise UsageError(f"--threads must be a positive integer, got {cfg.threads}")
         if round(cfg.block_length / cfg.dt) < 1:

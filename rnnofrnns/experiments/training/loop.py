@@ -309,10 +309,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = F
 def _train(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> Dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    last_path, best_path = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
+    last_path = os.path.join(cfg.out, "last.pt")
     ckpt = load_checkpoint(last_path) if resume else None
     data = load_task(cfg.task, cfg.data_dir, cfg.seed)
-    dtype = getattr(torch, cfg.dtype)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -345,11 +344,34 @@ def _train(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> Dict[str, An
     if dist_info.world > 1:
         net = nn.parallel.DistributedDataParallel(model)
 
-    x_train = data.x_train.to(dtype)
-    y_train = data.y_train
+    t_start = time.perf_counter()
+    try:
+        return _epochs(cfg, data, model, net, opt, dist_info, start_epoch, history, best_val, wall_before, t_start,
+                       log)
+    except (KeyboardInterrupt, Exception) as e:
+        if dist_info.main and not isinstance(e, RunError):  # a RunError has said why already
+            _record_stop(cfg, e)
+        raise
+
+
+def _record_stop(cfg: TrainConfig, e: BaseException) -> None:
+    """metrics.json of a run that stopped on an error: why, and the checkpoint it left."""
+    kept = os.path.exists(os.path.join(cfg.out, "last.pt"))
+    why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    atomic_write_json(dict(stopped="interrupted" if isinstance(e, KeyboardInterrupt) else "error", reason=why,
+                           last_checkpoint="last.pt" if kept else None, config=cfg.run_settings()),
+                      os.path.join(cfg.out, "metrics.json"))
+
+
+def _epochs(cfg: TrainConfig, data: TaskData, model: nn.Module, net: nn.Module, opt, dist_info: "Dist",
+            start_epoch: int, history: List[Dict[str, float]], best_val: float, wall_before: float, t_start: float,
+            log) -> Dict[str, Any]:
+    """The epochs of a run from start_epoch on, then `finish`."""
+    dtype = getattr(torch, cfg.dtype)
+    last_path, best_path = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
+    x_train, y_train = data.x_train.to(dtype), data.y_train
     G = cfg.batch_size
     steps = len(y_train) // G + (1 if len(y_train) % G >= dist_info.world else 0)
-    t_start = time.perf_counter()
     run_epochs = 0
     for epoch in range(start_epoch, cfg.epochs):
         order = epoch_order(len(y_train), cfg.seed, epoch)
