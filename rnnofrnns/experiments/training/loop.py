@@ -537,6 +537,10 @@ def evaluate(out_dir: str, log=print, threads: Optional[int] = None) -> Dict[str
             raise FileNotFoundError(f"{path} is missing: is {out_dir} the --out of a finished training run?")
     cfg = read_run_config(out_dir)
     cfg.threads = threads or cfg.threads
+    try:
+        cfg.validate()  # e.g. a run trained on a GPU, evaluated where there is none
+    except UsageError as e:
+        raise RunError(f"{cfg_path} cannot run here: {e}") from None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_task(cfg.task, cfg.data_dir, cfg.seed)
