@@ -67,7 +67,7 @@ def _given(args: argparse.Namespace) -> dict:
     """The settings given on the command line (not defaulted), under their TrainConfig names."""
     probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     _add_train_args(probe, TrainConfig(), suppress=True)
-    given = vars(probe.parse_known_args(args.argv)[0])
+    given = vars(probe.parse_known_args(getattr(args, "argv", []))[0])
     if given.pop("no_guarantee", False):
         given["guarantee"] = False
     if given.pop("no_progress", False):
@@ -75,6 +75,11 @@ def _given(args: argparse.Namespace) -> dict:
     for name in ("resume", "overwrite", "out"):
         given.pop(name, None)
     return given
+
+
+def _as_flag(name: str, value) -> str:
+    """How a TrainConfig setting is written on the command line."""
+    return "--no-guarantee" if name == "guarantee" else f"--{name.replace('_', '-')} {value}"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -89,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
         clash = {k: v for k, v in given.items() if k not in RESUMABLE and getattr(saved, k) != v}
         if clash:
             raise UsageError("--resume continues the run in " + cfg.out + ", whose settings differ: " + ", ".join(
-                f"--{k.replace('_', '-')} {v} (the run has {getattr(saved, k)})" for k, v in clash.items())
+                f"{_as_flag(k, v)} (the run has {getattr(saved, k)})" for k, v in clash.items())
                 + "; drop them, or train a new run into another folder")
         # --stop-after and the progress bar belong to one invocation; the others keep the run's
         # values unless given
