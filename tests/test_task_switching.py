@@ -139,3 +139,28 @@ def test_neuron_gates_solve_the_row_composition_by_gates_alone(tmp_path):
     assert m["final_specialisation"] > 0.9
     rows = m["compose"]["rows"]
     assert rows["initial_loss"] > 0.15 and rows["time_to_threshold"] is not None and rows["final_loss"] < 0.05
+
+
+def test_fc_network_flexible_and_forgetful_separate(tmp_path):
+    """The two-layer fully-connected network (W2 with the gates' constraints and timescale):
+    flexible switching becomes fast and the hidden units split between the teachers; the
+    forgetful control stays slow with every unit on one teacher. Shortened: 10 blocks."""
+    from rnnofrnns.experiments.task_switching.fc import selector_mass, unit_alignment
+
+    res = {}
+    for regime in ("flexible", "forgetful"):
+        cfg = TaskSwitchingConfig(regime=regime, network="fc", blocks=10, out=str(tmp_path / regime), progress=False)
+        res[regime] = run_task_switching(cfg, log=lambda s: None)
+        assert (tmp_path / regime / "task_switching.png").exists() and (tmp_path / regime / "network.pt").exists()
+    flex, forget = res["flexible"], res["forgetful"]
+    late = lambda m: [t if t is not None else 1.0 for t in m["time_to_threshold"][-3:]]  # noqa: E731
+    assert max(late(flex)) < 0.12 and min(late(forget)) > 0.25
+    assert flex["time_to_threshold"][0] > 0.4  # it starts slow: the speed is learned
+    assert flex["final_specialisation"] > 0.75 > forget["final_specialisation"]
+    assert min(flex["units_per_teacher"]) >= 5 and max(forget["units_per_teacher"]) >= 18
+    assert all(e["w2_mass_on_current_task"] > 0.5 for e in flex["blocks"][-4:])
+    # the metrics on a constructed case: units 0-1 copy teacher rows, W2 puts its mass on unit 1
+    T = torch.eye(4)[:, None, :].repeat(1, 1, 1)[:2]  # two teachers of one row each: e0 and e1
+    W1 = torch.tensor([[2.0, 0, 0, 0], [0, -3.0, 0, 0]])
+    assert torch.allclose(unit_alignment(W1, T), torch.eye(2))
+    assert torch.allclose(selector_mass(torch.tensor([[1.0, 3.0]]), torch.tensor([0, 1]), 2), torch.tensor([0.25, 0.75]))

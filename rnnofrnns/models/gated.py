@@ -54,3 +54,27 @@ class GatedLinearNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, num_paths={self.num_paths}, gate_shape={self.gate_shape!r}"
+
+
+class TwoLayerLinearNetwork(nn.Module):
+    """The fully-connected counterpart of the gated network: y = W2 W1 x, no paths marked
+    (the authors' public code of Sandbrink et al., 2024). In the task-switching experiment
+    every entry of W2 takes the gates' constraints and fast timescale.
+
+    Args:
+        d_in, hidden, d_out: layer sizes.
+        init_scale: W1 and W2 entries start as N(0, (init_scale / sqrt(d_in))^2).
+    """
+
+    def __init__(self, d_in: int, hidden: int, d_out: int, init_scale: float = 0.01,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        for name, v in (("d_in", d_in), ("hidden", hidden), ("d_out", d_out)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        std = init_scale / math.sqrt(d_in)
+        self.W1 = nn.Parameter(torch.randn(hidden, d_in, generator=generator) * std)
+        self.W2 = nn.Parameter(torch.randn(d_out, hidden, generator=generator) * std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.W1.T @ self.W2.T

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from .experiment import REGIMES, TaskSwitchingConfig, run_task_switching
+from .experiment import NETWORKS, REGIMES, TaskSwitchingConfig, run_task_switching
 
 
 def _task_switching(args: argparse.Namespace) -> int:
@@ -14,14 +14,17 @@ def _task_switching(args: argparse.Namespace) -> int:
 
 
 TASK_SWITCHING_HELP = {
-    "regime": "flexible (fast bounded gates, tau_c 0.03, regularised) or forgetful (tau_c = tau_W, no regulariser)",
-    "tau_c": "gate time constant (default: 0.03 flexible, tau_W forgetful)",
-    "lambda_nonneg": "weight of sum max(0, -c) (default: 0.091 flexible, 0 forgetful)",
-    "lambda_norm": "weight of 1/2 (||c||_k - 1)^2 (default: 0.91 flexible, 0 forgetful)",
-    "norm_k": "k of the gate norm (1 or 2)",
+    "regime": "flexible (fast bounded gates, regularised) or forgetful (tau_c = tau_W, no regulariser)",
+    "network": "linear: the gated linear network; fc: y = W2 W1 x, W2 with the gates' constraints and timescale",
+    "hidden": "fc: hidden units",
+    "tau_w": "time constant of W (fc: of W1); None: 1.3 linear, 0.06 fc",
+    "tau_c": "time constant of the gates (fc: of W2); None: 0.03 linear, 0.01 fc when flexible, tau_W forgetful",
+    "lambda_nonneg": "weight of sum max(0, -c); None: 0.091 linear, 0.2 fc when flexible, 0 forgetful",
+    "lambda_norm": "weight of 1/2 (||c||_k - 1)^2; None: 0.91 linear, 0.2 fc when flexible, 0 forgetful",
+    "norm_k": "k of the gate norm (1 or 2); None: 1 linear, 2 fc",
     "block_length": "time per block of one task",
-    "blocks": "number of blocks (A, B, A, B, ...)",
-    "dt": "Euler step",
+    "blocks": "number of blocks (A, B, A, B, ...); None: 20 linear, 30 fc",
+    "dt": "Euler step; None: 1e-3 linear, 0.01 fc",
     "batch": "fresh Gaussian inputs per step",
     "threshold": "loss level for the time-to-threshold metric",
     "record_every": "steps between recorded gates and alignments",
@@ -40,6 +43,10 @@ def _add_task_switching_args(parser: argparse.ArgumentParser) -> None:
         default = f.default
         if f.name == "regime":
             parser.add_argument(flag, choices=REGIMES, default=default, help=TASK_SWITCHING_HELP[f.name])
+        elif f.name == "network":
+            parser.add_argument(flag, choices=NETWORKS, default=default, help=TASK_SWITCHING_HELP[f.name])
+        elif f.name in ("blocks", "norm_k"):
+            parser.add_argument(flag, type=int, default=None, help=TASK_SWITCHING_HELP[f.name])
         elif f.name == "gate_shape":
             parser.add_argument(flag, choices=["path", "neuron"], default=default, help="one gate per path, or per path and output neuron")
         elif f.name == "backend":

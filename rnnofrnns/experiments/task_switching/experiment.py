@@ -28,6 +28,16 @@ from ..errors import RunError, UsageError
 from .tasks import blocked_curriculum, compose_mean, compose_rows, teachers
 
 REGIMES = ("flexible", "forgetful")
+NETWORKS = ("linear", "fc")
+
+# The defaults that depend on the network (None in TaskSwitchingConfig): the linear gated
+# network of the paper, and the two-layer fully-connected one of the authors' public code
+# (W1 slow, every entry of W2 with the gates' constraints and the fast timescale). For fc,
+# --tau-w is W1's time constant and --tau-c W2's; the regulariser acts on vec(W2).
+NETWORK_DEFAULTS = {
+    "linear": dict(tau_w=1.3, dt=1e-3, blocks=20, norm_k=1, tau_c=0.03, lambda_nonneg=0.091, lambda_norm=0.91),
+    "fc": dict(tau_w=0.06, dt=0.01, blocks=30, norm_k=2, tau_c=0.01, lambda_nonneg=0.2, lambda_norm=0.2),
+}
 
 
 @dataclass
@@ -37,19 +47,21 @@ class TaskSwitchingConfig:
     and no regulariser."""
 
     regime: str = "flexible"
+    network: str = "linear"
     d_in: int = 20
     d_out: int = 10
     paths: int = 2
     teachers: int = 2
     gate_shape: str = "path"
-    tau_w: float = 1.3
+    hidden: int = 20
+    tau_w: Optional[float] = None
     tau_c: Optional[float] = None
     lambda_nonneg: Optional[float] = None
     lambda_norm: Optional[float] = None
-    norm_k: int = 1
+    norm_k: Optional[int] = None
     block_length: float = 1.0
-    blocks: int = 20
-    dt: float = 1e-3
+    blocks: Optional[int] = None
+    dt: Optional[float] = None
     batch: int = 200
     threshold: float = 0.1
     init_gate: float = 0.5
@@ -67,15 +79,21 @@ class TaskSwitchingConfig:
         """A copy with the regime's defaults filled in, checked."""
         if self.regime not in REGIMES:
             raise UsageError(f"--regime must be one of {REGIMES}, got {self.regime!r}")
+        if self.network not in NETWORKS:
+            raise UsageError(f"--network must be one of {NETWORKS}, got {self.network!r}")
         flexible = self.regime == "flexible"
         cfg = TaskSwitchingConfig(**asdict(self))
+        defaults = NETWORK_DEFAULTS[cfg.network]
+        for name in ("tau_w", "dt", "blocks", "norm_k"):
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, defaults[name])
         if cfg.tau_c is None:
-            cfg.tau_c = 0.03 if flexible else cfg.tau_w
+            cfg.tau_c = defaults["tau_c"] if flexible else cfg.tau_w
         if cfg.lambda_nonneg is None:
-            cfg.lambda_nonneg = 0.091 if flexible else 0.0
+            cfg.lambda_nonneg = defaults["lambda_nonneg"] if flexible else 0.0
         if cfg.lambda_norm is None:
-            cfg.lambda_norm = 0.91 if flexible else 0.0
-        for name in ("d_in", "d_out", "paths", "teachers", "blocks", "batch", "record_every"):
+            cfg.lambda_norm = defaults["lambda_norm"] if flexible else 0.0
+        for name in ("d_in", "d_out", "paths", "teachers", "hidden", "blocks", "batch", "record_every"):
             v = getattr(cfg, name)
             if not isinstance(v, int) or v < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
@@ -197,6 +215,10 @@ def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = pr
     """Run the blocked curriculum (and, with cfg.compose, the composition phase); write
     metrics.json and task_switching.png into cfg.out and return the metrics."""
     cfg = cfg.resolved()
+    if cfg.network == "fc":
+        from .fc import run_fc
+
+        return run_fc(cfg, log)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
