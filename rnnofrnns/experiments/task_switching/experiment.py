@@ -28,15 +28,23 @@ from ..errors import RunError, UsageError
 from .tasks import blocked_curriculum, compose_mean, compose_rows, teachers
 
 REGIMES = ("flexible", "forgetful")
-NETWORKS = ("linear", "fc")
+NETWORKS = ("linear", "fc", "image")
 
 # The defaults that depend on the network (None in TaskSwitchingConfig): the linear gated
 # network of the paper, and the two-layer fully-connected one of the authors' public code
 # (W1 slow, every entry of W2 with the gates' constraints and the fast timescale). For fc,
 # --tau-w is W1's time constant and --tau-c W2's; the regulariser acts on vec(W2).
 NETWORK_DEFAULTS = {
-    "linear": dict(tau_w=1.3, dt=1e-3, blocks=20, norm_k=1, tau_c=0.03, lambda_nonneg=0.091, lambda_norm=0.91),
-    "fc": dict(tau_w=0.06, dt=0.01, blocks=30, norm_k=2, tau_c=0.01, lambda_nonneg=0.2, lambda_norm=0.2),
+    "linear": dict(tau_w=1.3, dt=1e-3, blocks=20, norm_k=1, tau_c=0.03, lambda_nonneg=0.091, lambda_norm=0.91,
+                   block_length=1.0, batch=200),
+    "fc": dict(tau_w=0.06, dt=0.01, blocks=30, norm_k=2, tau_c=0.01, lambda_nonneg=0.2, lambda_norm=0.2,
+               block_length=1.0, batch=200),
+    # a gated readout of frozen CNN features (the authors' MNIST configuration: weight
+    # learning rate 0.001 = 1 / tau_W, gate learning rate 2 = 1 / tau_c, dt 0.1, blocks of
+    # 1,000 steps, regulariser 0.1 split between the non-negativity and L1 norm terms, each
+    # of which that code multiplies by 10)
+    "image": dict(tau_w=1000.0, dt=0.1, blocks=10, norm_k=1, tau_c=0.5, lambda_nonneg=0.5, lambda_norm=0.5,
+                  block_length=100.0, batch=100),
 }
 
 
@@ -59,10 +67,10 @@ class TaskSwitchingConfig:
     lambda_nonneg: Optional[float] = None
     lambda_norm: Optional[float] = None
     norm_k: Optional[int] = None
-    block_length: float = 1.0
+    block_length: Optional[float] = None
     blocks: Optional[int] = None
     dt: Optional[float] = None
-    batch: int = 200
+    batch: Optional[int] = None
     threshold: float = 0.1
     init_gate: float = 0.5
     init_scale: float = 0.01
@@ -71,6 +79,8 @@ class TaskSwitchingConfig:
     compose: bool = False
     compose_length: float = 2.0
     backend: Optional[str] = None
+    features: Optional[str] = None  # image: a saved feature extractor (features.pt) to reuse
+    data_dir: Optional[str] = None  # image: MNIST idx files; default the bundled 5,000 images
     out: str = "runs/task-switching"
     threads: Optional[int] = None
     progress: bool = True
@@ -84,7 +94,7 @@ class TaskSwitchingConfig:
         flexible = self.regime == "flexible"
         cfg = TaskSwitchingConfig(**asdict(self))
         defaults = NETWORK_DEFAULTS[cfg.network]
-        for name in ("tau_w", "dt", "blocks", "norm_k"):
+        for name in ("tau_w", "dt", "blocks", "norm_k", "block_length", "batch"):
             if getattr(cfg, name) is None:
                 setattr(cfg, name, defaults[name])
         if cfg.tau_c is None:
@@ -219,6 +229,10 @@ def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = pr
         from .fc import run_fc
 
         return run_fc(cfg, log)
+    if cfg.network == "image":
+        from .image import run_image
+
+        return run_image(cfg, log)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
