@@ -268,10 +268,9 @@ def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = pr
         clock["t0"] = b * steps * cfg.dt
         losses = flow.run(teacher_set[task], steps, on_record=record)
         all_losses.append(losses)
-        if not bool(torch.isfinite(losses).all()):
-            if bar is not None:
-                bar.close()
-            _stop_diverged(cfg, b, losses)
+        if not bool(torch.isfinite(losses).all()) and bar is not None:
+            bar.close()
+        check_block_finite(cfg, b, losses)
         entry = dict(block=b + 1, task=int(task),
                      time_to_threshold=first_time_below(losses, cfg.threshold, cfg.dt),
                      final_loss=float(losses[-max(1, steps // 20):].mean()),
@@ -308,14 +307,20 @@ def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = pr
     return metrics
 
 
-def _stop_diverged(cfg: TaskSwitchingConfig, block: int, losses: torch.Tensor) -> None:
-    """Write metrics.json saying why the run stopped, and raise RunError."""
-    step = int((~torch.isfinite(losses)).nonzero()[0])
-    reason = (f"the loss became {float(losses[step])} in block {block + 1}, step {step + 1}: the gradient flow "
+def stop_diverged(cfg: TaskSwitchingConfig, block: int, step: int, loss: float) -> None:
+    """Write metrics.json saying why the run stopped (block and step counted from 0), and raise RunError."""
+    reason = (f"the loss became {loss} in block {block + 1}, step {step + 1}: the gradient flow "
               f"diverged (lower --dt, or raise --tau-w / --tau-c)")
     atomic_write_json(dict(stopped="diverged", reason=reason, block=block + 1, step=step + 1, config=asdict(cfg)),
                       os.path.join(cfg.out, "metrics.json"))
     raise RunError(reason)
+
+
+def check_block_finite(cfg: TaskSwitchingConfig, block: int, losses: torch.Tensor) -> None:
+    """stop_diverged at the first non-finite loss of a block's losses, if there is one."""
+    if not bool(torch.isfinite(losses).all()):
+        step = int((~torch.isfinite(losses)).nonzero()[0])
+        stop_diverged(cfg, block, step, float(losses[step]))
 
 
 def _compose_phase(net: GatedLinearNetwork, flow: GradientFlow, cfg: TaskSwitchingConfig,

@@ -16,8 +16,7 @@ import torch
 
 from ...models import TwoLayerLinearNetwork
 from .._files import atomic_save, atomic_write_json, pyplot, save_figure
-from ..errors import RunError
-from .experiment import TaskSwitchingConfig, first_time_below, gate_regulariser
+from .experiment import TaskSwitchingConfig, check_block_finite, first_time_below, gate_regulariser
 from .tasks import blocked_curriculum, teachers
 
 
@@ -66,13 +65,7 @@ def run_fc(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> Dict
             if (s + 1) % cfg.record_every == 0 or s == steps - 1:
                 trace_t.append((b * steps + s + 1) * cfg.dt)
                 trace_W2.append(W2.detach().clone())
-        if not bool(torch.isfinite(losses).all()):
-            step = int((~torch.isfinite(losses)).nonzero()[0])
-            reason = (f"the loss became {float(losses[step])} in block {b + 1}, step {step + 1}: the gradient flow "
-                      "diverged (lower --dt, or raise --tau-w / --tau-c)")
-            atomic_write_json(dict(stopped="diverged", reason=reason, block=b + 1, step=step + 1, config=asdict(cfg)),
-                              os.path.join(cfg.out, "metrics.json"))
-            raise RunError(reason)
+        check_block_finite(cfg, b, losses)
         all_losses.append(losses)
         block_W2.append(W2.detach().clone())
         with torch.no_grad():

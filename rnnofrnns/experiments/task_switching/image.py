@@ -23,7 +23,7 @@ from ...ops import gated_paths
 from .._files import atomic_save, atomic_write_json, pyplot, save_figure
 from ..errors import RunError
 from ..training.data import load_task
-from .experiment import TaskSwitchingConfig, gate_regulariser, specialisation
+from .experiment import TaskSwitchingConfig, gate_regulariser, specialisation, stop_diverged
 
 
 class MnistFeatures(nn.Module):
@@ -131,11 +131,7 @@ def run_image(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> D
             logits = gated_paths(f_train[idx], W, c, backend=cfg.backend)
             loss = F.cross_entropy(logits, y_task[idx])
             if not bool(torch.isfinite(loss.detach())):
-                reason = (f"the loss became {float(loss.detach())} in block {b + 1}, step {s + 1}: the gradient flow "
-                          "diverged (lower --dt, or raise --tau-w / --tau-c)")
-                atomic_write_json(dict(stopped="diverged", reason=reason, block=b + 1, step=s + 1,
-                                       config=asdict(cfg)), os.path.join(cfg.out, "metrics.json"))
-                raise RunError(reason)
+                stop_diverged(cfg, b, s, float(loss.detach()))
             reg = gate_regulariser(c, cfg.lambda_nonneg, cfg.lambda_norm, cfg.norm_k)
             gW, gc = torch.autograd.grad(loss + reg, (W, c))
             with torch.no_grad():
@@ -169,7 +165,7 @@ def run_image(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> D
     for e in blocks:
         log(f"{e['block']:5d}  {e['task']:4d}  {e['accuracy_after_switch']:25.3f}  {e['final_accuracy']:14.3f}  "
             f"{e['steps_to_90_percent']:13d}  {', '.join(f'{g:.2f}' for g in e['gates'])}")
-    log(f"each path alone, accuracy on (labels, permuted labels): "
+    log("each path alone, accuracy on (labels, permuted labels): "
         + "; ".join(f"path {p + 1}: {a:.2f}, {b_:.2f}" for p, (a, b_) in enumerate(paths.tolist()))
         + f"; specialisation {metrics['specialisation']:.3f}")
     log(f"metrics: {os.path.join(cfg.out, 'metrics.json')}; plot: {picture}")
