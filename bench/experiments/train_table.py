@@ -23,9 +23,20 @@ TASKS = {"row-digits": 100, "seq-digits": 60, "mnist1d": 60, "psmnist-5k": 5}
 VARIANTS = {"gw-free": ("gw", ["--gamma", "0.99", "--alpha", "0.2", "--no-guarantee"])}
 
 
+def done(path):
+    """A finished run: a metrics.json with a test accuracy (not one that says why a run stopped)."""
+    try:
+        return "test_accuracy" in load(path)
+    except (OSError, ValueError):
+        return False
+
+
 def run(out, model, task, epochs, extra=()):
+    """One run into out; a folder left by an unfinished run is replaced (--overwrite)."""
     cmd = [sys.executable, "-m", "rnnofrnns", "train", "--model", model, "--task", task, "--epochs", str(epochs),
            "--seed", "0", "--threads", "2", "--no-progress", "--out", out, *extra]
+    if os.path.isdir(out):
+        cmd.append("--overwrite")
     print(" ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
@@ -45,21 +56,21 @@ def main() -> int:
         for task in args.tasks:
             for model in MODELS:
                 path = os.path.join(args.out, f"{task}-{model}")
-                if not os.path.exists(os.path.join(path, "metrics.json")):
+                if not done(path):
                     run(path, model, task, TASKS[task])
             for name, (model, extra) in VARIANTS.items():
                 path = os.path.join(args.out, f"{task}-{name}")
-                if task != "row-digits" and not os.path.exists(os.path.join(path, "metrics.json")):
+                if task != "row-digits" and not done(path):
                     run(path, model, task, TASKS[task], extra)
             ref = os.path.join(args.out, f"{task}-gw-reference")
-            if not os.path.exists(os.path.join(ref, "metrics.json")):
+            if not done(ref):
                 run(ref, "gw", task, 1, ["--backend", "reference"])
     print("| task | model | test accuracy | trainable parameters | s / epoch | epochs | certificates |")
     print("|---|---|---:|---:|---:|---:|---|")
     for task in args.tasks:
         for model in MODELS + list(VARIANTS):
             path = os.path.join(args.out, f"{task}-{model}")
-            if not os.path.exists(os.path.join(path, "metrics.json")):
+            if not done(path):
                 continue
             m = load(path)
             cert = m.get("certificate")
@@ -69,7 +80,7 @@ def main() -> int:
     print("\nGW epoch time, fused cpu backend vs backend='reference' (first epoch of each run):")
     for task in args.tasks:
         a, b = os.path.join(args.out, f"{task}-gw"), os.path.join(args.out, f"{task}-gw-reference")
-        if os.path.exists(os.path.join(a, "metrics.json")) and os.path.exists(os.path.join(b, "metrics.json")):
+        if done(a) and done(b):
             fused = load(a)["history"][0]["seconds"]
             ref = load(b)["history"][0]["seconds"]
             print(f"  {task}: cpu {fused:.2f} s, reference {ref:.2f} s, ratio {ref / fused:.1f}x")
