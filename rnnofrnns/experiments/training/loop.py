@@ -252,6 +252,8 @@ def certificate_summary(model: nn.Module) -> Optional[Dict[str, Any]]:
 # The files a training run writes into its folder; --overwrite removes only a folder of these.
 RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.json", "training_curves.png", "connectivity.png",
              "ablation.png")
+# Any of these marks a folder as a run's (the plots alone do not).
+RUN_MARKERS = ("config.json", "last.pt", "best.pt", "metrics.json")
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
@@ -268,7 +270,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
 
 
 def is_run_folder(path: str) -> bool:
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES[:4])
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in RUN_MARKERS)
 
 
 def prepare_out(out: str, resume: bool, overwrite: bool) -> None:
@@ -283,10 +285,14 @@ def prepare_out(out: str, resume: bool, overwrite: bool) -> None:
         if not overwrite:
             raise UsageError(f"--out {out} already holds {'a run' if is_run_folder(out) else 'files'}; "
                              "pass --resume to continue it, --overwrite to replace it, or choose another folder")
-        others = sorted(set(os.listdir(out)) - set(RUN_FILES))
-        if not is_run_folder(out) or any(not f.split(".tmp-")[0] in RUN_FILES for f in others):
-            raise UsageError(f"--overwrite replaces a training run, but {out} also holds {', '.join(others[:3])}"
-                             f"{' ...' if len(others) > 3 else ''}; choose another folder")
+        # a run's own files, and the temporary files an interrupted write of one leaves
+        foreign = sorted(f for f in os.listdir(out) if f.split(".tmp-")[0] not in RUN_FILES)
+        if foreign:
+            raise UsageError(f"--overwrite replaces a training run, but {out} also holds {', '.join(foreign[:3])}"
+                             f"{' ...' if len(foreign) > 3 else ''}; choose another folder")
+        if not is_run_folder(out):
+            raise UsageError(f"--overwrite replaces a training run, but {out} holds no config.json, checkpoint or "
+                             "metrics.json; choose another folder")
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> Dict[str, Any]:
