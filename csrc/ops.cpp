@@ -6,12 +6,15 @@
 
 TORCH_LIBRARY(rnnofrnns, m) {
   m.def(
-      "modular_rnn_fwd(Tensor drive, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, float alpha, "
-      "str nonlinearity, str form, bool save_pre) -> (Tensor states, Tensor pre)");
+      "modular_rnn_fwd(Tensor drive, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, Tensor alpha, "
+      "Tensor S_inv, str nonlinearity, str form, str step, int hub, bool save) "
+      "-> (Tensor states, Tensor pre, Tensor z, Tensor r)");
   m.def(
-      "modular_rnn_bwd(Tensor grad_states, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, Tensor states, "
-      "Tensor pre, float alpha, str nonlinearity, str form, bool need_W_grad, bool need_L_grad) "
-      "-> (Tensor grad_drive, Tensor grad_W, Tensor grad_L_blocks, Tensor grad_h0)");
+      "modular_rnn_bwd(Tensor grad_states, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, Tensor alpha, "
+      "Tensor S_inv, Tensor states, Tensor pre, Tensor z, Tensor r, str nonlinearity, str form, str step, int hub, "
+      "bool need_W_grad, bool need_L_grad) "
+      "-> (Tensor grad_drive, Tensor grad_W, Tensor grad_L_blocks, Tensor grad_h0, Tensor grad_alpha, "
+      "Tensor grad_S_inv)");
   m.def("gated_paths_fwd(Tensor x, Tensor W, Tensor c) -> (Tensor y, Tensor aux)");
   m.def(
       "gated_paths_bwd(Tensor grad_y, Tensor x, Tensor W, Tensor c, Tensor aux, bool need_x_grad, "

@@ -67,86 +67,175 @@ def _tile(B, H, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     return rn, row, m2, mw
 
 
+STEP_CODES = {"euler": 0, "star": 1, "dense": 2}
+
+
 @triton.jit
 def _modular_rnn_fwd_kernel(
-    drive_ptr, w_ptr, l_ptr, tgt_rowptr_ptr, src_ptr, h0_ptr, states_ptr, pre_ptr,
-    T, B, H, P, N, alpha_ptr,
+    drive_ptr, w_ptr, l_ptr, tgt_rowptr_ptr, src_ptr, h0_ptr, states_ptr, pre_ptr, z_ptr, r_ptr, s_ptr,
+    sinv_ptr, T, B, H, P, N, alpha_ptr, HUB, Z_TSTRIDE, R_TSTRIDE,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
-    HOPFIELD: tl.constexpr, SAVE_PRE: tl.constexpr, PRECISION: tl.constexpr,
+    HOPFIELD: tl.constexpr, SAVE_PRE: tl.constexpr, STEP: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    # alpha arrives as a one-element tensor of the data's dtype: a Python float argument
-    # would be rounded to float32 on the GPU (and not in the interpreter).
-    alpha = tl.load(alpha_ptr)
+    # alpha arrives as a [p] tensor of the data's dtype: a Python float argument would be
+    # rounded to float32 on the GPU (and not in the interpreter).
     rn, row, m2, mw = _tile(B, H, N, BLOCK_B, BLOCK_N)
     w_t = rn[None, :] * N + rn[:, None]  # loads a block transposed: tile[c, r] = M[r, c]
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    nrow = rb[:, None] * N + rn[None, :]  # a [BLOCK_B, BLOCK_N] tile of a [B, n] buffer
     prev_ptr = h0_ptr
     cur_ptr = states_ptr
     u_ptr = drive_ptr
-    z_ptr = pre_ptr
+    pz_ptr = pre_ptr
     for t in range(T):
         for i in range(P):
+            alpha = tl.load(alpha_ptr + i)
             h_i = tl.load(prev_ptr + row + i * N, mask=m2, other=0.0)
             u = tl.load(u_ptr + row + i * N, mask=m2, other=0.0)
             wt = tl.load(w_ptr + i * N * N + w_t, mask=mw, other=0.0)
             if HOPFIELD:
                 acc = (1.0 - alpha) * h_i + alpha * (tl.dot(_phi(h_i, NONLIN), wt, input_precision=PRECISION) + u)
             else:
-                z = tl.dot(h_i, wt, input_precision=PRECISION) + u
+                zz = tl.dot(h_i, wt, input_precision=PRECISION) + u
                 if SAVE_PRE:
-                    tl.store(z_ptr + row + i * N, z, mask=m2)
-                acc = (1.0 - alpha) * h_i + alpha * _phi(z, NONLIN)
-            start = tl.load(tgt_rowptr_ptr + i)
-            end = tl.load(tgt_rowptr_ptr + i + 1)
-            for r in range(start, end):
-                # the launcher sorted the blocks by target: block r's source is src[r]
-                src_j = tl.load(src_ptr + r)
-                lt = tl.load(l_ptr + r * N * N + w_t, mask=mw, other=0.0)
-                h_j = tl.load(prev_ptr + row + src_j * N, mask=m2, other=0.0)
-                acc += alpha * tl.dot(h_j, lt, input_precision=PRECISION)
-            tl.store(cur_ptr + row + i * N, acc, mask=m2)
+                    tl.store(pz_ptr + row + i * N, zz, mask=m2)
+                acc = (1.0 - alpha) * h_i + alpha * _phi(zz, NONLIN)
+            if STEP == 0:
+                start = tl.load(tgt_rowptr_ptr + i)
+                end = tl.load(tgt_rowptr_ptr + i + 1)
+                for r in range(start, end):
+                    # the launcher sorted the blocks by target: block r's source is src[r]
+                    src_j = tl.load(src_ptr + r)
+                    lt = tl.load(l_ptr + r * N * N + w_t, mask=mw, other=0.0)
+                    h_j = tl.load(prev_ptr + row + src_j * N, mask=m2, other=0.0)
+                    acc += alpha * tl.dot(h_j, lt, input_precision=PRECISION)
+                tl.store(cur_ptr + row + i * N, acc, mask=m2)
+            else:
+                tl.store(z_ptr + row + i * N, acc, mask=m2)
+        if STEP != 0:
+            # the Cayley map h_t = C z_t, z_t complete for every area
+            tl.debug_barrier()
+            if STEP == 2:  # dense: h_i = sum_j C_ij z_j (every block)
+                for i in range(P):
+                    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=states_ptr.dtype.element_ty)
+                    for r in range(tl.load(tgt_rowptr_ptr + i), tl.load(tgt_rowptr_ptr + i + 1)):
+                        src_j = tl.load(src_ptr + r)
+                        lt = tl.load(l_ptr + r * N * N + w_t, mask=mw, other=0.0)
+                        acc += tl.dot(tl.load(z_ptr + row + src_j * N, mask=m2, other=0.0), lt,
+                                      input_precision=PRECISION)
+                    tl.store(cur_ptr + row + i * N, acc, mask=m2)
+            else:  # star: r = z_hub + sum_j P_hj z_j, s = S^{-1} r, h_hub = 2 s - z_hub, h_j = z_j + 2 P_jh s
+                z_h = tl.load(z_ptr + row + HUB * N, mask=m2, other=0.0)
+                acc = z_h
+                for r in range(tl.load(tgt_rowptr_ptr + HUB), tl.load(tgt_rowptr_ptr + HUB + 1)):
+                    src_j = tl.load(src_ptr + r)
+                    lt = tl.load(l_ptr + r * N * N + w_t, mask=mw, other=0.0)
+                    acc += tl.dot(tl.load(z_ptr + row + src_j * N, mask=m2, other=0.0), lt, input_precision=PRECISION)
+                tl.store(r_ptr + nrow, acc, mask=m2)
+                st = tl.load(sinv_ptr + w_t, mask=mw, other=0.0)
+                sh = tl.dot(acc, st, input_precision=PRECISION)
+                tl.store(s_ptr + nrow, sh, mask=m2)
+                tl.store(cur_ptr + row + HUB * N, 2.0 * sh - z_h, mask=m2)
+                tl.debug_barrier()
+                for i in range(P):
+                    if i != HUB:
+                        acc = tl.load(z_ptr + row + i * N, mask=m2, other=0.0)
+                        for r in range(tl.load(tgt_rowptr_ptr + i), tl.load(tgt_rowptr_ptr + i + 1)):
+                            lt = tl.load(l_ptr + r * N * N + w_t, mask=mw, other=0.0)
+                            acc += 2.0 * tl.dot(tl.load(s_ptr + nrow, mask=m2, other=0.0), lt,
+                                                input_precision=PRECISION)
+                        tl.store(cur_ptr + row + i * N, acc, mask=m2)
         tl.debug_barrier()
         prev_ptr = cur_ptr
         cur_ptr += B * H
         u_ptr += B * H
-        z_ptr += B * H
+        pz_ptr += B * H
+        z_ptr += Z_TSTRIDE
+        r_ptr += R_TSTRIDE
 
 
 @triton.jit
 def _modular_rnn_bwd_kernel(
-    gstates_ptr, w_ptr, l_ptr, h0_ptr, states_ptr, pre_ptr, gd_ptr, ag_ptr, carry_ptr, gh0_ptr,
-    src_rowptr_ptr, tgt_ptr,
-    T, B, H, P, N, alpha_ptr,
+    gstates_ptr, w_ptr, l_ptr, h0_ptr, states_ptr, pre_ptr, gd_ptr, g_ptr, gz_ptr, carry_ptr, gh0_ptr,
+    gs_ptr, gr_ptr, sinv_ptr, src_rowptr_ptr, tgt_ptr,
+    T, B, H, P, N, alpha_ptr, HUB,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
-    HOPFIELD: tl.constexpr, PRECISION: tl.constexpr,
+    HOPFIELD: tl.constexpr, STEP: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    alpha = tl.load(alpha_ptr)
     rn, row, m2, mw = _tile(B, H, N, BLOCK_B, BLOCK_N)
     w_n = rn[:, None] * N + rn[None, :]  # loads a block as is: x @ M computes (M^T x^T)^T
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    nrow = rb[:, None] * N + rn[None, :]
     BH = B * H
+    BN = B * N
     # carry_ptr holds two [B, H] buffers (zeroed by the launcher): read one, write the other.
     cin_ptr = carry_ptr
     cout_ptr = carry_ptr + BH
-    g_ptr = gstates_ptr + (T - 1) * BH  # gradient arriving at h_t (t = T first)
-    h_ptr = states_ptr + (T - 2) * BH   # h_{t-1}, read only while t > 0; h0 at the last step
+    gin_ptr = gstates_ptr + (T - 1) * BH  # gradient arriving at h_t (t = T first)
+    h_ptr = states_ptr + (T - 2) * BH     # h_{t-1}, read only while t > 0; h0 at the last step
     d_ptr = gd_ptr + (T - 1) * BH
-    a_ptr = ag_ptr + (T - 1) * BH
     z_ptr = pre_ptr + (T - 1) * BH
+    gt_ptr = g_ptr + (T - 1) * BH         # total gradient of h_t (Cayley: saved for the block gradients)
+    gzt_ptr = gz_ptr + (T - 1) * BH       # gradient of z_t (= of h_t for the Euler step)
+    gst_ptr = gs_ptr + (T - 1) * BN
+    grt_ptr = gr_ptr + (T - 1) * BN
     for step in range(T):
-        # phase 1: total gradient g of h_t; drive gradient d; a*g for the feedback terms
+        # phase 0: total gradient of h_t, and for the Cayley step gz = C^T g
         for i in range(P):
             off = row + i * N
-            g = tl.load(g_ptr + off, mask=m2, other=0.0) + tl.load(cin_ptr + off, mask=m2, other=0.0)
+            g = tl.load(gin_ptr + off, mask=m2, other=0.0) + tl.load(cin_ptr + off, mask=m2, other=0.0)
+            tl.store(gzt_ptr + off, g, mask=m2)
+            if STEP != 0:
+                tl.store(gt_ptr + off, g, mask=m2)
+        if STEP != 0:
+            tl.debug_barrier()
+            if STEP == 2:  # dense: gz_j = sum_i C_ij^T g_i (blocks sorted by source)
+                for j in range(P):
+                    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=states_ptr.dtype.element_ty)
+                    for r in range(tl.load(src_rowptr_ptr + j), tl.load(src_rowptr_ptr + j + 1)):
+                        tgt_i = tl.load(tgt_ptr + r)
+                        lb = tl.load(l_ptr + r * N * N + w_n, mask=mw, other=0.0)
+                        acc += tl.dot(tl.load(gt_ptr + row + tgt_i * N, mask=m2, other=0.0), lb,
+                                      input_precision=PRECISION)
+                    tl.store(gzt_ptr + row + j * N, acc, mask=m2)
+            else:  # star: gs = 2 g_hub + 2 sum_j P_jh^T g_j, gr = S^{-T} gs, gz_hub = gr - g_hub, gz_j = g_j + P_hj^T gr
+                g_h = tl.load(gt_ptr + row + HUB * N, mask=m2, other=0.0)
+                gs = 2.0 * g_h
+                for r in range(tl.load(src_rowptr_ptr + HUB), tl.load(src_rowptr_ptr + HUB + 1)):
+                    tgt_i = tl.load(tgt_ptr + r)
+                    lb = tl.load(l_ptr + r * N * N + w_n, mask=mw, other=0.0)
+                    gs += 2.0 * tl.dot(tl.load(gt_ptr + row + tgt_i * N, mask=m2, other=0.0), lb,
+                                       input_precision=PRECISION)
+                tl.store(gst_ptr + nrow, gs, mask=m2)
+                sb = tl.load(sinv_ptr + w_n, mask=mw, other=0.0)
+                gr = tl.dot(gs, sb, input_precision=PRECISION)
+                tl.store(grt_ptr + nrow, gr, mask=m2)
+                tl.store(gzt_ptr + row + HUB * N, gr - g_h, mask=m2)
+                tl.debug_barrier()
+                for j in range(P):
+                    if j != HUB:
+                        acc = tl.load(gt_ptr + row + j * N, mask=m2, other=0.0)
+                        for r in range(tl.load(src_rowptr_ptr + j), tl.load(src_rowptr_ptr + j + 1)):
+                            lb = tl.load(l_ptr + r * N * N + w_n, mask=mw, other=0.0)
+                            acc += tl.dot(tl.load(grt_ptr + nrow, mask=m2, other=0.0), lb, input_precision=PRECISION)
+                        tl.store(gzt_ptr + row + j * N, acc, mask=m2)
+        tl.debug_barrier()
+        # phase 1: the drive's gradient d
+        for i in range(P):
+            alpha = tl.load(alpha_ptr + i)
+            off = row + i * N
+            g = tl.load(gzt_ptr + off, mask=m2, other=0.0)
             if HOPFIELD:
                 tl.store(d_ptr + off, alpha * g, mask=m2)
             else:
                 z = tl.load(z_ptr + off, mask=m2, other=0.0)
                 tl.store(d_ptr + off, _dphi_times(z, alpha * g, NONLIN), mask=m2)
-                tl.store(a_ptr + off, alpha * g, mask=m2)
         tl.debug_barrier()
         # phase 2: gradient flowing into h_{t-1}, area by area (as the source of every block)
         for j in range(P):
+            alpha = tl.load(alpha_ptr + j)
             off = row + j * N
-            g = tl.load(g_ptr + off, mask=m2, other=0.0) + tl.load(cin_ptr + off, mask=m2, other=0.0)
+            g = tl.load(gzt_ptr + off, mask=m2, other=0.0)
             d = tl.load(d_ptr + off, mask=m2, other=0.0)
             w = tl.load(w_ptr + j * N * N + w_n, mask=mw, other=0.0)
             back = tl.dot(d, w, input_precision=PRECISION)
@@ -158,27 +247,28 @@ def _modular_rnn_bwd_kernel(
                 acc = (1.0 - alpha) * g + _dphi_times(h, back, NONLIN)
             else:
                 acc = (1.0 - alpha) * g + back
-            start = tl.load(src_rowptr_ptr + j)
-            end = tl.load(src_rowptr_ptr + j + 1)
-            for r in range(start, end):
-                # the launcher sorted the blocks by source: block r's target is tgt[r]
-                tgt_i = tl.load(tgt_ptr + r)
-                lb = tl.load(l_ptr + r * N * N + w_n, mask=mw, other=0.0)
-                if HOPFIELD:
-                    ag = tl.load(d_ptr + row + tgt_i * N, mask=m2, other=0.0)
-                else:
-                    ag = tl.load(a_ptr + row + tgt_i * N, mask=m2, other=0.0)
-                acc += tl.dot(ag, lb, input_precision=PRECISION)
+            if STEP == 0:
+                start = tl.load(src_rowptr_ptr + j)
+                end = tl.load(src_rowptr_ptr + j + 1)
+                for r in range(start, end):
+                    # the launcher sorted the blocks by source: block r's target is tgt[r]
+                    tgt_i = tl.load(tgt_ptr + r)
+                    lb = tl.load(l_ptr + r * N * N + w_n, mask=mw, other=0.0)
+                    ag = tl.load(alpha_ptr + tgt_i) * tl.load(gzt_ptr + row + tgt_i * N, mask=m2, other=0.0)
+                    acc += tl.dot(ag, lb, input_precision=PRECISION)
             tl.store(cout_ptr + off, acc, mask=m2)
         tl.debug_barrier()
         tmp = cin_ptr
         cin_ptr = cout_ptr
         cout_ptr = tmp
-        g_ptr -= BH
+        gin_ptr -= BH
         h_ptr -= BH
         d_ptr -= BH
-        a_ptr -= BH
         z_ptr -= BH
+        gt_ptr -= BH
+        gzt_ptr -= BH
+        gst_ptr -= BN
+        grt_ptr -= BN
     for i in range(P):
         off = row + i * N
         tl.store(gh0_ptr + off, tl.load(cin_ptr + off, mask=m2, other=0.0), mask=m2)
@@ -209,38 +299,59 @@ def _launch_config(n: int) -> dict:
     )
 
 
-def forward(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre):
+def forward(drive, W, L_blocks, L_index, h0, alpha, S_inv, nonlinearity, form, step, hub, save):
     T, B, H = drive.shape
     p, n, _ = W.shape
     drive, W, L_blocks, L_index = drive.contiguous(), W.contiguous(), L_blocks.contiguous(), L_index.contiguous()
-    h0 = h0.contiguous()
+    h0, alpha, S_inv = h0.contiguous(), alpha.contiguous(), S_inv.contiguous()
     states = new_output(T, B, H, like=drive)
-    keep_pre = save_pre and form == "rate"
+    keep_pre = save and form == "rate"
+    cayley, star = step != "euler", step == "star"
     pre = new_output(T if keep_pre else 0, B, H, like=drive)
+    # z and r are kept for all steps when saved; otherwise one step's worth is scratch
+    z = new_output(T if (save and cayley) else (1 if cayley else 0), B, H, like=drive)
+    r = new_output(T if (save and star) else (1 if star else 0), B, n, like=drive)
+    s = new_output(B if star else 0, n, like=drive)
     rowptr, order = _csr(L_index[:, 0], p)
     src = L_index[order, 1].contiguous()
     L_sorted = L_blocks[order].contiguous()
     grid = (triton.cdiv(B, LAUNCH["BLOCK_B"]),)
     _modular_rnn_fwd_kernel[grid](
         drive, W, L_sorted, rowptr, src, h0, states, pre if keep_pre else states,
-        T, B, H, p, n, torch.full((1,), float(alpha), dtype=W.dtype, device=W.device),
+        z if cayley else states, r if star else states, s if star else states, S_inv if star else W,
+        T, B, H, p, n, alpha, hub, B * H if (save and cayley) else 0, B * n if (save and star) else 0,
         NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=form == "hopfield", SAVE_PRE=keep_pre,
-        **_launch_config(n),
+        STEP=STEP_CODES[step], **_launch_config(n),
     )
-    return states, pre
+    empty = drive.new_zeros(0, B, H)
+    return states, pre, z if (save and cayley) else empty, r if (save and star) else drive.new_zeros(0, B, n)
 
 
-def backward(grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form, need_W_grad, need_L_grad):
+def _check_saved(name: str, t: torch.Tensor, shape: Tuple[int, ...]) -> None:
+    if tuple(t.shape) != shape:
+        raise ValueError(f"modular_rnn_bwd: {name} must be the forward's saved tensor of shape {shape}, got shape "
+                         f"{tuple(t.shape)} (run the forward with save=True)")
+
+
+def backward(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z, r, nonlinearity, form, step, hub,
+             need_W_grad, need_L_grad):
     T, B, H = states.shape
     p, n, _ = W.shape
-    hopfield = form == "hopfield"
-    if not hopfield and tuple(pre.shape) != (T, B, H):
-        raise ValueError(f"the rate form's backward needs pre of shape {(T, B, H)}, got {tuple(pre.shape)} "
-                         "(run the forward with save_pre=True)")
+    hopfield, cayley, star = form == "hopfield", step != "euler", step == "star"
+    if not hopfield:
+        _check_saved("pre", pre, (T, B, H))
+    if cayley:
+        _check_saved("z", z, (T, B, H))
+    if star:
+        _check_saved("r", r, (T, B, n))
     grad_states, W, L_blocks = grad_states.contiguous(), W.contiguous(), L_blocks.contiguous()
     h0, states, pre, L_index = h0.contiguous(), states.contiguous(), pre.contiguous(), L_index.contiguous()
+    alpha, S_inv, z, r = alpha.contiguous(), S_inv.contiguous(), z.contiguous(), r.contiguous()
     grad_drive = new_output(T, B, H, like=states)
-    ag = grad_drive if hopfield else new_output(T, B, H, like=states)
+    gz = new_output(T, B, H, like=states)
+    g = new_output(T, B, H, like=states) if cayley else gz
+    gs = new_output(T if star else 0, B, n, like=states)
+    gr = new_output(T if star else 0, B, n, like=states)
     carry = torch.zeros(2, B, H, dtype=states.dtype, device=states.device)
     grad_h0 = new_output(B, H, like=states)
     rowptr, order = _csr(L_index[:, 1], p)
@@ -248,26 +359,41 @@ def backward(grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinea
     grid = (triton.cdiv(B, LAUNCH["BLOCK_B"]),)
     _modular_rnn_bwd_kernel[grid](
         grad_states, W, L_blocks[order].contiguous(), h0, states, pre if not hopfield else states,
-        grad_drive, ag, carry, grad_h0, rowptr, tgt,
-        T, B, H, p, n, torch.full((1,), float(alpha), dtype=W.dtype, device=W.device),
-        NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=hopfield,
+        grad_drive, g, gz, carry, grad_h0, gs if star else states, gr if star else states, S_inv if star else W,
+        rowptr, tgt, T, B, H, p, n, alpha, hub,
+        NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=hopfield, STEP=STEP_CODES[step],
         **_launch_config(n),
     )
+    # The weight and alpha gradients are reductions over all (t, b): one GEMM per block.
+    hprev = torch.cat([h0[None], states[:-1]]).view(T * B, p, n)
+    x = (z if cayley else states).view(T * B, p, n)
+    gzv = gz.view(T * B, p, n)
+    grad_alpha = (gzv * (x - hprev)).sum((0, 2)) / alpha  # dx/da_i = (x - h_{t-1}) / a_i
     # Weight gradients that are not asked for are returned as zeros.
     grad_W = new_output(*W.shape, like=W) if need_W_grad else torch.zeros_like(W)
     grad_L = new_output(*L_blocks.shape, like=L_blocks) if need_L_grad else torch.zeros_like(L_blocks)
-    hprev = torch.cat([h0[None], states[:-1]]).view(T * B, p, n)
+    grad_S = torch.zeros_like(S_inv)
     if need_W_grad:
-        x = hprev
+        xin = hprev
         if hopfield and nonlinearity == "relu":
-            x = torch.relu(hprev)
+            xin = torch.relu(hprev)
         elif hopfield and nonlinearity == "tanh":
-            x = torch.tanh(hprev)
+            xin = torch.tanh(hprev)
         d = grad_drive.view(T * B, p, n)
         for i in range(p):
-            torch.mm(d[:, i].T, x[:, i], out=grad_W[i])
+            torch.mm(d[:, i].T, xin[:, i], out=grad_W[i])
     if need_L_grad:
-        a = ag.view(T * B, p, n)
-        for r, (i, j) in enumerate(L_index.tolist()):
-            torch.mm(a[:, i].T, hprev[:, j], out=grad_L[r])
-    return grad_drive, grad_W, grad_L, grad_h0
+        if step == "euler":
+            left, right = gzv * alpha[None, :, None], hprev
+        elif step == "dense":
+            left, right = g.view(T * B, p, n), x
+        else:  # star: X = (gr at the hub, 2 g_j at leaf j), Y = (s_hub = (h_hub + z_hub) / 2, z_j)
+            left = 2 * g.view(T * B, p, n)
+            left[:, hub] = gr.view(T * B, n)
+            right = x.clone()
+            right[:, hub] = (states.view(T * B, p, n)[:, hub] + x[:, hub]) / 2
+        for k, (i, j) in enumerate(L_index.tolist()):
+            torch.mm(left[:, i].T, right[:, j], out=grad_L[k])
+    if star:
+        torch.mm(gs.view(T * B, n).T, r.view(T * B, n), out=grad_S)
+    return grad_drive, grad_W, grad_L, grad_h0, grad_alpha, grad_S

@@ -44,16 +44,26 @@ inline Nonlinearity parse_nonlinearity(c10::string_view s) {
   TORCH_CHECK_VALUE(false, "modular_rnn: nonlinearity must be one of 'relu', 'tanh', 'identity', got '", s, "'");
 }
 
+enum class Step { Euler, Star, Dense };
+
+inline Step parse_step(c10::string_view s) {
+  if (s == "euler") return Step::Euler;
+  if (s == "star") return Step::Star;
+  if (s == "dense") return Step::Dense;
+  TORCH_CHECK_VALUE(false, "modular_rnn: step must be 'euler', 'star' or 'dense', got '", s, "'");
+}
+
 inline Form parse_form(c10::string_view s) {
   if (s == "rate") return Form::Rate;
   if (s == "hopfield") return Form::Hopfield;
   TORCH_CHECK_VALUE(false, "modular_rnn: form must be 'rate' or 'hopfield', got '", s, "'");
 }
 
-// Shapes, dtypes, devices, alpha and every block index (in range, off the diagonal, listed once).
+// Shapes, dtypes, devices, alpha ([p] values in (0, 1]), S_inv and every block index (in range,
+// listed once, off the diagonal except for the dense Cayley map, touching the hub in the star).
 inline void check_modular_rnn_inputs(const at::Tensor& drive, const at::Tensor& W, const at::Tensor& L_blocks,
-                                     const at::Tensor& L_index, const at::Tensor& h0, double alpha,
-                                     c10::DeviceType device) {
+                                     const at::Tensor& L_index, const at::Tensor& h0, const at::Tensor& alpha,
+                                     const at::Tensor& S_inv, Step step, int64_t hub, c10::DeviceType device) {
   TORCH_CHECK_VALUE(drive.dim() == 3, "modular_rnn: drive must be 3-D [T, B, p*n], got shape ", drive.sizes());
   TORCH_CHECK_VALUE(W.dim() == 3 && W.size(1) == W.size(2),
                     "modular_rnn: W must be [p, n, n] (square intra-area blocks), got shape ", W.sizes());
@@ -77,8 +87,23 @@ inline void check_modular_rnn_inputs(const at::Tensor& drive, const at::Tensor& 
                    L_index.scalar_type());
   TORCH_CHECK_VALUE(L_index.device().type() == device, "modular_rnn: L_index must be on ", device, ", got one on ",
                     L_index.device());
-  TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha > 0.0 && alpha <= 1.0, "modular_rnn: alpha must be in (0, 1], got ",
-                    alpha);
+  TORCH_CHECK_VALUE(alpha.dim() == 1 && alpha.size(0) == p, "modular_rnn: alpha must be [p] = [", p,
+                    "] (one value per area), got shape ", alpha.sizes());
+  check_float_tensors("modular_rnn", {{"drive", &drive}, {"alpha", &alpha}}, device);
+  if (device == at::kCPU) {
+    const at::Tensor a = alpha.to(at::kDouble).contiguous();
+    const double* av = a.const_data_ptr<double>();
+    for (int64_t i = 0; i < p; ++i)
+      TORCH_CHECK_VALUE(std::isfinite(av[i]) && av[i] > 0.0 && av[i] <= 1.0, "modular_rnn: alpha[", i,
+                        "] must be in (0, 1], got ", av[i]);
+  }
+  if (step == Step::Star) {
+    TORCH_CHECK_VALUE(hub >= 0 && hub < p, "modular_rnn: hub must be an area in [0, ", p, ") for step 'star', got ",
+                      hub);
+    TORCH_CHECK_VALUE(S_inv.dim() == 2 && S_inv.size(0) == n && S_inv.size(1) == n,
+                      "modular_rnn: S_inv must be [", n, ", ", n, "] for step 'star', got shape ", S_inv.sizes());
+    check_float_tensors("modular_rnn", {{"drive", &drive}, {"S_inv", &S_inv}}, device);
+  }
   const at::Tensor idx = L_index.contiguous();
   const int64_t* ix = idx.const_data_ptr<int64_t>();
   std::vector<char> seen(static_cast<size_t>(p * p), 0);
@@ -86,8 +111,10 @@ inline void check_modular_rnn_inputs(const at::Tensor& drive, const at::Tensor& 
     const int64_t tgt = ix[2 * r], src = ix[2 * r + 1];
     TORCH_CHECK_VALUE(tgt >= 0 && tgt < p && src >= 0 && src < p, "modular_rnn: L_index[", r, "] = (", tgt, ", ", src,
                       ") is out of range for p = ", p, " areas");
-    TORCH_CHECK_VALUE(tgt != src, "modular_rnn: L_index[", r, "] = (", tgt, ", ", src,
+    TORCH_CHECK_VALUE(tgt != src || step == Step::Dense, "modular_rnn: L_index[", r, "] = (", tgt, ", ", src,
                       ") lies on the diagonal; intra-area weights belong in W");
+    TORCH_CHECK_VALUE(step != Step::Star || tgt == hub || src == hub, "modular_rnn: L_index[", r, "] = (", tgt,
+                      ", ", src, ") does not touch the hub area ", hub, " of step 'star'");
     char& s = seen[static_cast<size_t>(tgt * p + src)];
     TORCH_CHECK_VALUE(!s, "modular_rnn: L_index[", r, "] = (", tgt, ", ", src, ") is a duplicate block");
     s = 1;

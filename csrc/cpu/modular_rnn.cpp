@@ -1,21 +1,32 @@
 // Fused CPU kernels for the modular (block-diagonal + block-sparse) recurrence.
 //
+// Euler feedback step (step "euler"), a_i = alpha of the row's area:
 //   hopfield: h_t = (1-a) h_{t-1} + a (W phi(h_{t-1}) + L h_{t-1} + u_t)
 //   rate:     h_t = (1-a) h_{t-1} + a (phi(W h_{t-1} + u_t) + L h_{t-1})
+// Cayley feedback step: the same without the L term gives z_t, then h_t = C z_t with
+// C = (I - A L/2)^{-1} (I + A L/2). The caller (rnnofrnns/ops/modular_rnn/cayley.py) passes
+// C in one of two factored forms, with differentiable torch ops in front:
+//   step "star":  blocks P = (a_target/2) L of a star through area `hub` and S_inv, the
+//                 inverse of the Schur complement S = I - sum_j P_hj P_jh. Per step:
+//                 r = z_hub + sum_j P_hj z_j, s = S_inv r, h_hub = 2 s - z_hub,
+//                 h_j = z_j + 2 P_jh s. No dense C; as many block products as L h.
+//   step "dense": the p*p blocks of C itself (diagonal included): h = C z.
 //
-// W is block diagonal (p blocks of n x n); L has k non-zero n x n blocks at
+// W is block diagonal (p blocks of n x n); the feedback has k n x n blocks at
 // (target, source) = L_index[r]. The whole time loop runs inside one call, the
 // batch is split over threads in groups of up to kRows rows, and every group keeps
 // its state in a padded per-area layout (n rounded up to the SIMD width) so that
 // the inner product loops are plain vector FMAs over whole registers.
 //
-// Forward returns the states [T, B, p*n] (h_1..h_T) and, for the rate form when
-// a backward pass will follow, the pre-activations z_t = W h_{t-1} + u_t.
-// Backward runs backpropagation through time from h_0 and the saved states and
-// returns the gradients of the drive, W, L_blocks and h_0. The weight gradients
-// are reductions over all (t, b) of outer products; they are fused into the
-// backward loop: every kStage (t, b) rows are staged in a small buffer and applied
-// to per-thread accumulators (which stay in cache) as one rank-kStage update.
+// Forward returns the states [T, B, p*n] (h_1..h_T) and, when a backward pass will
+// follow: the rate form's pre-activations W h_{t-1} + u_t, the Cayley step's z_t and
+// the star's r_t. Backward runs backpropagation through time from h_0 and the saved
+// states and returns the gradients of the drive, W, the feedback blocks, h_0, alpha
+// (the part through the (1-a) h + a F update; the torch ops in front of a Cayley call
+// add the part through P and S_inv) and S_inv. The weight gradients are reductions
+// over all (t, b) of outer products; they are fused into the backward loop: every
+// kStage (t, b) rows are staged in a small buffer and applied to per-thread
+// accumulators (which stay in cache) as one rank-kStage update.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -180,18 +191,68 @@ struct Shape {
   int64_t T, B, p, n, k, H;
 };
 
+// The feedback step (see the header comment): every kernel below treats the three alike
+// except where the feedback is applied (forward) and transposed (backward).
+struct Feedback {
+  Step step;
+  int64_t hub;  // the star's hub area (Step::Star), else -1
+  // In the star, block r is a hub-row block P_{hub,j} (target hub) or a leaf block P_{j,hub}.
+  bool hub_row(const int64_t* Lidx, int64_t r) const { return Lidx[2 * r] == hub; }
+};
+
+// Pack the feedback blocks with the scale each step applies: alpha of the target area for
+// the Euler step (L enters as a_i L_ij); 1 for hub-row and 2 for leaf blocks of the Cayley
+// star (h_j = z_j + 2 P_jh s_h); 1 for the dense Cayley map.
 template <typename T>
-void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, T* states, T* pre,
-                    const Shape s, const T alpha, const Nonlinearity nl, const Form form) {
+void pack_feedback(const T* Lb, const int64_t* Lidx, const Shape& s, int64_t np, const Feedback& fb,
+                   const T* alpha, bool transpose, std::vector<T>& dst) {
+  const int64_t blk = np * np, nn = s.n * s.n;
+  dst.assign(static_cast<size_t>(std::max<int64_t>(s.k, 1) * blk), T(0));
+  std::vector<T> one;
+  for (int64_t r = 0; r < s.k; ++r) {
+    T scale = T(1);
+    if (fb.step == Step::Euler) scale = alpha[Lidx[2 * r]];
+    if (fb.step == Step::Star && !fb.hub_row(Lidx, r)) scale = T(2);
+    pack_blocks<T>(Lb + r * nn, 1, s.n, np, transpose, scale, one);
+    std::copy(one.begin(), one.begin() + blk, dst.begin() + r * blk);
+  }
+}
+
+// Per-area vectors of alpha and 1 - alpha.
+template <typename T>
+struct AreaRates {
+  std::vector<Vectorized<T>> a, one_minus_a;
+  AreaRates(const T* alpha, int64_t p) {
+    for (int64_t i = 0; i < p; ++i) {
+      a.emplace_back(alpha[i]);
+      one_minus_a.emplace_back(T(1) - alpha[i]);
+    }
+  }
+};
+
+template <typename T>
+void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, const T* alpha,
+                    const T* S_inv, T* states, T* pre, T* zsave, T* rsave, const Shape s, const Nonlinearity nl,
+                    const Form form, const Feedback fb) {
   using Vec = Vectorized<T>;
-  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H;
+  constexpr int64_t V = Vec::size();
+  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H, Bn = s.B * s.n;
   const Layout lay{s.n, np, HP};
   const bool hopfield = form == Form::Hopfield;
-  // Packed weights, transposed for the row-times-matrix microkernel. In the
-  // hopfield form the factor alpha is folded into W; alpha always goes into L.
-  std::vector<T> Wt, Lt;
-  pack_blocks<T>(W, s.p, s.n, np, /*transpose=*/true, hopfield ? alpha : T(1), Wt);
-  pack_blocks<T>(Lb, s.k, s.n, np, /*transpose=*/true, alpha, Lt);
+  // Packed weights, transposed for the row-times-matrix microkernel. In the hopfield form
+  // each area's alpha is folded into its W block.
+  std::vector<T> Wt, Lt, St;
+  Wt.assign(static_cast<size_t>(s.p * np * np), T(0));
+  {
+    std::vector<T> one;
+    for (int64_t i = 0; i < s.p; ++i) {
+      pack_blocks<T>(W + i * s.n * s.n, 1, s.n, np, /*transpose=*/true, hopfield ? alpha[i] : T(1), one);
+      std::copy(one.begin(), one.begin() + np * np, Wt.begin() + i * np * np);
+    }
+  }
+  pack_feedback<T>(Lb, Lidx, s, np, fb, alpha, /*transpose=*/true, Lt);
+  if (fb.step == Step::Star) pack_blocks<T>(S_inv, 1, s.n, np, /*transpose=*/true, T(1), St);
+  const AreaRates<T> rates(alpha, s.p);
   const int64_t groups = (s.B + kRows - 1) / kRows;
 
   // Each thread owns a contiguous range of batch groups and advances all of them
@@ -199,13 +260,15 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
   // and of the states.
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     FlushDenormalGuard ftz;
-    const Vec va(alpha), v1a(T(1) - alpha);
     const int64_t ng = g1 - g0, gsz = kRows * HP;
-    std::vector<T> buf(static_cast<size_t>((2 * ng + 2) * gsz), T(0));
+    std::vector<T> buf(static_cast<size_t>((2 * ng + 3) * gsz + 2 * kRows * np), T(0));
     T* hp_all = buf.data();        // h_{t-1} of every group
     T* hn_all = hp_all + ng * gsz; // h_t of every group
     T* u = hn_all + ng * gsz;
     T* tmp = u + gsz;
+    T* cz = tmp + gsz;             // dense Cayley: C z
+    T* rb = cz + gsz;              // star: r = z_hub + sum_j P_hj z_j
+    T* sb = rb + kRows * np;       // star: s_hub = S^{-1} r
     auto rows_of = [&](int64_t g) { return static_cast<int>(std::min<int64_t>(kRows, s.B - g * kRows)); };
     for (int64_t g = g0; g < g1; ++g)
       gather_rows(hp_all + (g - g0) * gsz, h0 + g * kRows * s.H, rows_of(g), s.p, s.n, np, s.H);
@@ -213,29 +276,58 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t b0 = g * kRows;
         const int rows = rows_of(g);
-        const int64_t len = rows * HP;
         T* hp = hp_all + (g - g0) * gsz;
         T* hn = hn_all + (g - g0) * gsz;
         gather_rows(u, drive + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
         if (hopfield) {
-          // hn = (1-a) h + a u + (aW) phi(h) + (aL) h
-          for (int64_t j = 0; j < len; j += Vec::size()) {
-            const Vec h = Vec::loadu(hp + j);
-            apply_phi(nl, h).store(tmp + j);
-            at::vec::fmadd(v1a, h, va * Vec::loadu(u + j)).store(hn + j);
-          }
+          // hn = (1-a) h + a u + (aW) phi(h)  [+ (aL) h below for the Euler step]
+          for (int b = 0; b < rows; ++b)
+            for (int64_t i = 0; i < s.p; ++i)
+              for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
+                const Vec h = Vec::loadu(hp + j);
+                apply_phi(nl, h).store(tmp + j);
+                at::vec::fmadd(rates.one_minus_a[i], h, rates.a[i] * Vec::loadu(u + j)).store(hn + j);
+              }
           for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, hn + i * np, tmp + i * np, Wt.data() + i * np * np);
         } else {
-          // z = W h + u ; hn = (1-a) h + a phi(z) + (aL) h
+          // z = W h + u ; hn = (1-a) h + a phi(z)  [+ (aL) h below for the Euler step]
           for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, u + i * np, hp + i * np, Wt.data() + i * np * np);
           if (pre) scatter_rows(pre + t * BH + b0 * s.H, u, rows, s.p, s.n, np, s.H);
-          for (int64_t j = 0; j < len; j += Vec::size()) {
-            const Vec h = Vec::loadu(hp + j);
-            at::vec::fmadd(v1a, h, va * apply_phi(nl, Vec::loadu(u + j))).store(hn + j);
+          for (int b = 0; b < rows; ++b)
+            for (int64_t i = 0; i < s.p; ++i)
+              for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
+                at::vec::fmadd(rates.one_minus_a[i], Vec::loadu(hp + j), rates.a[i] * apply_phi(nl, Vec::loadu(u + j)))
+                    .store(hn + j);
+        }
+        if (fb.step == Step::Euler) {
+          for (int64_t r = 0; r < s.k; ++r)
+            lay.block_step(rows, hn + Lidx[2 * r] * np, hp + Lidx[2 * r + 1] * np, Lt.data() + r * np * np);
+        } else {
+          // hn holds z; the Cayley map h = C z follows
+          if (zsave) scatter_rows(zsave + t * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
+          if (fb.step == Step::Dense) {
+            std::fill(cz, cz + rows * HP, T(0));
+            for (int64_t r = 0; r < s.k; ++r)
+              lay.block_step(rows, cz + Lidx[2 * r] * np, hn + Lidx[2 * r + 1] * np, Lt.data() + r * np * np);
+            std::copy(cz, cz + rows * HP, hn);
+          } else {
+            T* zh = hn + fb.hub * np;
+            for (int b = 0; b < rows; ++b) std::copy(zh + b * HP, zh + b * HP + np, rb + b * np);
+            for (int64_t r = 0; r < s.k; ++r)
+              if (fb.hub_row(Lidx, r))
+                matmul_acc(rows, rb, np, hn + Lidx[2 * r + 1] * np, HP, 1, Lt.data() + r * np * np, np, s.n, np);
+            if (rsave)
+              for (int b = 0; b < rows; ++b) std::copy(rb + b * np, rb + b * np + s.n, rsave + t * Bn + (b0 + b) * s.n);
+            std::fill(sb, sb + rows * np, T(0));
+            matmul_acc(rows, sb, np, rb, np, 1, St.data(), np, s.n, np);
+            for (int b = 0; b < rows; ++b)
+              for (int64_t j = 0; j < np; j += V)
+                (Vec(T(2)) * Vec::loadu(sb + b * np + j) - Vec::loadu(zh + b * HP + j)).store(zh + b * HP + j);
+            for (int64_t r = 0; r < s.k; ++r)
+              if (!fb.hub_row(Lidx, r))
+                matmul_acc(rows, hn + Lidx[2 * r] * np, HP, sb, np, 1, Lt.data() + r * np * np, np, s.n, np);
           }
         }
-        for (int64_t r = 0; r < s.k; ++r)
-          lay.block_step(rows, hn + Lidx[2 * r] * np, hp + Lidx[2 * r + 1] * np, Lt.data() + r * np * np);
         scatter_rows(states + t * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
       }
       std::swap(hp_all, hn_all);
@@ -244,50 +336,77 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
 }
 
 template <typename T>
-void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, const T* states,
-                     const T* pre, T* grad_drive, T* grad_h0, T* grad_W, T* grad_L, const Shape s, const T alpha,
-                     const Nonlinearity nl, const Form form) {
+void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_t* Lidx, const T* h0,
+                     const T* alpha, const T* S_inv, const T* states, const T* pre, const T* zsave, const T* rsave,
+                     T* grad_drive, T* grad_h0, T* grad_W, T* grad_L, T* grad_alpha, T* grad_S, const Shape s,
+                     const Nonlinearity nl, const Form form, const Feedback fb) {
   using Vec = Vectorized<T>;
-  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H, blk = np * np;
+  constexpr int64_t V = Vec::size();
+  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H, Bn = s.B * s.n, blk = np * np;
   const Layout lay{s.n, np, HP};
-  const bool hopfield = form == Form::Hopfield;
+  const bool hopfield = form == Form::Hopfield, euler = fb.step == Step::Euler, star = fb.step == Step::Star;
   // Untransposed packed weights: the microkernel then computes x -> W^T x.
-  std::vector<T> Wp, Lp;
-  pack_blocks<T>(W, s.p, s.n, np, /*transpose=*/false, hopfield ? alpha : T(1), Wp);
-  pack_blocks<T>(Lb, s.k, s.n, np, /*transpose=*/false, alpha, Lp);
+  std::vector<T> Wp, Lp, Sp;
+  Wp.assign(static_cast<size_t>(s.p * blk), T(0));
+  {
+    std::vector<T> one;
+    for (int64_t i = 0; i < s.p; ++i) {
+      pack_blocks<T>(W + i * s.n * s.n, 1, s.n, np, /*transpose=*/false, hopfield ? alpha[i] : T(1), one);
+      std::copy(one.begin(), one.begin() + blk, Wp.begin() + i * blk);
+    }
+  }
+  pack_feedback<T>(Lb, Lidx, s, np, fb, alpha, /*transpose=*/false, Lp);
+  if (star) pack_blocks<T>(S_inv, 1, s.n, np, /*transpose=*/false, T(1), Sp);
+  const AreaRates<T> rates(alpha, s.p);
   const int64_t groups = (s.B + kRows - 1) / kRows;
   // The batch groups are split into chunks whose number depends on B only, never on the
-  // thread count. Each chunk stages and accumulates its own weight gradients [p + k blocks
-  // of np x np], and the chunks are summed in a fixed order, so the results are bitwise
-  // identical for any number of threads (a resumed run on another machine matches).
-  const int64_t acc_size = (grad_W ? s.p : 0) * blk + (grad_L ? s.k : 0) * blk;
+  // thread count. Each chunk stages and accumulates its own weight gradients [p + k (+ 1)
+  // blocks of np x np, then p alpha sums], and the chunks are summed in a fixed order, so
+  // the results are bitwise identical for any number of threads (a resumed run on another
+  // machine matches).
+  const int64_t nW = grad_W ? s.p : 0, nL = grad_L ? s.k : 0, nS = star ? 1 : 0;
+  const int64_t acc_size = (nW + nL + nS) * blk + s.p;
   const int64_t nchunks = std::min<int64_t>(groups, kChunks);
-  std::vector<T> partial(static_cast<size_t>(std::max<int64_t>(nchunks * acc_size, 1)), T(0));
+  std::vector<T> partial(static_cast<size_t>(nchunks * acc_size), T(0));
 
   auto run_chunk = [&](int64_t chunk) {
     const int64_t g0 = chunk * groups / nchunks, g1 = (chunk + 1) * groups / nchunks;
-    const Vec va(alpha), v1a(T(1) - alpha);
     T* accW = partial.data() + chunk * acc_size;
-    T* accL = accW + (grad_W ? s.p : 0) * blk;
-    const int64_t ng = g1 - g0, gsz = kRows * HP;
-    std::vector<T> buf(static_cast<size_t>((ng + 2) * gsz + 4 * kStage * HP), T(0));
+    T* accL = accW + nW * blk;
+    T* accS = accL + nL * blk;
+    T* accA = accS + nS * blk;  // per area: sum of dLoss/dx * (x - h_{t-1}), x = h_t (Euler) or z_t
+    const int64_t ng = g1 - g0, gsz = kRows * HP, sst = kStage * HP;
+    std::vector<T> buf(static_cast<size_t>((ng + 4) * gsz + 6 * sst + 2 * kStage * np + kRows * np), T(0));
     T* carry_all = buf.data();       // per group: dLoss/dh_t through the steps after t
     T* g = carry_all + ng * gsz;     // total gradient of h_t
     T* z = g + gsz;                  // pre-activation (rate form)
-    // Staged rows for the weight gradients: a*g, h_{t-1}, the drive's gradient d
-    // (rate form), phi(h_{t-1}) (hopfield form).
-    T* st_ag = z + gsz;
-    T* st_h = st_ag + kStage * HP;
-    T* st_d = st_h + kStage * HP;
-    T* st_f = st_d + kStage * HP;
+    T* gz = z + gsz;                 // Cayley: gradient of z_t = C^T g
+    T* x = gz + gsz;                 // h_t (Euler) or z_t (Cayley)
+    // Staged rows for the weight gradients: a*gz, h_{t-1}, the drive's gradient d (rate
+    // form), phi(h_{t-1}) (hopfield form), and for the Cayley feedback the two sides of
+    // every block's outer product (X at the target, Y at the source) and, in the star,
+    // the hub's gs = dLoss/ds_hub and r.
+    T* st_ag = x + gsz;
+    T* st_h = st_ag + sst;
+    T* st_d = st_h + sst;
+    T* st_f = st_d + sst;
+    T* st_X = euler ? st_ag : st_f + sst;
+    T* st_Y = euler ? st_h : st_f + 2 * sst;
+    T* st_gs = st_f + 3 * sst;
+    T* st_r = st_gs + kStage * np;
+    T* gr = st_r + kStage * np;      // star: S^{-T} gs
     auto flush = [&](int64_t nred) {
       if (nred == 0) return;
       if (grad_L)
         for (int64_t r = 0; r < s.k; ++r)
-          lay.block_outer(accL + r * blk, st_ag + Lidx[2 * r] * np, st_h + Lidx[2 * r + 1] * np, nred);
+          lay.block_outer(accL + r * blk, st_X + Lidx[2 * r] * np, st_Y + Lidx[2 * r + 1] * np, nred);
       if (grad_W)
         for (int64_t i = 0; i < s.p; ++i)
           lay.block_outer(accW + i * blk, (hopfield ? st_ag : st_d) + i * np, (hopfield ? st_f : st_h) + i * np, nred);
+      if (star) {
+        const Layout hub{s.n, np, np};
+        hub.block_outer(accS, st_gs, st_r, nred);
+      }
     };
     int64_t slot = 0;
     // As in the forward, all groups of the thread step together (contiguous slabs per step).
@@ -302,32 +421,89 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
         T* d = hopfield ? ag : st_d + slot * HP;
         gather_rows(g, grad_states + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
         gather_rows(h, (t > 0 ? states + (t - 1) * BH : h0) + b0 * s.H, rows, s.p, s.n, np, s.H);
+        gather_rows(x, (euler ? states : zsave) + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
         if (!hopfield) gather_rows(z, pre + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
-        for (int64_t j = 0; j < len; j += Vec::size()) {
-          const Vec gv = Vec::loadu(g + j) + Vec::loadu(carry + j);
-          gv.store(g + j);
-          (va * gv).store(ag + j);
-          if (hopfield) {
-            Vec(T(0)).store(carry + j);
-            if (grad_W) apply_phi(nl, Vec::loadu(h + j)).store(st_f + slot * HP + j);
-          } else {
-            apply_dphi(nl, Vec::loadu(z + j), va * gv).store(d + j);
-            (v1a * gv).store(carry + j);
+        for (int64_t j = 0; j < len; j += V) (Vec::loadu(g + j) + Vec::loadu(carry + j)).store(g + j);
+        // gz: the gradient of the pre-feedback state (g itself for the Euler step)
+        T* gzp = g;
+        if (fb.step == Step::Dense) {
+          gzp = gz;
+          std::fill(gz, gz + len, T(0));
+          for (int64_t r = 0; r < s.k; ++r)
+            lay.block_step(rows, gz + Lidx[2 * r + 1] * np, g + Lidx[2 * r] * np, Lp.data() + r * blk);
+          std::copy(g, g + len, st_X + slot * HP);
+          std::copy(x, x + len, st_Y + slot * HP);
+        } else if (star) {
+          gzp = gz;
+          T* gs = st_gs + slot * np;
+          const T* gh = g + fb.hub * np;
+          for (int b = 0; b < rows; ++b)
+            for (int64_t j = 0; j < np; j += V) (Vec(T(2)) * Vec::loadu(gh + b * HP + j)).store(gs + b * np + j);
+          for (int64_t r = 0; r < s.k; ++r)
+            if (!fb.hub_row(Lidx, r))
+              matmul_acc(rows, gs, np, g + Lidx[2 * r] * np, HP, 1, Lp.data() + r * blk, np, s.n, np);
+          std::fill(gr, gr + rows * np, T(0));
+          matmul_acc(rows, gr, np, gs, np, 1, Sp.data(), np, s.n, np);
+          std::copy(g, g + len, gz);
+          for (int b = 0; b < rows; ++b)
+            for (int64_t j = 0; j < np; j += V)
+              (Vec::loadu(gr + b * np + j) - Vec::loadu(gh + b * HP + j)).store(gz + fb.hub * np + b * HP + j);
+          for (int64_t r = 0; r < s.k; ++r)
+            if (fb.hub_row(Lidx, r))
+              matmul_acc(rows, gz + Lidx[2 * r + 1] * np, HP, gr, np, 1, Lp.data() + r * blk, np, s.n, np);
+          // staged sides: X = (gr at the hub, 2 g_j at leaf j), Y = (s_hub = (h_hub + z_hub) / 2, z_j)
+          T* X = st_X + slot * HP;
+          T* Y = st_Y + slot * HP;
+          for (int64_t j = 0; j < len; j += V) {
+            (Vec(T(2)) * Vec::loadu(g + j)).store(X + j);
+            Vec::loadu(x + j).store(Y + j);
+          }
+          for (int b = 0; b < rows; ++b) {
+            const T* hh = states + t * BH + (b0 + b) * s.H + fb.hub * s.n;
+            for (int64_t c = 0; c < s.n; ++c) {
+              X[b * HP + fb.hub * np + c] = gr[b * np + c];
+              Y[b * HP + fb.hub * np + c] = T(0.5) * (hh[c] + x[b * HP + fb.hub * np + c]);
+            }
+            std::copy(rsave + t * Bn + (b0 + b) * s.n, rsave + t * Bn + (b0 + b + 1) * s.n, st_r + (slot + b) * np);
           }
         }
+        // the step before the feedback: x = (1-a) h + a F(h, u)
+        for (int b = 0; b < rows; ++b)
+          for (int64_t i = 0; i < s.p; ++i) {
+            Vec sa(T(0));
+            for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
+              const Vec gv = Vec::loadu(gzp + j);
+              sa = at::vec::fmadd(gv, Vec::loadu(x + j) - Vec::loadu(h + j), sa);
+              (rates.a[i] * gv).store(ag + j);
+              if (hopfield) {
+                Vec(T(0)).store(carry + j);
+                if (grad_W) apply_phi(nl, Vec::loadu(h + j)).store(st_f + slot * HP + j);
+              } else {
+                apply_dphi(nl, Vec::loadu(z + j), rates.a[i] * gv).store(d + j);
+                (rates.one_minus_a[i] * gv).store(carry + j);
+              }
+            }
+            T lanes[V];
+            sa.store(lanes);
+            for (int64_t l = 0; l < V; ++l) accA[i] += lanes[l];
+          }
         scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
         if (hopfield) {
-          // carry = (1-a) g + phi'(h) * ((aW)^T g) + (aL)^T g
-          for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, g + i * np, Wp.data() + i * blk);
-          for (int64_t j = 0; j < len; j += Vec::size())
-            at::vec::fmadd(v1a, Vec::loadu(g + j), apply_dphi(nl, Vec::loadu(h + j), Vec::loadu(carry + j)))
-                .store(carry + j);
+          // carry = (1-a) gz + phi'(h) * ((aW)^T gz)
+          for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, gzp + i * np, Wp.data() + i * blk);
+          for (int b = 0; b < rows; ++b)
+            for (int64_t i = 0; i < s.p; ++i)
+              for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
+                at::vec::fmadd(rates.one_minus_a[i], Vec::loadu(gzp + j),
+                               apply_dphi(nl, Vec::loadu(h + j), Vec::loadu(carry + j)))
+                    .store(carry + j);
         } else {
-          // carry = (1-a) g + W^T d + (aL)^T g
+          // carry = (1-a) gz + W^T d
           for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, d + i * np, Wp.data() + i * blk);
         }
-        for (int64_t r = 0; r < s.k; ++r)
-          lay.block_step(rows, carry + Lidx[2 * r + 1] * np, g + Lidx[2 * r] * np, Lp.data() + r * blk);
+        if (euler)  // carry += (aL)^T g
+          for (int64_t r = 0; r < s.k; ++r)
+            lay.block_step(rows, carry + Lidx[2 * r + 1] * np, g + Lidx[2 * r] * np, Lp.data() + r * blk);
         slot += rows;
         if (slot + kRows > kStage) {
           flush(slot);
@@ -358,80 +534,112 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
         }
   };
   if (grad_W) reduce(grad_W, s.p, 0);
-  if (grad_L) reduce(grad_L, s.k, (grad_W ? s.p : 0) * blk);
+  if (grad_L) reduce(grad_L, s.k, nW * blk);
+  if (star) reduce(grad_S, 1, (nW + nL) * blk);
+  for (int64_t i = 0; i < s.p; ++i) {
+    T sum = T(0);
+    for (int64_t ch = 0; ch < nchunks; ++ch) sum += partial[ch * acc_size + (nW + nL + nS) * blk + i];
+    grad_alpha[i] = sum / alpha[i];  // dx/da_i = (x - h_{t-1}) / a_i
+  }
 }
 
 Shape shape_of(const at::Tensor& drive, const at::Tensor& W, const at::Tensor& L_blocks) {
   return Shape{drive.size(0), drive.size(1), W.size(0), W.size(1), L_blocks.size(0), drive.size(2)};
 }
 
-std::tuple<at::Tensor, at::Tensor> modular_rnn_fwd(const at::Tensor& drive_in, const at::Tensor& W_in,
-                                                   const at::Tensor& L_in, const at::Tensor& idx_in,
-                                                   const at::Tensor& h0_in, double alpha,
-                                                   c10::string_view nonlinearity, c10::string_view form,
-                                                   bool save_pre) {
-  check_modular_rnn_inputs(drive_in, W_in, L_in, idx_in, h0_in, alpha, at::kCPU);
+// alpha as the data's dtype, contiguous, on the CPU (checked by check_modular_rnn_inputs).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_fwd(
+    const at::Tensor& drive_in, const at::Tensor& W_in, const at::Tensor& L_in, const at::Tensor& idx_in,
+    const at::Tensor& h0_in, const at::Tensor& alpha_in, const at::Tensor& S_in, c10::string_view nonlinearity,
+    c10::string_view form, c10::string_view step, int64_t hub, bool save) {
   const Nonlinearity nl = parse_nonlinearity(nonlinearity);
   const Form fm = parse_form(form);
+  const Feedback fb{parse_step(step), hub};
+  check_modular_rnn_inputs(drive_in, W_in, L_in, idx_in, h0_in, alpha_in, S_in, fb.step, hub, at::kCPU);
   const at::Tensor drive = drive_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
-  const at::Tensor idx = idx_in.contiguous(), h0 = h0_in.contiguous();
+  const at::Tensor idx = idx_in.contiguous(), h0 = h0_in.contiguous(), alpha = alpha_in.contiguous();
+  const at::Tensor S_inv = S_in.contiguous();
   const Shape s = shape_of(drive, W, Lb);
   at::Tensor states = new_output({s.T, s.B, s.H}, drive.options());
-  const bool keep_pre = save_pre && fm == Form::Rate;
+  const bool keep_pre = save && fm == Form::Rate, keep_z = save && fb.step != Step::Euler;
+  const bool keep_r = save && fb.step == Step::Star;
   at::Tensor pre = new_output({keep_pre ? s.T : 0, s.B, s.H}, drive.options());
+  at::Tensor z = new_output({keep_z ? s.T : 0, s.B, s.H}, drive.options());
+  at::Tensor r = new_output({keep_r ? s.T : 0, s.B, s.n}, drive.options());
   Shape written = s;
   written.T = rows_to_write("modular_rnn_fwd", s.T);  // all steps, except in the test of the NaN fill
   AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "modular_rnn_fwd", [&] {
     forward_kernel<scalar_t>(drive.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                              Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
-                             h0.const_data_ptr<scalar_t>(), states.mutable_data_ptr<scalar_t>(),
-                             keep_pre ? pre.mutable_data_ptr<scalar_t>() : nullptr, written,
-                             static_cast<scalar_t>(alpha), nl, fm);
+                             h0.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(),
+                             fb.step == Step::Star ? S_inv.const_data_ptr<scalar_t>() : nullptr,
+                             states.mutable_data_ptr<scalar_t>(),
+                             keep_pre ? pre.mutable_data_ptr<scalar_t>() : nullptr,
+                             keep_z ? z.mutable_data_ptr<scalar_t>() : nullptr,
+                             keep_r ? r.mutable_data_ptr<scalar_t>() : nullptr, written, nl, fm, fb);
   });
-  return {states, pre};
+  return {states, pre, z, r};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
+void check_saved(const char* name, const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& states) {
+  TORCH_CHECK_VALUE(t.sizes() == shape && t.scalar_type() == states.scalar_type() && t.device() == states.device(),
+                    "modular_rnn_bwd: ", name, " must be the forward's saved tensor of shape ", shape,
+                    ", got shape ", t.sizes(), " (run the forward with save=True)");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_bwd(
     const at::Tensor& grad_states_in, const at::Tensor& W_in, const at::Tensor& L_in, const at::Tensor& idx_in,
-    const at::Tensor& h0_in, const at::Tensor& states_in, const at::Tensor& pre_in, double alpha,
-    c10::string_view nonlinearity, c10::string_view form, bool need_W_grad, bool need_L_grad) {
+    const at::Tensor& h0_in, const at::Tensor& alpha_in, const at::Tensor& S_in, const at::Tensor& states_in,
+    const at::Tensor& pre_in, const at::Tensor& z_in, const at::Tensor& r_in, c10::string_view nonlinearity,
+    c10::string_view form, c10::string_view step, int64_t hub, bool need_W_grad, bool need_L_grad) {
   const Nonlinearity nl = parse_nonlinearity(nonlinearity);
   const Form fm = parse_form(form);
+  const Feedback fb{parse_step(step), hub};
   // states has the drive's shape [T, B, p*n]
-  check_modular_rnn_inputs(states_in, W_in, L_in, idx_in, h0_in, alpha, at::kCPU);
+  check_modular_rnn_inputs(states_in, W_in, L_in, idx_in, h0_in, alpha_in, S_in, fb.step, hub, at::kCPU);
   TORCH_CHECK_VALUE(grad_states_in.sizes() == states_in.sizes(), "modular_rnn_bwd: grad_states must have shape ",
                     states_in.sizes(), ", got ", grad_states_in.sizes());
   TORCH_CHECK_TYPE(grad_states_in.scalar_type() == states_in.scalar_type(), "modular_rnn_bwd: grad_states must be ",
                    states_in.scalar_type(), ", got ", grad_states_in.scalar_type());
   TORCH_CHECK_VALUE(grad_states_in.device() == states_in.device(), "modular_rnn_bwd: grad_states must be on ",
                     states_in.device(), ", got ", grad_states_in.device());
-  if (fm == Form::Rate)
-    TORCH_CHECK_VALUE(pre_in.sizes() == states_in.sizes() && pre_in.scalar_type() == states_in.scalar_type() &&
-                          pre_in.device() == states_in.device(),
-                      "modular_rnn_bwd: the rate form needs the saved pre-activations, shape ", states_in.sizes(),
-                      ", got ", pre_in.sizes(), " (run the forward with save_pre=True)");
+  const auto full = states_in.sizes();
+  if (fm == Form::Rate) check_saved("pre", pre_in, full, states_in);
+  if (fb.step != Step::Euler) check_saved("z", z_in, full, states_in);
+  if (fb.step == Step::Star)
+    check_saved("r", r_in, {states_in.size(0), states_in.size(1), W_in.size(1)}, states_in);
   const at::Tensor grad_states = grad_states_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
   const at::Tensor idx = idx_in.contiguous(), h0 = h0_in.contiguous(), states = states_in.contiguous();
-  const at::Tensor pre = pre_in.contiguous();
+  const at::Tensor pre = pre_in.contiguous(), z = z_in.contiguous(), r = r_in.contiguous();
+  const at::Tensor alpha = alpha_in.contiguous(), S_inv = S_in.contiguous();
   const Shape s = shape_of(states, W, Lb);
   at::Tensor grad_drive = new_output({s.T, s.B, s.H}, states.options());
   at::Tensor grad_h0 = new_output({s.B, s.H}, states.options());
   // Weight gradients that are not asked for are returned as zeros.
   at::Tensor grad_W = need_W_grad ? new_output(W.sizes(), W.options()) : new_zero_output(W.sizes(), W.options());
   at::Tensor grad_L = need_L_grad ? new_output(Lb.sizes(), Lb.options()) : new_zero_output(Lb.sizes(), Lb.options());
+  at::Tensor grad_alpha = new_output(alpha.sizes(), alpha.options());
+  at::Tensor grad_S = fb.step == Step::Star ? new_output(S_inv.sizes(), S_inv.options())
+                                            : new_zero_output(S_inv.sizes(), S_inv.options());
   Shape written = s;
   written.T = rows_to_write("modular_rnn_bwd", s.T);  // all steps, except in the test of the NaN fill
   AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "modular_rnn_bwd", [&] {
     backward_kernel<scalar_t>(grad_states.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                               Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
-                              h0.const_data_ptr<scalar_t>(), states.const_data_ptr<scalar_t>(),
+                              h0.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(),
+                              fb.step == Step::Star ? S_inv.const_data_ptr<scalar_t>() : nullptr,
+                              states.const_data_ptr<scalar_t>(),
                               fm == Form::Rate ? pre.const_data_ptr<scalar_t>() : nullptr,
+                              fb.step != Step::Euler ? z.const_data_ptr<scalar_t>() : nullptr,
+                              fb.step == Step::Star ? r.const_data_ptr<scalar_t>() : nullptr,
                               grad_drive.mutable_data_ptr<scalar_t>(), grad_h0.mutable_data_ptr<scalar_t>(),
                               need_W_grad ? grad_W.mutable_data_ptr<scalar_t>() : nullptr,
-                              need_L_grad ? grad_L.mutable_data_ptr<scalar_t>() : nullptr, written,
-                              static_cast<scalar_t>(alpha), nl, fm);
+                              need_L_grad ? grad_L.mutable_data_ptr<scalar_t>() : nullptr,
+                              grad_alpha.mutable_data_ptr<scalar_t>(),
+                              fb.step == Step::Star ? grad_S.mutable_data_ptr<scalar_t>() : nullptr, written, nl, fm,
+                              fb);
   });
-  return {grad_drive, grad_W, grad_L, grad_h0};
+  return {grad_drive, grad_W, grad_L, grad_h0, grad_alpha, grad_S};
 }
 
 }  // namespace

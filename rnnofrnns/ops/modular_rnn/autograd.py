@@ -1,11 +1,15 @@
 """Fake (meta) implementations and autograd for the fused backends of modular_rnn.
 
 Every fused backend is a pair of ops with the same schema:
-  fwd(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre) -> (states, pre)
-  bwd(grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form,
-      need_W_grad, need_L_grad) -> (grad_drive, grad_W, grad_L_blocks, grad_h0)
-states is [T, B, p*n] (h_1..h_T); pre holds the rate form's pre-activations
-(empty unless save_pre and form == "rate"). `register_op_pair` gives a pair its fake implementations (so
+  fwd(drive, W, L_blocks, L_index, h0, alpha, S_inv, nonlinearity, form, step, hub, save)
+      -> (states, pre, z, r)
+  bwd(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z, r, nonlinearity, form,
+      step, hub, need_W_grad, need_L_grad) -> (grad_drive, grad_W, grad_L_blocks, grad_h0, grad_alpha, grad_S_inv)
+alpha is [p] (one value per area). step is "euler" (L_blocks = L), "star" (L_blocks = P, the
+hub's Schur complement inverse in S_inv) or "dense" (L_blocks = the p*p blocks of C); see
+cayley.py. states is [T, B, p*n] (h_1..h_T); with save, pre holds the rate form's
+pre-activations, z the Cayley step's pre-feedback states and r the star's hub sums ([T, B, n]);
+each is empty when not needed. `register_op_pair` gives a pair its fake implementations (so
 torch.compile can trace callers) and its autograd formula.
 """
 from __future__ import annotations
@@ -17,15 +21,19 @@ import torch
 from .._common import guard_double_backward
 
 
-def _fwd_fake(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre):
+def _fwd_fake(drive, W, L_blocks, L_index, h0, alpha, S_inv, nonlinearity, form, step, hub, save):
     T, B, H = drive.shape
     states = drive.new_empty(T, B, H)
-    pre = drive.new_empty(T if (save_pre and form == "rate") else 0, B, H)
-    return states, pre
+    pre = drive.new_empty(T if (save and form == "rate") else 0, B, H)
+    z = drive.new_empty(T if (save and step != "euler") else 0, B, H)
+    r = drive.new_empty(T if (save and step == "star") else 0, B, W.shape[1])
+    return states, pre, z, r
 
 
-def _bwd_fake(grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form, need_W_grad, need_L_grad):
-    return torch.empty_like(states), torch.empty_like(W), torch.empty_like(L_blocks), torch.empty_like(h0)
+def _bwd_fake(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z, r, nonlinearity, form, step, hub,
+              need_W_grad, need_L_grad):
+    return (torch.empty_like(states), torch.empty_like(W), torch.empty_like(L_blocks), torch.empty_like(h0),
+            torch.empty_like(alpha), torch.empty_like(S_inv))
 
 
 def register_op_pair(fwd_name: str, bwd_name: str) -> None:
@@ -35,25 +43,23 @@ def register_op_pair(fwd_name: str, bwd_name: str) -> None:
     ns, name = bwd_name.split("::")
     bwd = getattr(getattr(torch.ops, ns), name).default
 
-    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[torch.Tensor, torch.Tensor]) -> None:
-        drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, save_pre = inputs
-        states, pre = output
-        ctx.save_for_backward(W, L_blocks, L_index, h0, states, pre)
-        ctx.config = (alpha, nonlinearity, form)
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[torch.Tensor, ...]) -> None:
+        drive, W, L_blocks, L_index, h0, alpha, S_inv, nonlinearity, form, step, hub, save = inputs
+        states, pre, z, r = output
+        ctx.save_for_backward(W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z, r)
+        ctx.config = (nonlinearity, form, step, hub)
 
-    def backward(ctx: Any, grad_states: torch.Tensor, grad_pre: torch.Tensor):
-        W, L_blocks, L_index, h0, states, pre = ctx.saved_tensors
-        alpha, nonlinearity, form = ctx.config
+    def backward(ctx: Any, grad_states: torch.Tensor, *unused: torch.Tensor):
+        W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z, r = ctx.saved_tensors
+        nonlinearity, form, step, hub = ctx.config
         need = ctx.needs_input_grad
         with torch.no_grad():  # the kernel's result has no graph; guard_double_backward says so
-            grad_drive, grad_W, grad_L, grad_h0 = bwd(
-                grad_states, W, L_blocks, L_index, h0, states, pre, alpha, nonlinearity, form, need[1], need[2]
-            )
-        grad_drive, grad_W, grad_L, grad_h0 = guard_double_backward(
-            "modular_rnn", (grad_states, W, L_blocks, h0, states),
-            (grad_drive if need[0] else None, grad_W if need[1] else None, grad_L if need[2] else None,
-             grad_h0 if need[4] else None))
-        return grad_drive, grad_W, grad_L, None, grad_h0, None, None, None, None
+            grads = bwd(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z, r, nonlinearity, form,
+                        step, hub, need[1], need[2])
+        wanted = (need[0], need[1], need[2], need[4], need[5], need[6])
+        grad_drive, grad_W, grad_L, grad_h0, grad_alpha, grad_S = guard_double_backward(
+            "modular_rnn", (grad_states, W, L_blocks, h0, alpha, states),
+            tuple(g if w else None for g, w in zip(grads, wanted)))
+        return grad_drive, grad_W, grad_L, None, grad_h0, grad_alpha, grad_S, None, None, None, None, None
 
     torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
-

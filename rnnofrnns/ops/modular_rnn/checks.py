@@ -2,7 +2,7 @@
 twins are in csrc/cpu/checks.h): every error names the argument, what was expected and what was given."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -15,7 +15,7 @@ def check_modular_rnn_args(
     L_blocks: torch.Tensor,
     L_index: torch.Tensor,
     h0: Optional[torch.Tensor],
-    alpha: float,
+    alpha: Union[float, torch.Tensor],
     nonlinearity: str,
     form: str,
 ) -> None:
@@ -52,12 +52,28 @@ def check_modular_rnn_args(
         tensors.append(h0)
     check_float_dtypes(names, tensors)
     check_same_device(names + ["L_index"], tensors + [L_index])
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not (0.0 < float(alpha) <= 1.0):
-        raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
+    check_alpha(alpha, p)
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+
+
+def check_alpha(alpha: Union[float, torch.Tensor], p: int) -> None:
+    """A number in (0, 1], or a tensor of one or p values in (0, 1] (values read outside tracing)."""
+    if isinstance(alpha, torch.Tensor):
+        if not (alpha.dim() == 0 or tuple(alpha.shape) in ((1,), (p,))):
+            raise ValueError(f"alpha must be a number, a one-element tensor or a tensor of p = {p} per-area values, "
+                             f"got a tensor of shape {tuple(alpha.shape)}")
+        if not alpha.is_floating_point():
+            raise TypeError(f"alpha must be a floating-point tensor, got {alpha.dtype}")
+        if not torch.compiler.is_compiling():
+            a = alpha.detach()
+            if not bool(((a > 0) & (a <= 1)).all()):
+                raise ValueError(f"alpha must lie in (0, 1], got {a.cpu().tolist()}")
+        return
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not (0.0 < float(alpha) <= 1.0):
+        raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
 
 
 def check_block_index(L_index: torch.Tensor, p: int) -> None:

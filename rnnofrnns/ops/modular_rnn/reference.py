@@ -1,7 +1,7 @@
 """The dense reference of the modular recurrence: the ground truth every backend is tested against."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -15,6 +15,20 @@ def dense_feedback(L_blocks: torch.Tensor, L_index: torch.Tensor, p: int) -> tor
     return dense.permute(0, 2, 1, 3).reshape(p * n, p * n)
 
 
+def unit_rates(alpha: Union[float, torch.Tensor], p: int, n: int) -> Union[float, torch.Tensor]:
+    """alpha per unit: a number stays a number; p per-area values become [p*n]."""
+    if isinstance(alpha, torch.Tensor) and alpha.dim() == 1:
+        return alpha.repeat_interleave(n)
+    return float(alpha)
+
+
+def cayley_map(Ld: torch.Tensor, a: Union[float, torch.Tensor]) -> torch.Tensor:
+    """C = (I - A L/2)^{-1} (I + A L/2) for the dense feedback L and A = diag(a), by a dense solve."""
+    eye = torch.eye(Ld.shape[0], dtype=Ld.dtype, device=Ld.device)
+    K = (a[:, None] if isinstance(a, torch.Tensor) else a) * Ld / 2
+    return torch.linalg.solve(eye - K, eye + K)
+
+
 def modular_rnn_reference(
     drive: torch.Tensor,
     W: torch.Tensor,
@@ -22,31 +36,42 @@ def modular_rnn_reference(
     L_index: torch.Tensor,
     h0: Optional[torch.Tensor] = None,
     *,
-    alpha: float = 1.0,
+    alpha: Union[float, torch.Tensor] = 1.0,
     nonlinearity: str = "tanh",
     form: str = "rate",
+    feedback_step: str = "euler",
 ) -> torch.Tensor:
     """Materialise W (block diagonal) and L densely and loop over time in PyTorch.
 
-    hopfield: h_t = (1-a) h_{t-1} + a (W phi(h_{t-1}) + L h_{t-1} + u_t)
-    rate:     h_t = (1-a) h_{t-1} + a (phi(W h_{t-1} + u_t) + L h_{t-1})
-    Returns the states h_1..h_T, [T, B, p*n]. Differentiable by autograd.
+    euler step:
+      hopfield: h_t = (1-a) h_{t-1} + a (W phi(h_{t-1}) + L h_{t-1} + u_t)
+      rate:     h_t = (1-a) h_{t-1} + a (phi(W h_{t-1} + u_t) + L h_{t-1})
+    cayley step: z_t = the same without the L term, h_t = C z_t with
+      C = (I - A L/2)^{-1} (I + A L/2), A = diag(a) (formed densely by torch.linalg.solve).
+    alpha is a number or p per-area values. Returns the states h_1..h_T, [T, B, p*n].
+    Differentiable by autograd (alpha included).
     """
     phi = activation(nonlinearity)
     B, H = drive.shape[1:]
-    p = W.shape[0]
+    p, n = W.shape[0], W.shape[1]
+    a = unit_rates(alpha, p, n)
     Wd = torch.block_diag(*W)
     Ld = dense_feedback(L_blocks, L_index, p)
+    if feedback_step == "cayley":
+        C = cayley_map(Ld, a)
+    elif feedback_step != "euler":
+        raise ValueError(f"feedback_step must be 'euler' or 'cayley', got {feedback_step!r}")
     h = drive.new_zeros(B, H) if h0 is None else h0
     out = []
     # unbind once: indexing drive[t] per step would make autograd build a full-size
     # zero gradient per step (O(T^2) memory traffic in the backward pass)
     for u in drive.unbind(0):
         if form == "hopfield":
-            h = (1 - alpha) * h + alpha * (phi(h) @ Wd.T + h @ Ld.T + u)
+            z = (1 - a) * h + a * (phi(h) @ Wd.T + u)
         elif form == "rate":
-            h = (1 - alpha) * h + alpha * (phi(h @ Wd.T + u) + h @ Ld.T)
+            z = (1 - a) * h + a * phi(h @ Wd.T + u)
         else:
             raise ValueError(f"form must be 'rate' or 'hopfield', got {form!r}")
+        h = z @ C.T if feedback_step == "cayley" else z + a * (h @ Ld.T)
         out.append(h)
     return torch.stack(out)
