@@ -43,6 +43,13 @@ BAD_INPUTS = [
 ]
 
 
+def op_tail(drive, W, alpha, nl, form, save):
+    """The arguments of the fused op after h0 for the Euler step: alpha as p values, no S_inv."""
+    p = W.shape[0] if W.dim() >= 1 else 1
+    dtype = drive.dtype if drive.is_floating_point() else torch.float32
+    return (torch.full((p,), alpha, dtype=dtype), torch.zeros(0, 0, dtype=dtype), nl, form, "euler", -1, save)
+
+
 @pytest.mark.parametrize("changes,exc,match", BAD_INPUTS)
 @pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
 def test_functional_rejects_bad_input(changes, exc, match, backend):
@@ -57,15 +64,15 @@ def test_cpp_op_rejects_bad_input(changes, exc, match):
     a = with_(**changes)
     with pytest.raises(exc, match=match):
         torch.ops.rnnofrnns.modular_rnn_fwd(a["drive"], a["W"], a["L_blocks"], a["L_index"], a["h0"],
-                                            0.5, "tanh", "rate", False)
+                                            *op_tail(a["drive"], a["W"], 0.5, "tanh", "rate", False))
 
 
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(alpha=0.0), r"alpha must be .*\(0, 1\]"),
-        (dict(alpha=1.5), r"alpha must be .*\(0, 1\]"),
-        (dict(alpha=float("nan")), r"alpha must be"),
+        (dict(alpha=0.0), r"alpha.* must be .*\(0, 1\]"),
+        (dict(alpha=1.5), r"alpha.* must be .*\(0, 1\]"),
+        (dict(alpha=float("nan")), r"alpha.* must be"),
         (dict(nonlinearity="sigmoid"), r"nonlinearity must be one of .*'sigmoid'"),
         (dict(form="lstm"), r"form must be .*'lstm'"),
     ],
@@ -77,15 +84,17 @@ def test_bad_scalars(kw, match):
     op_kw = dict(alpha=0.5, nonlinearity="tanh", form="rate")
     op_kw.update(kw)
     with pytest.raises(ValueError, match=match):
-        torch.ops.rnnofrnns.modular_rnn_fwd(*a.values(), op_kw["alpha"], op_kw["nonlinearity"], op_kw["form"], False)
+        torch.ops.rnnofrnns.modular_rnn_fwd(*a.values(), *op_tail(a["drive"], a["W"], op_kw["alpha"],
+                                                                  op_kw["nonlinearity"], op_kw["form"], False))
 
 
 def test_cpp_backward_needs_saved_preactivations():
     a = good_args()
-    states, pre = torch.ops.rnnofrnns.modular_rnn_fwd(*a.values(), 0.5, "tanh", "rate", False)
-    with pytest.raises(ValueError, match="save_pre=True"):
+    alpha, S_inv, nl, fm, step, hub, _ = op_tail(a["drive"], a["W"], 0.5, "tanh", "rate", False)
+    states, pre, z, r = torch.ops.rnnofrnns.modular_rnn_fwd(*a.values(), alpha, S_inv, nl, fm, step, hub, False)
+    with pytest.raises(ValueError, match="save=True"):
         torch.ops.rnnofrnns.modular_rnn_bwd(torch.ones_like(states), a["W"], a["L_blocks"], a["L_index"], a["h0"],
-                                            states, pre, 0.5, "tanh", "rate", True, True)
+                                            alpha, S_inv, states, pre, z, r, nl, fm, step, hub, True, True)
 
 
 def test_backend_dispatch(monkeypatch):
@@ -133,7 +142,7 @@ def test_env_var_forces_backend(monkeypatch):
 
 def opcheck_args(form, device="cpu"):
     prob = make_problem(3, 2, 3, 4, all_to_all(3), device=device)
-    return (prob.drive, prob.W, prob.L_blocks, prob.L_index, prob.h0, 0.7, "tanh", form, True)
+    return (prob.drive, prob.W, prob.L_blocks, prob.L_index, prob.h0, *op_tail(prob.drive, prob.W, 0.7, "tanh", form, True))
 
 
 @pytest.mark.parametrize("form", ["rate", "hopfield"])
@@ -148,11 +157,13 @@ def test_opcheck_forward(op_name, form):
 @pytest.mark.parametrize("suffix", ["", "_triton"])
 def test_opcheck_backward(suffix, form):
     device = device_for("triton") if suffix else "cpu"
-    drive, W, L, idx, h0, alpha, nl, fm, _ = opcheck_args(form, device)
+    drive, W, L, idx, h0, alpha, S_inv, nl, fm, step, hub, _ = opcheck_args(form, device)
     with torch.no_grad():
-        states, pre = getattr(torch.ops.rnnofrnns, "modular_rnn_fwd" + suffix)(drive, W, L, idx, h0, alpha, nl, fm, True)
+        states, pre, z, r = getattr(torch.ops.rnnofrnns, "modular_rnn_fwd" + suffix)(
+            drive, W, L, idx, h0, alpha, S_inv, nl, fm, step, hub, True)
     bwd = getattr(torch.ops.rnnofrnns, "modular_rnn_bwd" + suffix)
-    args = (torch.randn_like(states), W.detach(), L.detach(), idx, h0.detach(), states, pre, alpha, nl, fm, True, True)
+    args = (torch.randn_like(states), W.detach(), L.detach(), idx, h0.detach(), alpha, S_inv, states, pre, z, r,
+            nl, fm, step, hub, True, True)
     torch.library.opcheck(bwd, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
@@ -211,7 +222,7 @@ def random_call(draw):
 def test_hypothesis_cpp_op_errors_never_crashes(call):
     drive, W, L, idx, h0, alpha, nl, form, save_pre = call
     try:
-        states, _ = torch.ops.rnnofrnns.modular_rnn_fwd(*call)
+        states = torch.ops.rnnofrnns.modular_rnn_fwd(drive, W, L, idx, h0, *op_tail(drive, W, alpha, nl, form, save_pre))[0]
     except (ValueError, TypeError) as e:
         assert "modular_rnn" in str(e)
         return

@@ -1,0 +1,207 @@
+"""The Cayley feedback step and per-area alpha of modular_rnn: every fused backend against the
+dense reference (outputs and all gradients, alpha's included), and the map's M-orthogonality."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnofrnns.ops import modular_rnn, modular_rnn_reference
+from rnnofrnns.ops.modular_rnn.cayley import kernel_operands, star_hub
+from rnnofrnns.ops.modular_rnn.reference import cayley_map
+from problems import FUSED_BACKENDS, all_to_all, device_for, make_problem, star
+
+TOPOLOGIES = {
+    "star": star(5),
+    "all": all_to_all(5),
+    "random": [(1, 0), (0, 1), (3, 2), (4, 1), (1, 4)],
+    "none": [],
+}
+
+
+def rates(p: int, device="cpu", seed: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (0.1 + 0.8 * torch.rand(p, generator=g, dtype=torch.float64)).to(device).requires_grad_(True)
+
+
+def outputs_and_grads(prob, alpha, backend, **kw):
+    out = modular_rnn(*prob.args(), alpha=alpha, backend=backend, **kw)
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out)
+    inputs = prob.grad_inputs() + ([alpha] if isinstance(alpha, torch.Tensor) else [])
+    return [out] + list(torch.autograd.grad(out, inputs, go))
+
+
+def assert_agree(prob, alpha, backend, rtol=1e-10, atol=1e-12, **kw):
+    got = outputs_and_grads(prob, alpha, backend, **kw)
+    ref = outputs_and_grads(prob, alpha, "reference", **kw)
+    names = ["states", "drive", "W", "L_blocks", "h0", "alpha"]
+    for name, a, b in zip(names, got, ref):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+@pytest.mark.parametrize("form,nonlinearity", [("rate", "tanh"), ("hopfield", "relu"), ("rate", "identity")])
+@pytest.mark.parametrize("per_area", [False, True])
+def test_cayley_matches_reference_float64(backend, topology, form, nonlinearity, per_area):
+    dev = device_for(backend)
+    prob = make_problem(5, 6, 5, 3, TOPOLOGIES[topology], device=dev, scale=2.0)
+    alpha = rates(5, dev) if per_area else 0.45
+    assert_agree(prob, alpha, backend, form=form, nonlinearity=nonlinearity, feedback_step="cayley")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("topology", ["star", "random"])
+@pytest.mark.parametrize("form", ["rate", "hopfield"])
+def test_per_area_alpha_euler_float64(backend, topology, form):
+    dev = device_for(backend)
+    prob = make_problem(5, 6, 5, 3, TOPOLOGIES[topology], device=dev)
+    assert_agree(prob, rates(5, dev), backend, form=form, nonlinearity="tanh", feedback_step="euler")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize(
+    "T,B,p,n,pairs",
+    [
+        (1, 1, 2, 5, [(0, 1), (1, 0)]),   # p = 2: both areas touch every block, the hub is area 0
+        (3, 17, 4, 7, star(4)),           # batch not a multiple of any tile, n = 7
+        (2, 3, 3, 20, [(2, 0), (0, 2), (2, 1)]),  # a star with one one-way link, n above a SIMD width
+        (4, 2, 3, 1, all_to_all(3)),      # one unit per area, dense map
+    ],
+)
+def test_cayley_odd_sizes(backend, T, B, p, n, pairs):
+    dev = device_for(backend)
+    prob = make_problem(T, B, p, n, pairs, device=dev, scale=1.5)
+    assert_agree(prob, rates(p, dev), backend, form="rate", nonlinearity="tanh", feedback_step="cayley")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_cayley_gradcheck_float64(backend):
+    dev = device_for(backend)
+    prob = make_problem(3, 2, 3, 3, star(3), device=dev, scale=2.0)
+    idx = prob.L_index
+
+    def f(drive, W, L, h0, alpha):
+        return modular_rnn(drive, W, L, idx, h0, alpha=alpha, nonlinearity="tanh", form="hopfield",
+                           feedback_step="cayley", backend=backend)
+
+    assert torch.autograd.gradcheck(f, (prob.drive, prob.W, prob.L_blocks, prob.h0, rates(3, dev)))
+
+
+@pytest.mark.parametrize("topology", ["star", "all"])
+def test_cayley_float32_realistic_cpu(topology):
+    """p=16 areas of n=32 units, T=64, float32 against the float64 reference."""
+    pairs = star(16) if topology == "star" else all_to_all(16)
+    p32 = make_problem(64, 8, 16, 32, pairs, dtype=torch.float32, scale=3.0)
+    p64 = make_problem(64, 8, 16, 32, pairs, dtype=torch.float64, scale=3.0)
+    a32, a64 = rates(16).float().detach().requires_grad_(), rates(16)
+    got = outputs_and_grads(p32, a32, "cpu", nonlinearity="relu", form="rate", feedback_step="cayley")
+    ref = outputs_and_grads(p64, a64, "reference", nonlinearity="relu", form="rate", feedback_step="cayley")
+    for name, a, b in zip(["states", "drive", "W", "L_blocks", "h0", "alpha"], got, ref):
+        rel = ((a.detach().double() - b).abs().max() / b.abs().max()).item()
+        assert rel < 2e-5, f"{name}: relative error {rel:.2e}"
+
+
+def test_cayley_float32_triton():
+    dev = device_for("triton")
+    p32 = make_problem(3, 3, 16, 32, star(16), dtype=torch.float32, device=dev, scale=3.0)
+    p64 = make_problem(3, 3, 16, 32, star(16), dtype=torch.float64, scale=3.0)
+    got = outputs_and_grads(p32, 0.5, "triton", nonlinearity="tanh", form="hopfield", feedback_step="cayley")
+    ref = outputs_and_grads(p64, 0.5, "reference", nonlinearity="tanh", form="hopfield", feedback_step="cayley")
+    for name, a, b in zip(["states", "drive", "W", "L_blocks", "h0"], got, ref):
+        rel = ((a.detach().cpu().double() - b).abs().max() / b.abs().max()).item()
+        assert rel < 2e-5, f"{name}: relative error {rel:.2e}"
+
+
+def test_cayley_cpu_is_bitwise_deterministic_across_thread_counts():
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            prob = make_problem(6, 37, 5, 8, star(5), dtype=torch.float32)
+            a = torch.linspace(0.2, 0.9, 5).requires_grad_()
+            out = modular_rnn(*prob.args(), alpha=a, nonlinearity="relu", form="rate", feedback_step="cayley",
+                              backend="cpu")
+            results.append((out,) + torch.autograd.grad(out.square().sum(), prob.grad_inputs() + [a]))
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_operands_by_topology():
+    a = torch.full((5,), 0.5, dtype=torch.float64)
+    for topology, expected in [("star", "star"), ("all", "dense"), ("random", "dense"), ("none", "euler")]:
+        prob = make_problem(2, 2, 5, 3, TOPOLOGIES[topology])
+        step, hub, blocks, index, S_inv = kernel_operands(prob.L_blocks, prob.L_index, a, 5, "cayley")
+        assert step == expected, topology
+        if step == "star":
+            assert hub == 4 and tuple(S_inv.shape) == (3, 3) and blocks.shape == prob.L_blocks.shape
+        if step == "dense":
+            assert blocks.shape[0] == 25 and index.shape == (25, 2)
+    assert star_hub(torch.tensor([[0, 1], [2, 3]]), 4) is None
+    assert star_hub(torch.tensor([[2, 1], [0, 2], [2, 3]]), 4) == 2
+
+
+def test_cayley_without_feedback_is_the_euler_step():
+    prob = make_problem(4, 3, 3, 4, [])
+    kw = dict(alpha=0.3, nonlinearity="tanh", form="rate")
+    torch.testing.assert_close(modular_rnn(*prob.args(), feedback_step="cayley", **kw),
+                               modular_rnn(*prob.args(), feedback_step="euler", **kw), rtol=0, atol=0)
+
+
+def test_cayley_map_is_M_orthogonal_for_M_skew_feedback():
+    """L = B - M^{-1} B^T M is M-skew, so A L is skew in the metric M A^{-1} (M tau, as
+    alpha_i = dt / tau_i) and ||C||_{M A^{-1}} = 1 for any strength and any per-area rates."""
+    g = torch.Generator().manual_seed(0)
+    p, n = 4, 3
+    m = torch.rand(p * n, generator=g, dtype=torch.float64) + 0.5
+    for strength in (0.1, 10.0, 1000.0):
+        Bm = strength * torch.randn(p * n, p * n, generator=g, dtype=torch.float64)
+        L = Bm - torch.diag(1 / m) @ Bm.T @ torch.diag(m)
+        a = (0.05 + 0.95 * torch.rand(p, generator=g, dtype=torch.float64)).repeat_interleave(n)
+        C = cayley_map(L, a)
+        Mh = torch.diag((m / a).sqrt())
+        norm = torch.linalg.matrix_norm(Mh @ C @ torch.linalg.inv(Mh), ord=2)
+        assert abs(norm.item() - 1.0) < 1e-9, (strength, norm)
+
+
+def test_torch_compile_runs_the_cayley_step():
+    prob = make_problem(4, 3, 4, 4, star(4))
+    a = rates(4)
+
+    def loss_fn(drive, L, alpha):
+        states = modular_rnn(drive, prob.W, L, prob.L_index, prob.h0, alpha=alpha, nonlinearity="relu",
+                             form="rate", feedback_step="cayley")
+        return (states[-1] ** 2).sum()
+
+    compiled = torch.compile(loss_fn, backend="aot_eager")
+    loss = compiled(prob.drive, prob.L_blocks, a)
+    g = torch.autograd.grad(loss, (prob.drive, prob.L_blocks, a))
+    ref = loss_fn(prob.drive, prob.L_blocks, a)
+    gr = torch.autograd.grad(ref, (prob.drive, prob.L_blocks, a))
+    torch.testing.assert_close(loss, ref)
+    for x, y in zip(g, gr):
+        torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize(
+    "alpha,match",
+    [
+        (torch.tensor([0.5, 0.5]), r"alpha must be a number, a one-element tensor or a tensor of p = 3"),
+        (torch.tensor([0.5, 0.0, 0.5]), r"alpha must lie in \(0, 1\]"),
+        (torch.tensor([0.5, 1.5, 0.5]), r"alpha must lie in \(0, 1\]"),
+        (torch.tensor([1, 1, 1]), r"alpha must be a floating-point tensor"),
+    ],
+)
+def test_bad_per_area_alpha(alpha, match):
+    prob = make_problem(2, 2, 3, 2, star(3))
+    with pytest.raises((ValueError, TypeError), match=match):
+        modular_rnn(*prob.args(), alpha=alpha)
+
+
+def test_bad_feedback_step():
+    prob = make_problem(2, 2, 3, 2, star(3))
+    with pytest.raises(ValueError, match=r"feedback_step must be one of \('euler', 'cayley'\), got 'rk4'"):
+        modular_rnn(*prob.args(), feedback_step="rk4")
