@@ -12,7 +12,7 @@ TORCH_LIBRARY(rnnofrnns, m) {
   m.def(
       "modular_rnn_bwd(Tensor grad_states, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, Tensor alpha, "
       "Tensor S_inv, Tensor states, Tensor pre, Tensor z, Tensor r, str nonlinearity, str form, str step, int hub, "
-      "bool need_W_grad, bool need_L_grad) "
+      "bool need_W_grad, bool need_L_grad, bool need_alpha_grad) "
       "-> (Tensor grad_drive, Tensor grad_W, Tensor grad_L_blocks, Tensor grad_h0, Tensor grad_alpha, "
       "Tensor grad_S_inv)");
   m.def("gated_paths_fwd(Tensor x, Tensor W, Tensor c) -> (Tensor y, Tensor aux)");

@@ -73,7 +73,7 @@ STEP_CODES = {"euler": 0, "star": 1, "dense": 2}
 @triton.jit
 def _modular_rnn_fwd_kernel(
     drive_ptr, w_ptr, l_ptr, tgt_rowptr_ptr, src_ptr, h0_ptr, states_ptr, pre_ptr, z_ptr, r_ptr, s_ptr,
-    sinv_ptr, T, B, H, P, N, alpha_ptr, HUB, Z_TSTRIDE, R_TSTRIDE,
+    sinv_ptr, T, B, H, P, N, alpha_ptr, HUB, Z_TSTRIDE, R_TSTRIDE, S_TSTRIDE,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
     HOPFIELD: tl.constexpr, SAVE_PRE: tl.constexpr, STEP: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -152,6 +152,7 @@ def _modular_rnn_fwd_kernel(
         pz_ptr += B * H
         z_ptr += Z_TSTRIDE
         r_ptr += R_TSTRIDE
+        s_ptr += S_TSTRIDE
 
 
 @triton.jit
@@ -308,10 +309,12 @@ def forward(drive, W, L_blocks, L_index, h0, alpha, S_inv, nonlinearity, form, s
     keep_pre = save and form == "rate"
     cayley, star = step != "euler", step == "star"
     pre = new_output(T if keep_pre else 0, B, H, like=drive)
-    # z and r are kept for all steps when saved; otherwise one step's worth is scratch
-    z = new_output(T if (save and cayley) else (1 if cayley else 0), B, H, like=drive)
-    r = new_output(T if (save and star) else (1 if star else 0), B, n, like=drive)
-    s = new_output(B if star else 0, n, like=drive)
+    # kept for all steps when saved, otherwise one step's worth of scratch: z (all of it is saved
+    # for the dense map only), r and s_hub (the star's; the backward rebuilds z from s)
+    keep_z, keep_rs = save and step == "dense", save and star
+    z = new_output(T if keep_z else (1 if cayley else 0), B, H, like=drive)
+    r = new_output(T if keep_rs else (1 if star else 0), B, n, like=drive)
+    s = new_output(T if keep_rs else (1 if star else 0), B, n, like=drive)
     rowptr, order = _csr(L_index[:, 0], p)
     src = L_index[order, 1].contiguous()
     L_sorted = L_blocks[order].contiguous()
@@ -319,12 +322,13 @@ def forward(drive, W, L_blocks, L_index, h0, alpha, S_inv, nonlinearity, form, s
     _modular_rnn_fwd_kernel[grid](
         drive, W, L_sorted, rowptr, src, h0, states, pre if keep_pre else states,
         z if cayley else states, r if star else states, s if star else states, S_inv if star else W,
-        T, B, H, p, n, alpha, hub, B * H if (save and cayley) else 0, B * n if (save and star) else 0,
+        T, B, H, p, n, alpha, hub, B * H if keep_z else 0, B * n if keep_rs else 0, B * n if keep_rs else 0,
         NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=form == "hopfield", SAVE_PRE=keep_pre,
         STEP=STEP_CODES[step], **_launch_config(n),
     )
-    empty = drive.new_zeros(0, B, H)
-    return states, pre, z if (save and cayley) else empty, r if (save and star) else drive.new_zeros(0, B, n)
+    if keep_rs:
+        return states, pre, s, r
+    return states, pre, z if keep_z else drive.new_zeros(0, B, H), drive.new_zeros(0, B, n)
 
 
 def _check_saved(name: str, t: torch.Tensor, shape: Tuple[int, ...]) -> None:
@@ -334,15 +338,16 @@ def _check_saved(name: str, t: torch.Tensor, shape: Tuple[int, ...]) -> None:
 
 
 def backward(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z, r, nonlinearity, form, step, hub,
-             need_W_grad, need_L_grad):
+             need_W_grad, need_L_grad, need_alpha_grad):
     T, B, H = states.shape
     p, n, _ = W.shape
     hopfield, cayley, star = form == "hopfield", step != "euler", step == "star"
     if not hopfield:
         _check_saved("pre", pre, (T, B, H))
-    if cayley:
+    if step == "dense":
         _check_saved("z", z, (T, B, H))
     if star:
+        _check_saved("z", z, (T, B, n))
         _check_saved("r", r, (T, B, n))
     grad_states, W, L_blocks = grad_states.contiguous(), W.contiguous(), L_blocks.contiguous()
     h0, states, pre, L_index = h0.contiguous(), states.contiguous(), pre.contiguous(), L_index.contiguous()
@@ -366,9 +371,20 @@ def backward(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z
     )
     # The weight and alpha gradients are reductions over all (t, b): one GEMM per block.
     hprev = torch.cat([h0[None], states[:-1]]).view(T * B, p, n)
-    x = (z if cayley else states).view(T * B, p, n)
+    if star:  # rebuild z_t from h_t and s_hub: z_hub = 2 s - h_hub, z_j = h_j - 2 P_jh s
+        s_hub = z.view(T * B, n)
+        x = states.view(T * B, p, n).clone()
+        x[:, hub] = 2 * s_hub - x[:, hub]
+        for k, (i, j) in enumerate(L_index.tolist()):
+            if j == hub:
+                x[:, i] -= 2 * s_hub @ L_blocks[k].T
+    else:
+        x = (z if cayley else states).view(T * B, p, n)
     gzv = gz.view(T * B, p, n)
-    grad_alpha = (gzv * (x - hprev)).sum((0, 2)) / alpha  # dx/da_i = (x - h_{t-1}) / a_i
+    if need_alpha_grad:
+        grad_alpha = (gzv * (x - hprev)).sum((0, 2)) / alpha  # dx/da_i = (x - h_{t-1}) / a_i
+    else:
+        grad_alpha = torch.zeros_like(alpha)
     # Weight gradients that are not asked for are returned as zeros.
     grad_W = new_output(*W.shape, like=W) if need_W_grad else torch.zeros_like(W)
     grad_L = new_output(*L_blocks.shape, like=L_blocks) if need_L_grad else torch.zeros_like(L_blocks)
@@ -391,7 +407,7 @@ def backward(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z
             left = 2 * g.view(T * B, p, n)
             left[:, hub] = gr.view(T * B, n)
             right = x.clone()
-            right[:, hub] = (states.view(T * B, p, n)[:, hub] + x[:, hub]) / 2
+            right[:, hub] = s_hub
         for k, (i, j) in enumerate(L_index.tolist()):
             torch.mm(left[:, i].T, right[:, j], out=grad_L[k])
     if star:

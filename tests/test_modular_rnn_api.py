@@ -94,7 +94,7 @@ def test_cpp_backward_needs_saved_preactivations():
     states, pre, z, r = torch.ops.rnnofrnns.modular_rnn_fwd(*a.values(), alpha, S_inv, nl, fm, step, hub, False)
     with pytest.raises(ValueError, match="save=True"):
         torch.ops.rnnofrnns.modular_rnn_bwd(torch.ones_like(states), a["W"], a["L_blocks"], a["L_index"], a["h0"],
-                                            alpha, S_inv, states, pre, z, r, nl, fm, step, hub, True, True)
+                                            alpha, S_inv, states, pre, z, r, nl, fm, step, hub, True, True, True)
 
 
 def test_backend_dispatch(monkeypatch):
@@ -163,7 +163,7 @@ def test_opcheck_backward(suffix, form):
             drive, W, L, idx, h0, alpha, S_inv, nl, fm, step, hub, True)
     bwd = getattr(torch.ops.rnnofrnns, "modular_rnn_bwd" + suffix)
     args = (torch.randn_like(states), W.detach(), L.detach(), idx, h0.detach(), alpha, S_inv, states, pre, z, r,
-            nl, fm, step, hub, True, True)
+            nl, fm, step, hub, True, True, True)
     torch.library.opcheck(bwd, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 

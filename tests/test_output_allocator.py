@@ -59,7 +59,7 @@ def test_modular_rnn_fwd_and_bwd(monkeypatch, form, feedback_step):
     states, pre, z, r = full
     grad = torch.randn_like(states)
     bwd = lambda: ops.modular_rnn_bwd(grad, pr.W, blocks, index, pr.h0, alpha, S_inv, states, pre, z, r,  # noqa: E731
-                                      "tanh", form, step, hub, True, True)
+                                      "tanh", form, step, hub, True, True, True)
     full, skipped = run_skipping(monkeypatch, "modular_rnn_bwd", bwd)
     # grad_drive, its last step; the skipped step's gradient no longer flows into the others
     assert_last_row_unwritten(full[0], skipped[0], rest_unchanged=False)

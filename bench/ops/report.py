@@ -57,6 +57,16 @@ def main(path: str) -> int:
             gf_s = f"{gf:.1f}" if gf == gf else "-"
             print(f"| {group} | {name} | {t * 1e3:.1f} | {gf_s} | {speed:.2f}x |")
         ratios[(group, "cpu_gflops")] = rows[fused]["extra_info"]["flops"] / t_cpu / 1e9
+    for group in sorted(groups):
+        rows = groups[group]
+        if not group.startswith("cayley ") or "cpu_cayley" not in rows:
+            continue
+        t_c = rows["cpu_cayley"]["stats"]["median"]
+        for name in ("cpu_cayley", "cpu_euler", "reference_cayley"):
+            if name in rows:
+                t = rows[name]["stats"]["median"]
+                ratios[(group, name)] = t / t_c
+                print(f"| {group} | {name} | {t * 1e3:.1f} | - | {t / t_c:.2f}x |")
 
     if any(g.startswith("gpu ") for g in groups):
         return 0  # the targets below are the CPU backend's
@@ -67,6 +77,13 @@ def main(path: str) -> int:
         ("fwd B=64 relu vs nn.RNN(512) >= 3x", ratios.get(("forward star B=64 relu", "nn.RNN512")), 3.0),
         ("fwd+bwd B=1 relu vs reference >= 10x", ratios.get(("forward+backward star B=1 relu", "reference")), 10.0),
         ("fwd+bwd B=1 relu vs bmm loop >= 5x", ratios.get(("forward+backward star B=1 relu", "bmm_loop")), 5.0),
+    ]
+    euler = ratios.get(("cayley forward+backward star B=64 relu", "cpu_euler"))
+    checks += [
+        ("cayley fwd+bwd B=64 relu: time vs the euler step <= 1.3x (as euler/cayley >= 1/1.3)",
+         euler, 1 / 1.3),
+        ("cayley fwd+bwd B=64 relu vs its reference >= 5x",
+         ratios.get(("cayley forward+backward star B=64 relu", "reference_cayley")), 5.0),
     ]
     gf = ratios.get(("forward star B=64 relu", "cpu_gflops"))
     if gf and mm_step:

@@ -98,3 +98,29 @@ def test_mm(benchmark, shape):
     benchmark.group = "torch.mm"
     benchmark.extra_info.update(flops=2 * m * k * n * reps)
     benchmark.pedantic(lambda: [torch.mm(a, b) for _ in range(reps)], rounds=10, iterations=1, warmup_rounds=2)
+
+
+CAYLEY_CONTENDERS = {
+    "cpu_euler": lambda *a, **kw: modular_rnn(*a, backend="cpu", feedback_step="euler", **kw),
+    "cpu_cayley": lambda *a, **kw: modular_rnn(*a, backend="cpu", feedback_step="cayley", **kw),
+    "reference_cayley": lambda *a, **kw: modular_rnn_reference(*a, feedback_step="cayley", **kw),
+}
+
+
+@pytest.mark.parametrize("topo", ["star", "all"])
+@pytest.mark.parametrize("contender", list(CAYLEY_CONTENDERS))
+def test_cayley_forward_backward(benchmark, contender, topo):
+    """The Cayley feedback step (star: Schur complement of the hub; all-to-all: dense C) against
+    the Euler step and against its dense reference; B=64, relu, a training step."""
+    drive, W, L, idx = problem(topo, 64)
+    drive.requires_grad_(True)
+    L.requires_grad_(True)
+    benchmark.group = f"cayley forward+backward {topo} B=64 relu"
+    benchmark.extra_info.update(flops=flops(topo, 64, True), topology=topo, B=64, T=T, nonlinearity="relu")
+    fn = CAYLEY_CONTENDERS[contender]
+
+    def step():
+        out = fn(drive, W, L, idx, alpha=ALPHA, nonlinearity="relu", form=FORM)
+        torch.autograd.grad(out, (drive, L), torch.ones_like(out))
+
+    benchmark.pedantic(step, rounds=3 if contender.startswith("reference") else 10, iterations=1, warmup_rounds=1)

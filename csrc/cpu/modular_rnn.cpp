@@ -304,7 +304,7 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
             lay.block_step(rows, hn + Lidx[2 * r] * np, hp + Lidx[2 * r + 1] * np, Lt.data() + r * np * np);
         } else {
           // hn holds z; the Cayley map h = C z follows
-          if (zsave) scatter_rows(zsave + t * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
+          if (zsave && fb.step == Step::Dense) scatter_rows(zsave + t * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
           if (fb.step == Step::Dense) {
             std::fill(cz, cz + rows * HP, T(0));
             for (int64_t r = 0; r < s.k; ++r)
@@ -320,6 +320,8 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
               for (int b = 0; b < rows; ++b) std::copy(rb + b * np, rb + b * np + s.n, rsave + t * Bn + (b0 + b) * s.n);
             std::fill(sb, sb + rows * np, T(0));
             matmul_acc(rows, sb, np, rb, np, 1, St.data(), np, s.n, np);
+            if (zsave)
+              for (int b = 0; b < rows; ++b) std::copy(sb + b * np, sb + b * np + s.n, zsave + t * Bn + (b0 + b) * s.n);
             for (int b = 0; b < rows; ++b)
               for (int64_t j = 0; j < np; j += V)
                 (Vec(T(2)) * Vec::loadu(sb + b * np + j) - Vec::loadu(zh + b * HP + j)).store(zh + b * HP + j);
@@ -357,6 +359,13 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
   }
   pack_feedback<T>(Lb, Lidx, s, np, fb, alpha, /*transpose=*/false, Lp);
   if (star) pack_blocks<T>(S_inv, 1, s.n, np, /*transpose=*/false, T(1), Sp);
+  // The star saves s_hub [T, B, n] rather than z [T, B, p*n]: the backward rebuilds
+  // z_hub = 2 s - h_hub and z_j = h_j - 2 P_jh s (Ln: the leaf blocks transposed, times -2).
+  std::vector<T> Ln;
+  if (star) {
+    pack_feedback<T>(Lb, Lidx, s, np, fb, alpha, /*transpose=*/true, Ln);
+    for (auto& v : Ln) v = -v;
+  }
   const AreaRates<T> rates(alpha, s.p);
   const int64_t groups = (s.B + kRows - 1) / kRows;
   // The batch groups are split into chunks whose number depends on B only, never on the
@@ -376,25 +385,27 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
     T* accS = accL + nL * blk;
     T* accA = accS + nS * blk;  // per area: sum of dLoss/dx * (x - h_{t-1}), x = h_t (Euler) or z_t
     const int64_t ng = g1 - g0, gsz = kRows * HP, sst = kStage * HP;
-    std::vector<T> buf(static_cast<size_t>((ng + 4) * gsz + 6 * sst + 2 * kStage * np + kRows * np), T(0));
+    std::vector<T> buf(static_cast<size_t>((ng + 4) * gsz + (euler ? 4 : 6) * sst + 2 * kStage * np + 2 * kRows * np),
+                       T(0));
     T* carry_all = buf.data();       // per group: dLoss/dh_t through the steps after t
-    T* g = carry_all + ng * gsz;     // total gradient of h_t
+    T* g = carry_all + ng * gsz;     // total gradient of h_t (Euler; the Cayley step stages it)
     T* z = g + gsz;                  // pre-activation (rate form)
     T* gz = z + gsz;                 // Cayley: gradient of z_t = C^T g
-    T* x = gz + gsz;                 // h_t (Euler) or z_t (Cayley)
+    T* x = gz + gsz;                 // h_t, for alpha's gradient (Euler; the Cayley step stages z_t)
     // Staged rows for the weight gradients: a*gz, h_{t-1}, the drive's gradient d (rate
     // form), phi(h_{t-1}) (hopfield form), and for the Cayley feedback the two sides of
-    // every block's outer product (X at the target, Y at the source) and, in the star,
-    // the hub's gs = dLoss/ds_hub and r.
+    // every block's outer product (X at the target, Y at the source; the leaf blocks' factor
+    // 2 is applied in the final sum) and, in the star, the hub's gs = dLoss/ds_hub and r.
     T* st_ag = x + gsz;
     T* st_h = st_ag + sst;
     T* st_d = st_h + sst;
     T* st_f = st_d + sst;
     T* st_X = euler ? st_ag : st_f + sst;
     T* st_Y = euler ? st_h : st_f + 2 * sst;
-    T* st_gs = st_f + 3 * sst;
+    T* st_gs = st_f + (euler ? 1 : 3) * sst;
     T* st_r = st_gs + kStage * np;
     T* gr = st_r + kStage * np;      // star: S^{-T} gs
+    T* sh = gr + kRows * np;         // star: s_hub of step t
     auto flush = [&](int64_t nred) {
       if (nred == 0) return;
       if (grad_L)
@@ -419,53 +430,55 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
         T* ag = st_ag + slot * HP;
         T* h = st_h + slot * HP;
         T* d = hopfield ? ag : st_d + slot * HP;
-        gather_rows(g, grad_states + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        // g and x: for the Cayley step they are staged as they are (the two sides X, Y of the
+        // feedback blocks' outer products: g at the target, z at the source; in the star the
+        // hub's entries become gr and s_hub below)
+        T* gp = euler ? g : st_X + slot * HP;
+        T* xp = euler ? x : st_Y + slot * HP;
+        gather_rows(gp, grad_states + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
         gather_rows(h, (t > 0 ? states + (t - 1) * BH : h0) + b0 * s.H, rows, s.p, s.n, np, s.H);
-        gather_rows(x, (euler ? states : zsave) + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        if (grad_alpha || !euler)
+          gather_rows(xp, (fb.step == Step::Dense ? zsave : states) + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        if (star) {  // xp holds h_t: rebuild z_t from it and s_hub
+          for (int b = 0; b < rows; ++b) std::copy(zsave + t * Bn + (b0 + b) * s.n, zsave + t * Bn + (b0 + b + 1) * s.n, sh + b * np);
+          T* xh = xp + fb.hub * np;
+          for (int b = 0; b < rows; ++b)
+            for (int64_t j = 0; j < np; j += V)
+              (Vec(T(2)) * Vec::loadu(sh + b * np + j) - Vec::loadu(xh + b * HP + j)).store(xh + b * HP + j);
+          for (int64_t r = 0; r < s.k; ++r)
+            if (!fb.hub_row(Lidx, r))
+              matmul_acc(rows, xp + Lidx[2 * r] * np, HP, sh, np, 1, Ln.data() + r * blk, np, s.n, np);
+        }
         if (!hopfield) gather_rows(z, pre + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
-        for (int64_t j = 0; j < len; j += V) (Vec::loadu(g + j) + Vec::loadu(carry + j)).store(g + j);
+        for (int64_t j = 0; j < len; j += V) (Vec::loadu(gp + j) + Vec::loadu(carry + j)).store(gp + j);
         // gz: the gradient of the pre-feedback state (g itself for the Euler step)
-        T* gzp = g;
+        T* gzp = euler ? gp : gz;
         if (fb.step == Step::Dense) {
-          gzp = gz;
           std::fill(gz, gz + len, T(0));
           for (int64_t r = 0; r < s.k; ++r)
-            lay.block_step(rows, gz + Lidx[2 * r + 1] * np, g + Lidx[2 * r] * np, Lp.data() + r * blk);
-          std::copy(g, g + len, st_X + slot * HP);
-          std::copy(x, x + len, st_Y + slot * HP);
+            lay.block_step(rows, gz + Lidx[2 * r + 1] * np, gp + Lidx[2 * r] * np, Lp.data() + r * blk);
         } else if (star) {
-          gzp = gz;
           T* gs = st_gs + slot * np;
-          const T* gh = g + fb.hub * np;
+          T* gh = gp + fb.hub * np;
           for (int b = 0; b < rows; ++b)
             for (int64_t j = 0; j < np; j += V) (Vec(T(2)) * Vec::loadu(gh + b * HP + j)).store(gs + b * np + j);
           for (int64_t r = 0; r < s.k; ++r)
             if (!fb.hub_row(Lidx, r))
-              matmul_acc(rows, gs, np, g + Lidx[2 * r] * np, HP, 1, Lp.data() + r * blk, np, s.n, np);
+              matmul_acc(rows, gs, np, gp + Lidx[2 * r] * np, HP, 1, Lp.data() + r * blk, np, s.n, np);
           std::fill(gr, gr + rows * np, T(0));
           matmul_acc(rows, gr, np, gs, np, 1, Sp.data(), np, s.n, np);
-          std::copy(g, g + len, gz);
+          std::copy(gp, gp + len, gz);
           for (int b = 0; b < rows; ++b)
-            for (int64_t j = 0; j < np; j += V)
-              (Vec::loadu(gr + b * np + j) - Vec::loadu(gh + b * HP + j)).store(gz + fb.hub * np + b * HP + j);
+            for (int64_t j = 0; j < np; j += V) {
+              const Vec grv = Vec::loadu(gr + b * np + j);
+              (grv - Vec::loadu(gh + b * HP + j)).store(gz + fb.hub * np + b * HP + j);
+              grv.store(gh + b * HP + j);  // X at the hub: gr
+            }
           for (int64_t r = 0; r < s.k; ++r)
             if (fb.hub_row(Lidx, r))
               matmul_acc(rows, gz + Lidx[2 * r + 1] * np, HP, gr, np, 1, Lp.data() + r * blk, np, s.n, np);
-          // staged sides: X = (gr at the hub, 2 g_j at leaf j), Y = (s_hub = (h_hub + z_hub) / 2, z_j)
-          T* X = st_X + slot * HP;
-          T* Y = st_Y + slot * HP;
-          for (int64_t j = 0; j < len; j += V) {
-            (Vec(T(2)) * Vec::loadu(g + j)).store(X + j);
-            Vec::loadu(x + j).store(Y + j);
-          }
-          for (int b = 0; b < rows; ++b) {
-            const T* hh = states + t * BH + (b0 + b) * s.H + fb.hub * s.n;
-            for (int64_t c = 0; c < s.n; ++c) {
-              X[b * HP + fb.hub * np + c] = gr[b * np + c];
-              Y[b * HP + fb.hub * np + c] = T(0.5) * (hh[c] + x[b * HP + fb.hub * np + c]);
-            }
+          for (int b = 0; b < rows; ++b)
             std::copy(rsave + t * Bn + (b0 + b) * s.n, rsave + t * Bn + (b0 + b + 1) * s.n, st_r + (slot + b) * np);
-          }
         }
         // the step before the feedback: x = (1-a) h + a F(h, u)
         for (int b = 0; b < rows; ++b)
@@ -473,7 +486,7 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
             Vec sa(T(0));
             for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
               const Vec gv = Vec::loadu(gzp + j);
-              sa = at::vec::fmadd(gv, Vec::loadu(x + j) - Vec::loadu(h + j), sa);
+              if (grad_alpha) sa = at::vec::fmadd(gv, Vec::loadu(xp + j) - Vec::loadu(h + j), sa);
               (rates.a[i] * gv).store(ag + j);
               if (hopfield) {
                 Vec(T(0)).store(carry + j);
@@ -487,6 +500,8 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
             sa.store(lanes);
             for (int64_t l = 0; l < V; ++l) accA[i] += lanes[l];
           }
+        if (star)  // Y at the hub: s_hub
+          for (int b = 0; b < rows; ++b) std::copy(sh + b * np, sh + (b + 1) * np, xp + fb.hub * np + b * HP);
         scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
         if (hopfield) {
           // carry = (1-a) gz + phi'(h) * ((aW)^T gz)
@@ -524,22 +539,27 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
   });
 
   // Sum the chunks' accumulators in order and drop the padding.
-  auto reduce = [&](T* out, int64_t count, int64_t offset) {
-    for (int64_t b = 0; b < count; ++b)
+  auto reduce = [&](T* out, int64_t count, int64_t offset, auto scale_of) {
+    for (int64_t b = 0; b < count; ++b) {
+      const T scale = scale_of(b);
       for (int64_t r = 0; r < s.n; ++r)
         for (int64_t c = 0; c < s.n; ++c) {
           T sum = T(0);
           for (int64_t ch = 0; ch < nchunks; ++ch) sum += partial[ch * acc_size + offset + b * blk + r * np + c];
-          out[(b * s.n + r) * s.n + c] = sum;
+          out[(b * s.n + r) * s.n + c] = scale * sum;
         }
+    }
   };
-  if (grad_W) reduce(grad_W, s.p, 0);
-  if (grad_L) reduce(grad_L, s.k, nW * blk);
-  if (star) reduce(grad_S, 1, (nW + nL) * blk);
-  for (int64_t i = 0; i < s.p; ++i) {
-    T sum = T(0);
-    for (int64_t ch = 0; ch < nchunks; ++ch) sum += partial[ch * acc_size + (nW + nL + nS) * blk + i];
-    grad_alpha[i] = sum / alpha[i];  // dx/da_i = (x - h_{t-1}) / a_i
+  auto one = [](int64_t) { return T(1); };
+  if (grad_W) reduce(grad_W, s.p, 0, one);
+  if (grad_L) reduce(grad_L, s.k, nW * blk, [&](int64_t r) { return star && !fb.hub_row(Lidx, r) ? T(2) : T(1); });
+  if (star) reduce(grad_S, 1, (nW + nL) * blk, one);
+  if (grad_alpha) {
+    for (int64_t i = 0; i < s.p; ++i) {
+      T sum = T(0);
+      for (int64_t ch = 0; ch < nchunks; ++ch) sum += partial[ch * acc_size + (nW + nL + nS) * blk + i];
+      grad_alpha[i] = sum / alpha[i];  // dx/da_i = (x - h_{t-1}) / a_i
+    }
   }
 }
 
@@ -564,7 +584,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_fwd(
   const bool keep_pre = save && fm == Form::Rate, keep_z = save && fb.step != Step::Euler;
   const bool keep_r = save && fb.step == Step::Star;
   at::Tensor pre = new_output({keep_pre ? s.T : 0, s.B, s.H}, drive.options());
-  at::Tensor z = new_output({keep_z ? s.T : 0, s.B, s.H}, drive.options());
+  // the Cayley step's saved state: z_t [T, B, p*n] for the dense map, s_hub [T, B, n] for the star
+  at::Tensor z = new_output({keep_z ? s.T : 0, s.B, fb.step == Step::Star ? s.n : s.H}, drive.options());
   at::Tensor r = new_output({keep_r ? s.T : 0, s.B, s.n}, drive.options());
   Shape written = s;
   written.T = rows_to_write("modular_rnn_fwd", s.T);  // all steps, except in the test of the NaN fill
@@ -591,7 +612,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& grad_states_in, const at::Tensor& W_in, const at::Tensor& L_in, const at::Tensor& idx_in,
     const at::Tensor& h0_in, const at::Tensor& alpha_in, const at::Tensor& S_in, const at::Tensor& states_in,
     const at::Tensor& pre_in, const at::Tensor& z_in, const at::Tensor& r_in, c10::string_view nonlinearity,
-    c10::string_view form, c10::string_view step, int64_t hub, bool need_W_grad, bool need_L_grad) {
+    c10::string_view form, c10::string_view step, int64_t hub, bool need_W_grad, bool need_L_grad,
+    bool need_alpha_grad) {
   const Nonlinearity nl = parse_nonlinearity(nonlinearity);
   const Form fm = parse_form(form);
   const Feedback fb{parse_step(step), hub};
@@ -605,9 +627,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                     states_in.device(), ", got ", grad_states_in.device());
   const auto full = states_in.sizes();
   if (fm == Form::Rate) check_saved("pre", pre_in, full, states_in);
-  if (fb.step != Step::Euler) check_saved("z", z_in, full, states_in);
-  if (fb.step == Step::Star)
-    check_saved("r", r_in, {states_in.size(0), states_in.size(1), W_in.size(1)}, states_in);
+  const std::vector<int64_t> hub_shape{states_in.size(0), states_in.size(1), W_in.size(1)};
+  if (fb.step == Step::Dense) check_saved("z", z_in, full, states_in);
+  if (fb.step == Step::Star) {
+    check_saved("z", z_in, hub_shape, states_in);
+    check_saved("r", r_in, hub_shape, states_in);
+  }
   const at::Tensor grad_states = grad_states_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
   const at::Tensor idx = idx_in.contiguous(), h0 = h0_in.contiguous(), states = states_in.contiguous();
   const at::Tensor pre = pre_in.contiguous(), z = z_in.contiguous(), r = r_in.contiguous();
@@ -618,7 +643,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // Weight gradients that are not asked for are returned as zeros.
   at::Tensor grad_W = need_W_grad ? new_output(W.sizes(), W.options()) : new_zero_output(W.sizes(), W.options());
   at::Tensor grad_L = need_L_grad ? new_output(Lb.sizes(), Lb.options()) : new_zero_output(Lb.sizes(), Lb.options());
-  at::Tensor grad_alpha = new_output(alpha.sizes(), alpha.options());
+  at::Tensor grad_alpha = need_alpha_grad ? new_output(alpha.sizes(), alpha.options())
+                                          : new_zero_output(alpha.sizes(), alpha.options());
   at::Tensor grad_S = fb.step == Step::Star ? new_output(S_inv.sizes(), S_inv.options())
                                             : new_zero_output(S_inv.sizes(), S_inv.options());
   Shape written = s;
@@ -635,7 +661,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                               grad_drive.mutable_data_ptr<scalar_t>(), grad_h0.mutable_data_ptr<scalar_t>(),
                               need_W_grad ? grad_W.mutable_data_ptr<scalar_t>() : nullptr,
                               need_L_grad ? grad_L.mutable_data_ptr<scalar_t>() : nullptr,
-                              grad_alpha.mutable_data_ptr<scalar_t>(),
+                              need_alpha_grad ? grad_alpha.mutable_data_ptr<scalar_t>() : nullptr,
                               fb.step == Step::Star ? grad_S.mutable_data_ptr<scalar_t>() : nullptr, written, nl, fm,
                               fb);
   });

@@ -32,12 +32,12 @@ def modular_rnn_fwd_triton(
 def modular_rnn_bwd_triton(
     grad_states: Tensor, W: Tensor, L_blocks: Tensor, L_index: Tensor, h0: Tensor, alpha: Tensor, S_inv: Tensor,
     states: Tensor, pre: Tensor, z: Tensor, r: Tensor, nonlinearity: str, form: str, step: str, hub: int,
-    need_W_grad: bool, need_L_grad: bool,
+    need_W_grad: bool, need_L_grad: bool, need_alpha_grad: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     from rnnofrnns.kernels.modular_rnn import backward
 
     return backward(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z, r, nonlinearity, form,
-                    step, hub, need_W_grad, need_L_grad)
+                    step, hub, need_W_grad, need_L_grad, need_alpha_grad)
 
 
 register_op_pair("rnnofrnns::modular_rnn_fwd_triton", "rnnofrnns::modular_rnn_bwd_triton")
