@@ -13,12 +13,14 @@ from . import _compat  # noqa: E402
 from .ops._backend import BACKENDS, cpu_extension_available, triton_available  # noqa: E402
 from .ops import gated_paths, gated_paths_reference, modular_rnn, modular_rnn_reference  # noqa: E402
 from . import stability, topology  # noqa: E402
-from .models import GatedLinearNetwork, GlobalWorkspaceNet, ModularRNN, RNNEnsemble, SmallRNN, SparseComboNet  # noqa: E402
+from .models import (  # noqa: E402
+    GatedLinearNetwork, GlobalWorkspaceNet, ModularRNN, RNNEnsemble, SmallRNN, SparseComboNet, SVDComboNet,
+)
 
 __version__ = "0.1.0"
 __all__ = [
     "modular_rnn", "modular_rnn_reference", "gated_paths", "gated_paths_reference", "GatedLinearNetwork",
-    "ModularRNN", "SparseComboNet", "GlobalWorkspaceNet",
+    "ModularRNN", "SparseComboNet", "SVDComboNet", "GlobalWorkspaceNet",
     "SmallRNN", "RNNEnsemble",
     "stability", "topology", "BACKENDS", "cpu_extension_available", "triton_available",
 ]

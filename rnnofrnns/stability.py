@@ -17,6 +17,17 @@ so  ||G||_M^2 <= 1 - 2 a c (1-a) + a^2 ((kappa + omega)^2 - 1).
 This is exact for pure skew feedback (W = 0: (1-a)^2 + a^2 omega^2, the eigenvalues
 (1-a) +- i a omega of the SCIENCE notes). The plain triangle bound (1-a) + a (kappa + omega)
 needs neither skewness nor c; the certificate uses the smaller of the two.
+
+kappa is the largest ||W~_i||_2 of the areas (it bounds ||W~_i D|| and ||D W~_i|| for D in
+[0, 1]); the rate c_i of an area is the larger of the Metzler rate of |W_i| - I and 1 - kappa_i
+(both are lower bounds).
+
+Per-area steps A = diag(a_i) (a_i = dt / tau_i). A L is skew in the metric N = M A^{-1}
+(N A L = M L), and the update (1-A) + A W D is block diagonal, so in N:
+  Euler:  ||G||_N <= max_i ((1-a_i) + a_i kappa_i) + ||N^{1/2} A L N^{-1/2}||  (triangle bound);
+  Cayley: G = C ((1-A) + A W D) with C = (I - A L/2)^{-1} (I + A L/2) N-orthogonal, so
+          ||G||_N <= max_i (1-a_i) + a_i kappa_i < 1 whatever the feedback.
+With one alpha the metric N is M up to a constant; the Euler bound above is then the refined one.
 """
 from __future__ import annotations
 
@@ -162,6 +173,13 @@ def _weighted_abs_norm(W: torch.Tensor, p: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(X, ord=2))
 
 
+def _weighted_norm(W: torch.Tensor, p: torch.Tensor) -> float:
+    """|| P^{1/2} W P^{-1/2} ||_2 (at most the norm of the absolute values): bounds the same products."""
+    p = p.detach().double().cpu()
+    X = p.sqrt()[:, None] * W.detach().double().cpu() * p.rsqrt()[None, :]
+    return float(torch.linalg.matrix_norm(X, ord=2))
+
+
 def negative_feedback(B_blocks: torch.Tensor, index: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
     """Feedback blocks that are skew in M: L = B - M^{-1} B^T M on the connected pairs.
 
@@ -180,6 +198,12 @@ def negative_feedback(B_blocks: torch.Tensor, index: torch.Tensor, metric: torch
     m_src = metric[index[:, 1]]
     mirror = -B_blocks.transpose(1, 2) * (m_tgt[:, None, :] / m_src[:, :, None])
     return torch.cat([B_blocks, mirror])
+
+
+def cayley_step_bound(alphas: torch.Tensor, kappas: torch.Tensor) -> float:
+    """Contraction factor of the Cayley step in the metric M A^{-1}: max_i (1-a_i) + a_i kappa_i."""
+    a = alphas.double()
+    return float(((1 - a) + a * kappas.double()).max())
 
 
 def discrete_step_bound(alpha: float, rate: float, kappa: float, omega: float, skew: bool = True) -> float:
@@ -205,8 +229,10 @@ def feedback_norm_budget(alpha: float, rate: float, kappa: float) -> float:
 class Certificate:
     """Result of `certify`. `holds`: the continuous-time network contracts in `metric` at
     `rate` (every area contracts, feedback skew in M up to rounding). `discrete_holds`: the
-    Euler map with the model's alpha contracts in M by the factor `step_factor` < 1 per step.
-    `max_alpha`: the largest step for which the discrete bound certifies contraction."""
+    map that runs (`feedback_step`, with the model's alpha) contracts by the factor
+    `step_factor` < 1 per step, in M (one alpha) or M A^{-1} (per-area alphas, `alphas`).
+    `max_alpha`: the largest (uniform) step for which the discrete bound certifies contraction.
+    `omega`: ||M^{1/2} L M^{-1/2}||, the feedback's strength (no limit under the cayley step)."""
 
     holds: bool
     rate: float
@@ -220,13 +246,17 @@ class Certificate:
     omega: float
     area_rates: torch.Tensor = field(repr=False)
     reason: str = ""  # why it fails, where that is not a number (non-finite weights)
+    feedback_step: str = "euler"
+    alphas: Optional[torch.Tensor] = field(default=None, repr=False)  # per-area steps, when not one alpha
 
     def __str__(self) -> str:
         if self.reason:
             return f"Certificate(FAILS: {self.reason})"
         return (f"Certificate(continuous {'holds' if self.holds else 'FAILS'}: rate {self.rate:.4g}, "
                 f"worst skew {self.worst_skew:.2e}; discrete {'holds' if self.discrete_holds else 'FAILS'}: "
-                f"step factor {self.step_factor:.4g} at alpha {self.alpha:g}, max alpha {self.max_alpha:.4g}; "
+                f"{self.feedback_step} step factor {self.step_factor:.4g} at alpha "
+                f"{self.alpha:g}{' (largest of the areas)' if self.alphas is not None else ''}, "
+                f"max alpha {self.max_alpha:.4g}; "
                 f"kappa {self.kappa:.4g}, omega {self.omega:.4g})")
 
 
@@ -235,8 +265,9 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
 
     Accepts a module with `certify_inputs()` (ModularRNN, SparseComboNet,
     GlobalWorkspaceNet) or a mapping with keys W [p, n, n], L_blocks [k, n, n], L_index [k, 2],
-    metric [p, n] (the diagonal of M) and alpha. Nothing is recomputed from a recipe: the
-    given metric and feedback are tested as they are.
+    metric [p, n] (the diagonal of M), alpha (a number or p per-area values) and feedback_step
+    ("euler", the default, or "cayley"). Nothing is recomputed from a recipe: the given metric
+    and feedback are tested as they are.
     """
     if hasattr(model_or_matrices, "certify_inputs"):
         inputs = dict(model_or_matrices.certify_inputs())
@@ -248,9 +279,24 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
     missing = {"W", "L_blocks", "L_index", "metric"} - set(inputs)
     if missing:
         raise ValueError(f"certify: missing {sorted(missing)}")
-    a = float(alpha if alpha is not None else inputs.get("alpha", 1.0))
-    if not 0.0 < a <= 1.0:
-        raise ValueError(f"alpha must be in (0, 1], got {a}")
+    step_kind = inputs.get("feedback_step", "euler")
+    if step_kind not in ("euler", "cayley"):
+        raise ValueError(f"feedback_step must be 'euler' or 'cayley', got {step_kind!r}")
+    raw = alpha if alpha is not None else inputs.get("alpha", 1.0)
+    p_areas = inputs["W"].shape[0]
+    if isinstance(raw, torch.Tensor) and raw.numel() > 1:
+        alphas: Optional[torch.Tensor] = raw.detach().double().cpu().reshape(-1)
+        if alphas.numel() != p_areas:
+            raise ValueError(f"alpha must be a number or p = {p_areas} per-area values, got {alphas.numel()}")
+    elif isinstance(raw, (tuple, list)):
+        alphas = torch.tensor(raw, dtype=torch.float64)
+    else:
+        alphas = None
+    if alphas is not None and bool((alphas == alphas[0]).all()):
+        raw, alphas = float(alphas[0]), None
+    a = float(alphas.max()) if alphas is not None else float(raw)
+    if not 0.0 < a <= 1.0 or (alphas is not None and not bool((alphas > 0).all())):
+        raise ValueError(f"alpha must be in (0, 1], got {raw}")
     with torch.no_grad():
         W = inputs["W"].detach().double().cpu()
         Lb = inputs["L_blocks"].detach().double().cpu()
@@ -265,13 +311,16 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
                 holds=False, rate=math.nan, metric=metric.to(inputs["metric"].dtype), worst_skew=math.nan,
                 discrete_holds=False, step_factor=math.inf, max_alpha=0.0, alpha=a, kappa=math.nan, omega=math.nan,
                 area_rates=torch.full((p,), math.nan, dtype=torch.float64),
-                reason=f"{' and '.join(bad)} {'hold' if len(bad) > 1 else 'holds'} non-finite values")
-        rates = torch.tensor([area_rate(W[i], metric[i]) for i in range(p)], dtype=torch.float64)
-        rate = float(rates.min())
+                reason=f"{' and '.join(bad)} {'hold' if len(bad) > 1 else 'holds'} non-finite values",
+                feedback_step=step_kind, alphas=alphas)
         if (metric > 0).all():
-            kappa = max(_weighted_abs_norm(W[i], metric[i]) for i in range(p))
+            kappas = torch.tensor([_weighted_norm(W[i], metric[i]) for i in range(p)], dtype=torch.float64)
         else:
-            kappa = math.inf
+            kappas = torch.full((p,), math.inf, dtype=torch.float64)
+        rates = torch.tensor([max(area_rate(W[i], metric[i]), 1.0 - float(kappas[i])) for i in range(p)],
+                             dtype=torch.float64)
+        rate = float(rates.min())
+        kappa = float(kappas.max())
         m = metric.reshape(-1)
         L = dense_feedback(Lb, idx, p)
         ML = m[:, None] * L
@@ -286,15 +335,28 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
             omega = float(torch.linalg.matrix_norm(S, ord=2)) if S.numel() else 0.0
         else:
             omega = math.inf
-        step = discrete_step_bound(a, rate, kappa, omega, skew=holds)
-        if kappa + omega < 1:
-            max_alpha = 1.0
-        elif holds:
-            max_alpha = min(1.0, 2 * rate / ((kappa + omega) ** 2 - 1 + 2 * rate))
+        if step_kind == "cayley":
+            # C is orthogonal in M A^{-1} only when L is skew in M: otherwise no discrete certificate
+            step = cayley_step_bound(alphas if alphas is not None else torch.full((p,), a), kappas) if holds \
+                else math.inf
+            max_alpha = 1.0 if (holds and kappa < 1) else 0.0
         else:
-            max_alpha = 0.0
+            if alphas is None:
+                step = discrete_step_bound(a, rate, kappa, omega, skew=holds)
+            else:  # the triangle bound in N = M A^{-1}
+                au = alphas.repeat_interleave(n)
+                nm = m / au
+                SA = nm.sqrt()[:, None] * (au[:, None] * L) * nm.rsqrt()[None, :]
+                omega_a = float(torch.linalg.matrix_norm(SA, ord=2)) if SA.numel() else 0.0
+                step = cayley_step_bound(alphas, kappas) + omega_a if holds else math.inf
+            if kappa + omega < 1:
+                max_alpha = 1.0
+            elif holds:
+                max_alpha = min(1.0, 2 * rate / ((kappa + omega) ** 2 - 1 + 2 * rate))
+            else:
+                max_alpha = 0.0
     return Certificate(
         holds=holds, rate=rate, metric=metric.to(inputs["metric"].dtype), worst_skew=worst_skew,
         discrete_holds=bool(step < 1.0), step_factor=step, max_alpha=max_alpha, alpha=a,
-        kappa=kappa, omega=omega, area_rates=rates,
+        kappa=kappa, omega=omega, area_rates=rates, feedback_step=step_kind, alphas=alphas,
     )

@@ -243,8 +243,9 @@ def test_alpha_as_a_zero_d_tensor(backend):
     a = modular_rnn(*pr.args(), alpha=torch.tensor(0.5), backend=backend)
     b = modular_rnn(*pr.args(), alpha=0.5, backend=backend)
     assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="alpha must be .*one-element tensor"):
-        modular_rnn(*pr.args(), alpha=torch.tensor([0.5, 0.5]), backend=backend)
+    with pytest.raises(ValueError, match="alpha must be .*one-element tensor or a tensor of p = 2"):
+        modular_rnn(*pr.args(), alpha=torch.tensor([0.5, 0.5, 0.5]), backend=backend)
+    torch.testing.assert_close(modular_rnn(*pr.args(), alpha=torch.tensor([0.5, 0.5]), backend=backend), b)
     empty = modular_rnn(pr.drive[:, :0], pr.W, pr.L_blocks, pr.L_index, alpha=0.5, backend=backend)
     assert empty.shape == (3, 0, 6)
 

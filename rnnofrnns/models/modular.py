@@ -14,6 +14,9 @@ from ..ops import modular_rnn
 from ..ops.modular_rnn.reference import dense_feedback
 
 AreaSizes = Union[Sequence[int], Tuple[int, int]]
+Rates = Union[float, Sequence[float], torch.Tensor]
+AREAS = ("sparse", "svd")
+FEEDBACK_STEPS = ("euler", "cayley")
 
 
 def _area_sizes(area_sizes: AreaSizes) -> List[int]:
@@ -30,18 +33,47 @@ def _area_sizes(area_sizes: AreaSizes) -> List[int]:
     return sizes
 
 
+def _rates(alpha: Rates, p: int) -> torch.Tensor:
+    """alpha as p float64 values in (0, 1]; a number is broadcast."""
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        a = torch.full((p,), float(alpha), dtype=torch.float64)
+    else:
+        try:
+            a = torch.as_tensor(alpha, dtype=torch.float64).detach().cpu().reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"alpha must be a number or {p} per-area values in (0, 1], got {alpha!r}") from None
+        if a.numel() != p:
+            raise ValueError(f"alpha must be a number or p = {p} per-area values, got {a.numel()} values")
+    if not bool(((a > 0) & (a <= 1)).all()):
+        raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+    return a
+
+
 class ModularRNN(nn.Module):
     """An RNN of RNNs with a contraction certificate, used like torch.nn.RNN.
 
-    p areas (sizes `area_sizes`) with fixed sparse intra-area matrices W (rho(|W_i|) = gamma
-    < 1), a fixed diagonal metric M in which every area contracts, and trainable inter-area
-    feedback L = B - M^{-1} B^T M on the pairs of `topology` (one parameter block B per
-    connected pair), so that the continuous-time network contracts in M whatever B is.
+    p areas (sizes `area_sizes`), each contracting in a diagonal metric M_i, and trainable
+    inter-area feedback L = B - M^{-1} B^T M on the pairs of `topology` (one parameter block B
+    per connected pair), so that the continuous-time network contracts in M whatever B is.
 
-    With `guarantee=True` (default) the feedback is also rescaled, when needed, so that its
-    M-weighted norm stays within the budget that keeps the Euler-discretised map with this
-    `alpha` contracting (see rnnofrnns.stability); `certify()` then reports
-    `discrete_holds=True` at every point of training.
+    areas="sparse" (default): fixed sparse intra-area matrices W (rho(|W_i|) = gamma < 1) and
+    their fixed metric. areas="svd" (SVD Combo Net): trainable areas
+    W_i = Phi_i^{-1} U_i Sigma_i V_i^T Phi_i with U_i, V_i orthogonal (matrix exponentials of
+    skew parameters), Sigma_i = sigma_max * sigmoid(s_i) and Phi_i = diag(exp(phi_i)), so that
+    ||Phi_i W_i D Phi_i^{-1}|| <= sigma_max for every D in [0, 1]; the metric M_i = Phi_i^2 is
+    trained with them (equal area sizes only).
+
+    feedback_step="euler" (default): h_t = (1-a) h + a (F(h, u_t) + L h). With
+    `guarantee=True` the feedback is rescaled, when needed, so that its M-weighted norm stays
+    within the budget that keeps this map contracting (rnnofrnns.stability).
+    feedback_step="cayley": h_t = C ((1-a) h + a F(h, u_t)), C = (I - A L/2)^{-1} (I + A L/2),
+    which is M A^{-1}-orthogonal: the step contracts by max_i (1-a_i) + a_i kappa_i for any
+    feedback strength, so nothing is rescaled. `certify()` reports `discrete_holds=True` at
+    every point of training in both cases.
+
+    alpha: dt/tau, a number or p per-area values; learn_timescales=True makes
+    alpha_i = alpha_max * sigmoid(theta_i) trainable (initialised at `alpha`). Per-area rates
+    with guarantee=True need the cayley step.
 
     forward(x, h0=None) -> (output, h_n): x [B, T, input_size] (batch_first) or [T, B, input_size];
     output [B, T, hidden_size] (or [T, B, hidden_size]); h_n [1, B, hidden_size]. hidden_size is
@@ -56,7 +88,7 @@ class ModularRNN(nn.Module):
         topology: topo.Topology = "all",
         form: str = "hopfield",
         nonlinearity: str = "relu",
-        alpha: float = 0.5,
+        alpha: Rates = 0.5,
         batch_first: bool = True,
         bias: bool = True,
         density: float = 0.2,
@@ -66,6 +98,11 @@ class ModularRNN(nn.Module):
         feedback_init: float = 0.1,
         guarantee: bool = True,
         guarantee_margin: float = 0.95,
+        feedback_step: str = "euler",
+        areas: str = "sparse",
+        sigma_max: float = 0.99,
+        learn_timescales: bool = False,
+        alpha_max: float = 1.0,
         generator: Optional[torch.Generator] = None,
         backend: Optional[str] = None,
         dtype: Optional[torch.dtype] = None,
@@ -77,17 +114,35 @@ class ModularRNN(nn.Module):
             raise ValueError(f"form must be 'rate' or 'hopfield', got {form!r}")
         if nonlinearity not in ("relu", "tanh", "identity"):
             raise ValueError(f"nonlinearity must be 'relu', 'tanh' or 'identity', got {nonlinearity!r}")
-        if not 0.0 < float(alpha) <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
         if not 0.0 < guarantee_margin <= 1.0:
             raise ValueError(f"guarantee_margin must be in (0, 1], got {guarantee_margin!r}")
+        if feedback_step not in FEEDBACK_STEPS:
+            raise ValueError(f"feedback_step must be one of {FEEDBACK_STEPS}, got {feedback_step!r}")
+        if areas not in AREAS:
+            raise ValueError(f"areas must be one of {AREAS}, got {areas!r}")
+        if not 0.0 < float(sigma_max) < 1.0:
+            raise ValueError(f"sigma_max must be in (0, 1) for the areas to contract, got {sigma_max!r}")
+        if not 0.0 < float(alpha_max) <= 1.0:
+            raise ValueError(f"alpha_max must be in (0, 1], got {alpha_max!r}")
         dtype = dtype or torch.get_default_dtype()
         sizes = _area_sizes(area_sizes)
         p, n = len(sizes), max(sizes)
+        if areas == "svd" and len(set(sizes)) != 1:
+            raise ValueError(f"areas='svd' needs areas of equal size, got area_sizes {sizes}")
+        alphas = _rates(alpha, p)
+        per_area = learn_timescales or not isinstance(alpha, (int, float))
+        if learn_timescales and not bool((alphas < float(alpha_max)).all()):
+            raise ValueError(f"learn_timescales=True needs alpha below alpha_max = {alpha_max}, got {alphas.tolist()}")
+        if guarantee and per_area and feedback_step == "euler":
+            raise ValueError("per-area alpha (or learn_timescales=True) with guarantee=True needs "
+                             "feedback_step='cayley'; the Euler step's feedback budget assumes one alpha")
         self.input_size, self.area_sizes = input_size, sizes
         self.num_areas, self.area_size = p, n
         self.hidden_size = sum(sizes)
-        self.form, self.nonlinearity, self.alpha = form, nonlinearity, float(alpha)
+        self.form, self.nonlinearity = form, nonlinearity
+        self.alpha: Union[float, Tuple[float, ...]] = tuple(alphas.tolist()) if per_area else float(alpha)
+        self.per_area_alpha, self.learn_timescales, self.alpha_max = per_area, learn_timescales, float(alpha_max)
+        self.feedback_step, self.areas, self.sigma_max = feedback_step, areas, float(sigma_max)
         self.batch_first, self.backend, self.guarantee = batch_first, backend, guarantee
         self.guarantee_margin = float(guarantee_margin)
         self.feedback_sparsity = float(feedback_sparsity)
@@ -97,17 +152,32 @@ class ModularRNN(nn.Module):
             live[i, :s] = True
         W = torch.zeros(p, n, n, dtype=torch.float64)
         metric = torch.ones(p, n, dtype=torch.float64)
-        for i, s in enumerate(sizes):
-            W[i, :s, :s] = stability.sparse_contracting_block(s, density, scale, gamma, generator, torch.float64)
-            metric[i, :s] = stability.diagonal_metric(W[i, :s, :s])[0]
+        if areas == "sparse":
+            for i, s in enumerate(sizes):
+                W[i, :s, :s] = stability.sparse_contracting_block(s, density, scale, gamma, generator, torch.float64)
+                metric[i, :s] = stability.diagonal_metric(W[i, :s, :s])[0]
         pairs = topo.resolve(topology, p, generator)
         m = len(pairs)
         live_f = live.to(torch.float64)
         mask = live_f[pairs[:, 0]][:, :, None] * live_f[pairs[:, 1]][:, None, :]
         if feedback_sparsity > 0:
             mask = mask * topo.block_mask(m, n, feedback_sparsity, generator, torch.float64)
-        self.register_buffer("W", W.to(dtype))
-        self.register_buffer("M", metric.to(dtype))
+        if areas == "sparse":
+            self.register_buffer("W", W.to(dtype))
+            self.register_buffer("M", metric.to(dtype))
+        else:
+            # random rotations U, V; singular values spread over (0.5, 0.99) of sigma_max; M = I
+            def skew_init():
+                return nn.Parameter((torch.randn(p, n, n, generator=generator, dtype=torch.float64) / n ** 0.5).to(dtype))
+
+            self.area_rotation_u, self.area_rotation_v = skew_init(), skew_init()
+            u = 0.5 + 0.49 * torch.rand(p, n, generator=generator, dtype=torch.float64)
+            self.area_singular_logit = nn.Parameter(torch.logit(u).to(dtype))
+            self.area_log_metric = nn.Parameter(torch.zeros(p, n, dtype=dtype))
+        if learn_timescales:
+            self.timescale_logit = nn.Parameter(torch.logit(alphas / float(alpha_max)).to(dtype))
+        elif per_area:
+            self.register_buffer("alpha_areas", alphas.to(dtype))
         self.register_buffer("pairs", pairs)
         self.register_buffer("L_index", topo.feedback_index(pairs))
         self.register_buffer("feedback_mask", mask.to(dtype))
@@ -115,7 +185,7 @@ class ModularRNN(nn.Module):
         self.register_buffer("unit_index", live.reshape(-1).nonzero().squeeze(1))
 
         # from the stored (possibly float32) W and M, so that a state_dict load recomputes it exactly
-        self.register_buffer("feedback_budget", self._budget(self.W, self.M).to(dtype))
+        self.register_buffer("feedback_budget", self._budget().to(dtype))
 
         std = feedback_init / math.sqrt(n * max(1.0, 2.0 * m / p))
         self.B = nn.Parameter((torch.randn(m, n, n, generator=generator, dtype=torch.float64) * std * mask).to(dtype))
@@ -132,12 +202,19 @@ class ModularRNN(nn.Module):
         # with another alpha (or other areas) must not carry its budget over.
         self.register_load_state_dict_post_hook(ModularRNN._recompute_budget_after_load)
 
-    def _budget(self, W: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
-        """Budget of the feedback's M-weighted norm that keeps the discrete map at this model's
-        alpha contracting (times the guarantee margin), from the areas W and their metric."""
-        W, metric = W.detach().double().cpu(), metric.detach().double().cpu()
-        rate = min(stability.area_rate(W[i], metric[i]) for i in range(W.shape[0]))
-        kappa = max(stability._weighted_abs_norm(W[i], metric[i]) for i in range(W.shape[0]))
+    def _budget(self) -> torch.Tensor:
+        """Budget of the feedback's M-weighted norm that keeps the Euler map at this model's
+        alpha contracting (times the guarantee margin), from the areas W and their metric
+        (svd areas: kappa = sigma_max, rate 1 - sigma_max, whatever they have learned). The
+        cayley step needs none: inf."""
+        if self.feedback_step == "cayley" or self.per_area_alpha:
+            return torch.tensor(math.inf, dtype=torch.float64)
+        if self.areas == "svd":
+            rate, kappa = 1.0 - self.sigma_max, self.sigma_max
+        else:
+            W, metric = self.W.detach().double().cpu(), self.M.detach().double().cpu()
+            rate = min(stability.area_rate(W[i], metric[i]) for i in range(W.shape[0]))
+            kappa = max(stability._weighted_abs_norm(W[i], metric[i]) for i in range(W.shape[0]))
         budget = stability.feedback_norm_budget(self.alpha, rate, kappa)
         if self.guarantee and not budget > 0:
             raise ValueError(
@@ -148,17 +225,25 @@ class ModularRNN(nn.Module):
 
     @staticmethod
     def _recompute_budget_after_load(module: "ModularRNN", incompatible_keys) -> None:
-        if not (torch.isfinite(module.W).all() and torch.isfinite(module.M).all()):
+        if module.areas == "sparse" and not (torch.isfinite(module.W).all() and torch.isfinite(module.M).all()):
             return  # forward and certify() report non-finite weights themselves
         with torch.no_grad():
-            module.feedback_budget.copy_(module._budget(module.W, module.M))
+            module.feedback_budget.copy_(module._budget())
 
     def _check_finite(self) -> None:
         """A clear error instead of NaN outputs when a weight is not finite (one check per call)."""
         if torch.compiler.is_compiling():
             return
-        named = [("W", self.W), ("M", self.M), ("feedback_budget", self.feedback_budget), ("B", self.B),
-                 ("input_weight", self.input_weight)]
+        named = [("B", self.B), ("input_weight", self.input_weight)]
+        if self.areas == "sparse":
+            named += [("W", self.W), ("M", self.M)]
+        else:
+            named += [(name, getattr(self, name)) for name in
+                      ("area_rotation_u", "area_rotation_v", "area_singular_logit", "area_log_metric")]
+        if self.learn_timescales:
+            named.append(("timescale_logit", self.timescale_logit))
+        if self.feedback_step == "euler" and not self.per_area_alpha:
+            named.append(("feedback_budget", self.feedback_budget))
         if self.input_bias is not None:
             named.append(("input_bias", self.input_bias))
         if bool(torch.stack([t.detach().isfinite().all() for _, t in named]).all()):
@@ -168,24 +253,54 @@ class ModularRNN(nn.Module):
                          "the network cannot run (reload a checkpoint or lower the learning rate)")
 
     # -- the weights the network runs with ------------------------------------------------
-    def raw_feedback_blocks(self) -> torch.Tensor:
+    def area_weights(self) -> torch.Tensor:
+        """The intra-area blocks W [p, n, n] (svd areas: formed from their parameters)."""
+        if self.areas == "sparse":
+            return self.W
+        U = torch.linalg.matrix_exp(self.area_rotation_u - self.area_rotation_u.transpose(1, 2))
+        V = torch.linalg.matrix_exp(self.area_rotation_v - self.area_rotation_v.transpose(1, 2))
+        sigma = self.sigma_max * torch.sigmoid(self.area_singular_logit)
+        phi = torch.exp(self.area_log_metric)
+        return (U * sigma[:, None, :]) @ V.transpose(1, 2) * (phi[:, None, :] / phi[:, :, None])
+
+    def area_metric(self) -> torch.Tensor:
+        """The diagonal of the contraction metric M per area, [p, n] (svd areas: Phi^2)."""
+        if self.areas == "sparse":
+            return self.M
+        return torch.exp(2 * self.area_log_metric)
+
+    def area_alpha(self) -> torch.Tensor:
+        """The step alpha_i = dt / tau_i of every area, [p] (differentiable when learned)."""
+        if self.learn_timescales:
+            return self.alpha_max * torch.sigmoid(self.timescale_logit)
+        if self.per_area_alpha:
+            return self.alpha_areas
+        return torch.full((self.num_areas,), self.alpha, dtype=self.B.dtype, device=self.B.device)
+
+    def _op_alpha(self) -> Union[float, torch.Tensor]:
+        return self.area_alpha() if self.per_area_alpha else self.alpha
+
+    def raw_feedback_blocks(self, metric: Optional[torch.Tensor] = None) -> torch.Tensor:
         """L = B - M^{-1} B^T M on the connected pairs, before the guarantee's rescaling."""
-        return stability.negative_feedback(self.B * self.feedback_mask, self.pairs, self.M)
+        M = self.area_metric() if metric is None else metric
+        return stability.negative_feedback(self.B * self.feedback_mask, self.pairs, M)
 
     def feedback_norm_bound(self) -> torch.Tensor:
         """Upper bound of ||M^{1/2} L M^{-1/2}||_2 (before rescaling): the spectral norm of the
         symmetric p x p matrix of block norms (block (i, j) and its mirror have equal norms)."""
         Bm = self.B * self.feedback_mask
-        st, ss = self.M[self.pairs[:, 0]].sqrt(), self.M[self.pairs[:, 1]].rsqrt()
+        M = self.area_metric()
+        st, ss = M[self.pairs[:, 0]].sqrt(), M[self.pairs[:, 1]].rsqrt()
         norms = torch.linalg.matrix_norm(st[:, :, None] * Bm * ss[:, None, :], ord=2)
         N = torch.zeros(self.num_areas, self.num_areas, dtype=norms.dtype, device=norms.device)
         N = N.index_put((self.pairs[:, 0], self.pairs[:, 1]), norms).index_put((self.pairs[:, 1], self.pairs[:, 0]), norms)
         return torch.linalg.matrix_norm(N, ord=2)
 
     def feedback_blocks(self) -> torch.Tensor:
-        """The inter-area blocks [2m, n, n] the network uses (for L_index), guarantee applied."""
+        """The inter-area blocks [2m, n, n] the network uses (for L_index), guarantee applied
+        (the Euler step's rescaling; the cayley step needs none)."""
         L = self.raw_feedback_blocks()
-        if self.guarantee and L.shape[0]:
+        if self.guarantee and L.shape[0] and self.feedback_step == "euler":
             scale = torch.clamp(self.feedback_budget / (self.feedback_norm_bound() + 1e-30), max=1.0)
             L = L * scale
         return L
@@ -205,7 +320,7 @@ class ModularRNN(nn.Module):
     def _area_gate(self) -> Optional[torch.Tensor]:
         if not self._silenced:
             return None
-        gate = torch.ones(self.num_areas, dtype=self.W.dtype, device=self.W.device)
+        gate = torch.ones(self.num_areas, dtype=self.B.dtype, device=self.B.device)
         gate[list(self._silenced)] = 0
         return gate
 
@@ -252,25 +367,28 @@ class ModularRNN(nn.Module):
             gate = self._area_gate()
             if gate is not None:
                 h0 = h0 * gate.repeat_interleave(self.area_size)
-        states = modular_rnn(self.drive(x_t).contiguous(), self.W, self._feedback_in_use(), self.L_index, h0,
-                             alpha=self.alpha, nonlinearity=self.nonlinearity, form=self.form, backend=self.backend)
+        states = modular_rnn(self.drive(x_t).contiguous(), self.area_weights(), self._feedback_in_use(), self.L_index,
+                             h0, alpha=self._op_alpha(), nonlinearity=self.nonlinearity, form=self.form,
+                             feedback_step=self.feedback_step, backend=self.backend)
         states = self._unpad(states)
         h_n = states[-1].unsqueeze(0)
         output = states.transpose(0, 1) if self.batch_first else states
         return output, h_n
 
     def step(self, x_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """One Euler step h_t = F(h_{t-1}, x_t) for x_t [B, input_size], h [B, hidden_size]
-        (the reference backend: differentiable by torch.func, e.g. for Jacobians)."""
+        """One step h_t = F(h_{t-1}, x_t) of the map that runs (euler or cayley) for x_t
+        [B, input_size], h [B, hidden_size] (the reference backend: differentiable by
+        torch.func, e.g. for Jacobians)."""
         u = self.drive(x_t.unsqueeze(0))
-        out = modular_rnn(u, self.W, self._feedback_in_use(), self.L_index, self._pad(h), alpha=self.alpha,
-                          nonlinearity=self.nonlinearity, form=self.form, backend="reference")
+        out = modular_rnn(u, self.area_weights(), self._feedback_in_use(), self.L_index, self._pad(h),
+                          alpha=self._op_alpha(), nonlinearity=self.nonlinearity, form=self.form,
+                          feedback_step=self.feedback_step, backend="reference")
         return self._unpad(out[0])
 
     # -- inspection ------------------------------------------------------------------------
     def intra_matrix(self) -> torch.Tensor:
         """Dense block-diagonal intra-area matrix [hidden_size, hidden_size]."""
-        Wd = torch.block_diag(*self.W)
+        Wd = torch.block_diag(*self.area_weights())
         return Wd.index_select(0, self.unit_index).index_select(1, self.unit_index)
 
     def feedback_matrix(self) -> torch.Tensor:
@@ -280,18 +398,22 @@ class ModularRNN(nn.Module):
 
     def metric(self) -> torch.Tensor:
         """Diagonal of the contraction metric M [hidden_size]."""
-        return self.M.reshape(-1).index_select(0, self.unit_index)
+        return self.area_metric().reshape(-1).index_select(0, self.unit_index)
 
     def num_feedback_parameters(self) -> int:
         """Trainable inter-area weights: one block per connected pair, live and unmasked entries."""
         return int(self.feedback_mask.sum().item())
 
     def certify_inputs(self) -> dict:
-        finite = all(bool(t.detach().isfinite().all()) for t in (self.B, self.M, self.feedback_budget))
-        # with a non-finite B, M or budget the feedback in use is not defined (its norm bound has
-        # no SVD): it is reported as NaN, and certify() fails saying so
-        L = self._feedback_in_use() if finite else torch.full_like(self.raw_feedback_blocks(), math.nan)
-        return dict(W=self.W, L_blocks=L, L_index=self.L_index, metric=self.M, alpha=self.alpha)
+        with torch.no_grad():
+            W, M, a = self.area_weights(), self.area_metric(), self.area_alpha()
+            budget_ok = self.feedback_step == "cayley" or self.per_area_alpha or bool(self.feedback_budget.isfinite())
+            finite = budget_ok and all(bool(t.detach().isfinite().all()) for t in (self.B, M, a))
+            # with a non-finite B, M or budget the feedback in use is not defined (its norm bound has
+            # no SVD): it is reported as NaN, and certify() fails saying so
+            L = self._feedback_in_use() if finite else torch.full_like(self.raw_feedback_blocks(M), math.nan)
+        alpha = a if self.per_area_alpha else self.alpha
+        return dict(W=W, L_blocks=L, L_index=self.L_index, metric=M, alpha=alpha, feedback_step=self.feedback_step)
 
     def certify(self) -> stability.Certificate:
         """Contraction certificate of the network as it runs now (see rnnofrnns.stability)."""
@@ -315,7 +437,8 @@ class ModularRNN(nn.Module):
     def extra_repr(self) -> str:
         return (f"input_size={self.input_size}, area_sizes={self.area_sizes}, pairs={len(self.pairs)}, "
                 f"form={self.form!r}, nonlinearity={self.nonlinearity!r}, alpha={self.alpha}, "
-                f"guarantee={self.guarantee}")
+                f"feedback_step={self.feedback_step!r}, areas={self.areas!r}, guarantee={self.guarantee}"
+                + (", learn_timescales=True" if self.learn_timescales else ""))
 
 
 class SparseComboNet(nn.Module):
@@ -373,3 +496,18 @@ class GlobalWorkspaceNet(SparseComboNet):
         else:
             sizes = [area_size] * (num_areas - 1) + [workspace_size]
         super().__init__(input_size, output_size, num_areas, area_size, topology="gw", area_sizes=sizes, **kwargs)
+
+
+class SVDComboNet(SparseComboNet):
+    """The SVD Combo Net (Kozachkov et al. 2022, Theorem 5, direct parameterisation): trainable
+    areas W_i = Phi_i^{-1} U_i Sigma_i V_i^T Phi_i that contract by construction
+    (areas="svd"), all-to-all negative feedback by default, and the cayley feedback step, so
+    that the discrete certificate holds whatever the areas and the feedback learn."""
+
+    def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
+                 topology: topo.Topology = "all", **kwargs) -> None:
+        if kwargs.get("areas", "svd") != "svd":
+            raise ValueError(f"SVDComboNet has areas='svd'; got areas={kwargs['areas']!r} (use SparseComboNet)")
+        kwargs["areas"] = "svd"
+        kwargs.setdefault("feedback_step", "cayley")
+        super().__init__(input_size, output_size, num_areas, area_size, topology=topology, **kwargs)
