@@ -16,7 +16,12 @@ TRAIN_HELP = {
     "num_areas": "number of areas (scn/gw)", "area_size": "units per area (scn/gw)",
     "topology": "scn topology: all, gw, none, random:<density>", "workspace_size": "gw: size of the workspace area",
     "feedback_sparsity": "fraction of inter-area weights fixed at 0 (0/1 mask)", "form": "hopfield or rate",
-    "nonlinearity": "relu, tanh or identity", "alpha": "Euler step dt/tau in (0, 1]",
+    "nonlinearity": "relu, tanh or identity",
+    "alpha": "step dt/tau in (0, 1]: one value, or --num-areas comma-separated values (one per area; "
+             "the last is the gw workspace)",
+    "feedback_step": "euler (h + a (F + L h)) or cayley (C ((1-a) h + a F), certified for any feedback)",
+    "areas": "sparse (fixed sparse areas) or svd (trainable SVD Combo Net areas)",
+    "sigma_max": "svd areas: largest singular value (< 1)",
     "gamma": "Perron root of |W| of every area (< 1)", "density": "density of the intra-area matrices",
     "hidden_size": "gru/lstm hidden size (default: the GW net's trainable-parameter count)",
     "seed": "random seed (data split, initialisation, batch order)", "device": "cpu or cuda",
@@ -39,16 +44,20 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
     parser.add_argument("--out", default=d(defaults.out),
                         help="run folder: checkpoints, config.json, metrics.json, plots (default: runs/MODEL-TASK)")
     for f in fields(defaults):
-        if f.name in ("model", "task", "out", "guarantee", "progress"):
+        if f.name in ("model", "task", "out", "guarantee", "progress", "learn_timescales"):
             continue
         default = getattr(defaults, f.name)
         kind = {int: int, float: float}.get(type(default), str)
         if f.name in ("workspace_size", "hidden_size", "threads", "stop_after"):
             kind = int
+        if f.name == "alpha":
+            kind = _alpha_arg
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=d(default),
                             help=TRAIN_HELP.get(f.name, ""))
     flag = dict(action="store_true") if not suppress else dict(action="store_true", default=argparse.SUPPRESS)
     parser.add_argument("--no-guarantee", help="do not keep the discrete certificate true", **flag)
+    parser.add_argument("--learn-timescales", help="train alpha_i = sigmoid(theta_i) per area (needs --feedback-step "
+                        "cayley)", **flag)
     parser.add_argument("--no-progress", help="no progress bar", **flag)
     parser.add_argument("--resume", help="continue the run in --out from its last checkpoint; only "
                         f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE if n != 'progress')} and "
@@ -56,9 +65,19 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
     parser.add_argument("--overwrite", help="replace the run in --out (its files are removed first)", **flag)
 
 
+def _alpha_arg(text: str):
+    """--alpha: a number, or comma-separated per-area numbers."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or comma-separated numbers, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 def _config_from(args: argparse.Namespace, defaults):
     values = {f.name: getattr(args, f.name) for f in fields(defaults) if hasattr(args, f.name)}
     values["guarantee"] = not args.no_guarantee
+    values["learn_timescales"] = bool(args.learn_timescales)
     values["progress"] = not args.no_progress
     return replace(defaults, **values)
 
@@ -72,6 +91,8 @@ def _given(args: argparse.Namespace) -> dict:
         given["guarantee"] = False
     if given.pop("no_progress", False):
         given["progress"] = False
+    if given.pop("learn_timescales", False):
+        given["learn_timescales"] = True
     for name in ("resume", "overwrite", "out"):
         given.pop(name, None)
     return given
@@ -79,7 +100,11 @@ def _given(args: argparse.Namespace) -> dict:
 
 def _as_flag(name: str, value) -> str:
     """How a TrainConfig setting is written on the command line."""
-    return "--no-guarantee" if name == "guarantee" else f"--{name.replace('_', '-')} {value}"
+    if name in ("guarantee", "learn_timescales"):
+        return "--no-guarantee" if name == "guarantee" else "--learn-timescales"
+    if isinstance(value, tuple):
+        value = ",".join(str(v) for v in value)
+    return f"--{name.replace('_', '-')} {value}"
 
 
 def _train(args: argparse.Namespace) -> int:

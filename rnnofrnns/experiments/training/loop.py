@@ -14,7 +14,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -48,10 +48,14 @@ class TrainConfig:
     feedback_sparsity: float = 0.0
     form: str = "hopfield"
     nonlinearity: str = "relu"
-    alpha: float = 0.5
+    alpha: Union[float, Tuple[float, ...]] = 0.5  # one step, or one per area
     gamma: float = 0.9
     density: float = 0.2
     guarantee: bool = True
+    feedback_step: str = "euler"
+    areas: str = "sparse"
+    sigma_max: float = 0.99
+    learn_timescales: bool = False
     hidden_size: Optional[int] = None       # gru/lstm; default: match the GW net's trainable parameters
     seed: int = 0
     device: str = "cpu"
@@ -83,8 +87,26 @@ class TrainConfig:
             raise bad("weight-decay", "a number >= 0", self.weight_decay)
         if not self.clip >= 0 or not math.isfinite(self.clip):
             raise bad("clip", "a number >= 0 (0: no clipping)", self.clip)
-        if not 0.0 < self.alpha <= 1.0:
+        alphas = self.alpha if isinstance(self.alpha, tuple) else (self.alpha,)
+        if isinstance(self.alpha, tuple) and self.model in ("gw", "scn") and len(alphas) != self.num_areas:
+            raise UsageError(f"--alpha must be one value or --num-areas = {self.num_areas} comma-separated values, "
+                             f"got {len(alphas)}")
+        if not all(0.0 < a <= 1.0 for a in alphas):
             raise bad("alpha", "in (0, 1]", self.alpha)
+        if self.feedback_step not in ("euler", "cayley"):
+            raise bad("feedback-step", "euler or cayley", self.feedback_step)
+        if self.areas not in ("sparse", "svd"):
+            raise bad("areas", "sparse or svd", self.areas)
+        if not 0.0 < self.sigma_max < 1.0:
+            raise bad("sigma-max", "in (0, 1)", self.sigma_max)
+        if self.guarantee and self.feedback_step == "euler" and (isinstance(self.alpha, tuple) or self.learn_timescales):
+            raise UsageError("per-area --alpha and --learn-timescales need --feedback-step cayley (or --no-guarantee): "
+                             "the Euler step's feedback budget assumes one alpha")
+        if self.learn_timescales and not all(a < 1.0 for a in alphas):
+            raise bad("alpha", "below 1 with --learn-timescales (alpha_i = sigmoid(theta_i) starts there)", self.alpha)
+        if self.areas == "svd" and self.model == "gw" and self.workspace_size not in (None, self.area_size):
+            raise UsageError(f"--areas svd needs areas of equal size: --workspace-size {self.workspace_size} differs "
+                             f"from --area-size {self.area_size}")
         if not 0.0 < self.gamma < 1.0:
             raise bad("gamma", "in (0, 1)", self.gamma)
         if not 0.0 < self.density <= 1.0:
@@ -143,7 +165,8 @@ def baseline_hidden_size(kind: str, input_size: int, num_classes: int, budget: i
 def modular_kwargs(cfg: TrainConfig, generator: torch.Generator, dtype: torch.dtype) -> Dict[str, Any]:
     return dict(form=cfg.form, nonlinearity=cfg.nonlinearity, alpha=cfg.alpha, gamma=cfg.gamma,
                 density=cfg.density, guarantee=cfg.guarantee, feedback_sparsity=cfg.feedback_sparsity,
-                backend=cfg.backend, generator=generator, dtype=dtype)
+                feedback_step=cfg.feedback_step, areas=cfg.areas, sigma_max=cfg.sigma_max,
+                learn_timescales=cfg.learn_timescales, backend=cfg.backend, generator=generator, dtype=dtype)
 
 
 def build_model(cfg: TrainConfig, input_size: int, num_classes: int) -> nn.Module:
@@ -246,7 +269,8 @@ def certificate_summary(model: nn.Module) -> Optional[Dict[str, Any]]:
         return None
     c = model.certify()
     return dict(holds=c.holds, rate=c.rate, worst_skew=c.worst_skew, discrete_holds=c.discrete_holds,
-                step_factor=c.step_factor, max_alpha=c.max_alpha, alpha=c.alpha, kappa=c.kappa, omega=c.omega)
+                step_factor=c.step_factor, max_alpha=c.max_alpha, alpha=c.alpha, kappa=c.kappa, omega=c.omega,
+                feedback_step=c.feedback_step, alphas=None if c.alphas is None else c.alphas.tolist())
 
 
 # The files a training run writes into its folder; --overwrite removes only a folder of these.
@@ -511,13 +535,18 @@ def summary_table(m: Dict[str, Any]) -> str:
     if c:
         lines.append(f"{'certificate':<28}continuous {'holds' if c['holds'] else 'FAILS'} (rate {c['rate']:.4f}), "
                      f"discrete {'holds' if c['discrete_holds'] else 'FAILS'} "
-                     f"(step factor {c['step_factor']:.4f} at alpha {c['alpha']})")
+                     f"({c.get('feedback_step', 'euler')} step factor {c['step_factor']:.4f} at alpha {c['alpha']:.4g}"
+                     f"{' (largest of the areas)' if c.get('alphas') else ''})")
     abl = m.get("ablation_test_accuracy") or []
     if abl:
         lines.append("ablation: test accuracy with one area silenced")
         lines.append("  area  " + " ".join(f"{i:>5d}" for i in range(len(abl))))
         lines.append("  acc   " + " ".join(f"{a:5.3f}" for a in abl))
     return "\n".join(lines)
+
+
+# What a setting meant before it was added: config.json files of earlier runs lack it.
+LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False)
 
 
 def read_run_config(out_dir: str) -> TrainConfig:
@@ -528,6 +557,10 @@ def read_run_config(out_dir: str) -> TrainConfig:
         with open(path) as f:
             saved = json.load(f)
         saved.pop("out", None)  # written by earlier releases: where the run was, not where it is
+        for name, value in LEGACY_SETTINGS.items():  # a run from before a setting existed ran without it
+            saved.setdefault(name, value)
+        if isinstance(saved.get("alpha"), list):
+            saved["alpha"] = tuple(saved["alpha"])
         return TrainConfig(**saved, out=out_dir)
     except FileNotFoundError:
         raise
