@@ -58,7 +58,7 @@ class ModularRNN(nn.Module):
 
     areas="sparse" (default): fixed sparse intra-area matrices W (rho(|W_i|) = gamma < 1) and
     their fixed metric. areas="svd" (SVD Combo Net): trainable areas
-    W_i = Phi_i^{-1} U_i Sigma_i V_i^T Phi_i with U_i, V_i orthogonal (matrix exponentials of
+    W_i = Phi_i^{-1} U_i Sigma_i V_i^T Phi_i with U_i, V_i orthogonal (Cayley transforms of
     skew parameters), Sigma_i = sigma_max * sigmoid(s_i) and Phi_i = diag(exp(phi_i)), so that
     ||Phi_i W_i D Phi_i^{-1}|| <= sigma_max for every D in [0, 1]; the metric M_i = Phi_i^2 is
     trained with them (equal area sizes only).
@@ -166,9 +166,14 @@ class ModularRNN(nn.Module):
             self.register_buffer("W", W.to(dtype))
             self.register_buffer("M", metric.to(dtype))
         else:
-            # random rotations U, V; singular values spread over (0.5, 0.99) of sigma_max; M = I
+            # random rotations U, V (the n (n-1) / 2 entries above the diagonal of a skew matrix
+            # each: no parameter that the rotation ignores); singular values spread over
+            # (0.5, 0.99) of sigma_max; M = I
+            self.register_buffer("skew_index", torch.triu_indices(n, n, 1), persistent=False)
+
             def skew_init():
-                return nn.Parameter((torch.randn(p, n, n, generator=generator, dtype=torch.float64) / n ** 0.5).to(dtype))
+                x = torch.randn(p, n * (n - 1) // 2, generator=generator, dtype=torch.float64) * (2.0 / n) ** 0.5
+                return nn.Parameter(x.to(dtype))
 
             self.area_rotation_u, self.area_rotation_v = skew_init(), skew_init()
             u = 0.5 + 0.49 * torch.rand(p, n, generator=generator, dtype=torch.float64)
@@ -257,11 +262,21 @@ class ModularRNN(nn.Module):
         """The intra-area blocks W [p, n, n] (svd areas: formed from their parameters)."""
         if self.areas == "sparse":
             return self.W
-        U = torch.linalg.matrix_exp(self.area_rotation_u - self.area_rotation_u.transpose(1, 2))
-        V = torch.linalg.matrix_exp(self.area_rotation_v - self.area_rotation_v.transpose(1, 2))
+        U, V = self._rotation(self.area_rotation_u), self._rotation(self.area_rotation_v)
         sigma = self.sigma_max * torch.sigmoid(self.area_singular_logit)
         phi = torch.exp(self.area_log_metric)
         return (U * sigma[:, None, :]) @ V.transpose(1, 2) * (phi[:, None, :] / phi[:, :, None])
+
+    def _rotation(self, upper: torch.Tensor) -> torch.Tensor:
+        """Orthogonal [p, n, n] matrices: the Cayley transform (I - S)^{-1} (I + S) of the skew S
+        with the given entries above the diagonal (a batched solve: a fraction of the cost of
+        a matrix exponential, forward and backward)."""
+        p, n = self.num_areas, self.area_size
+        S = upper.new_zeros(p, n, n)
+        S[:, self.skew_index[0], self.skew_index[1]] = upper
+        S = S - S.transpose(1, 2)
+        eye = torch.eye(n, dtype=S.dtype, device=S.device).expand(p, n, n)
+        return torch.linalg.solve(eye - S, eye + S)
 
     def area_metric(self) -> torch.Tensor:
         """The diagonal of the contraction metric M per area, [p, n] (svd areas: Phi^2)."""

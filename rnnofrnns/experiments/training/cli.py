@@ -56,8 +56,9 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
                             help=TRAIN_HELP.get(f.name, ""))
     flag = dict(action="store_true") if not suppress else dict(action="store_true", default=argparse.SUPPRESS)
     parser.add_argument("--no-guarantee", help="do not keep the discrete certificate true", **flag)
-    parser.add_argument("--learn-timescales", help="train alpha_i = sigmoid(theta_i) per area (needs --feedback-step "
-                        "cayley)", **flag)
+    parser.add_argument("--learn-timescales", action=argparse.BooleanOptionalAction,
+                        default=d(defaults.learn_timescales),
+                        help="train alpha_i = sigmoid(theta_i) per area, starting at --alpha (needs --feedback-step cayley)")
     parser.add_argument("--no-progress", help="no progress bar", **flag)
     parser.add_argument("--resume", help="continue the run in --out from its last checkpoint; only "
                         f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE if n != 'progress')} and "
@@ -91,8 +92,6 @@ def _given(args: argparse.Namespace) -> dict:
         given["guarantee"] = False
     if given.pop("no_progress", False):
         given["progress"] = False
-    if given.pop("learn_timescales", False):
-        given["learn_timescales"] = True
     for name in ("resume", "overwrite", "out"):
         given.pop(name, None)
     return given
@@ -100,8 +99,10 @@ def _given(args: argparse.Namespace) -> dict:
 
 def _as_flag(name: str, value) -> str:
     """How a TrainConfig setting is written on the command line."""
-    if name in ("guarantee", "learn_timescales"):
-        return "--no-guarantee" if name == "guarantee" else "--learn-timescales"
+    if name == "guarantee":
+        return "--no-guarantee"
+    if name == "learn_timescales":
+        return "--learn-timescales" if value else "--no-learn-timescales"
     if isinstance(value, tuple):
         value = ",".join(str(v) for v in value)
     return f"--{name.replace('_', '-')} {value}"
