@@ -75,7 +75,7 @@ def test_a_non_empty_folder_needs_resume_or_overwrite(tmp_path):
 def test_a_diverging_run_stops_at_once_and_says_why(tmp_path):
     out = tmp_path / "run"
     res = cli(*RUN, "--epochs", "3", "--lr", "1e30", "--no-guarantee", "--clip", "0", "--alpha", "1",
-              "--out", str(out))
+              "--no-learn-timescales", "--out", str(out))
     line = one_line_error(res, 1)
     assert "the loss became" in line and "epoch 1, step" in line
     m = json.loads((out / "metrics.json").read_text())
@@ -156,7 +156,8 @@ def test_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for fragment in ("(default: 100)", "(default: 0.01)", "default: runs/MODEL-TASK", "(default: 0.5)"):
+    for fragment in ("(default: 100)", "(default: 0.01)", "default: runs/MODEL-TASK", "(default: 0.3)",
+                     "(default: cayley)", "(default: svd)", "(default: 0.999)"):
         assert fragment in " ".join(text.split()), fragment
 
 
@@ -164,9 +165,26 @@ BAD = [["--epochs", "0"], ["--batch-size", "-2"], ["--lr", "-1"], ["--lr", "nan"
        ["--alpha", "0"], ["--gamma", "1"], ["--density", "0"], ["--feedback-sparsity", "1"], ["--num-areas", "0"],
        ["--area-size", "0"], ["--workspace-size", "-1"], ["--hidden-size", "0"], ["--dtype", "float16"],
        ["--nonlinearity", "sigmoid"], ["--model", "rnn"], ["--task", "imagenet"], ["--epochs", "x"],
-       ["--device", "tpu"], ["--backend", "cuda-magic"], ["--threads", "0"], ["--weight-decay", "-1"]]
+       ["--device", "tpu"], ["--backend", "cuda-magic"], ["--threads", "0"], ["--weight-decay", "-1"],
+       ["--feedback-step", "rk4"], ["--areas", "dense"], ["--sigma-max", "1"], ["--alpha", "0.1,0.2"],
+       ["--alpha", "0.1,x"], ["--areas", "svd", "--workspace-size", "8"]]
 GOOD = [["--seed", "3"], ["--epochs", "2"], ["--no-guarantee"], ["--form", "rate"], ["--alpha", "0.3"],
-        ["--model", "scn"], ["--num-areas", "3"], ["--no-progress"], ["--batch-size", "16"]]
+        ["--model", "scn"], ["--num-areas", "3"], ["--no-progress"], ["--batch-size", "16"],
+        ["--feedback-step", "euler", "--areas", "sparse", "--alpha", "0.5", "--no-learn-timescales"],
+        ["--num-areas", "3", "--alpha", "0.2,0.3,0.05"], ["--sigma-max", "0.99"]]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--feedback-step", "euler"], "need --feedback-step cayley: add --no-learn-timescales"),
+    (["--alpha", "1"], "--alpha must be below 1 with --learn-timescales"),
+    (["--feedback-step", "euler", "--no-learn-timescales", "--alpha", "0.2,0.3,0.4", "--num-areas", "3"],
+     "per-area --alpha and --learn-timescales need --feedback-step cayley"),
+])
+def test_settings_that_clash_with_the_defaults(tmp_path, capsys, argv, message):
+    assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()
 
 
 @given(bad=st.sampled_from(BAD), extras=st.lists(st.sampled_from(GOOD), max_size=3), bad_last=st.booleans())
