@@ -8,6 +8,13 @@ barrier separates the writes of step t from the reads of step t+1 inside the pro
 through CSR lists (by target for the forward, by source for the backward), so
 only the non-zero blocks are touched.
 
+alpha is one value per area. The Cayley feedback step (STEP 1 "star", 2 "dense"; see
+rnnofrnns/ops/modular_rnn/cayley.py) first writes z_t for every area, then, after a barrier,
+applies C: the dense map as one more pass over the blocks (C's p*p blocks), the star as the
+hub's solve s = S^{-1}(z_hub + sum_j P_hj z_j) and, after another barrier, the leaves
+h_j = z_j + 2 P_jh s. The backward mirrors this with the transposed blocks; its launcher forms
+the weight, alpha and S^{-1} gradients as GEMMs over the saved per-step gradients.
+
 On a machine without a GPU these kernels run in Triton's interpreter on CPU
 tensors (TRITON_INTERPRET=1), which is how the test suite checks them.
 """

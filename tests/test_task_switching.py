@@ -11,7 +11,8 @@ import torch
 from rnnofrnns import GatedLinearNetwork, gated_paths_reference
 from rnnofrnns.__main__ import main
 from rnnofrnns.experiments.task_switching.experiment import (TaskSwitchingConfig, alignment, first_time_below,
-                                                             gate_regulariser, run_task_switching, specialisation)
+                                                             gate_regulariser, specialisation)
+from rnnofrnns.experiments.task_switching.run import run_task_switching
 from rnnofrnns.experiments.task_switching.tasks import blocked_curriculum, compose_mean, compose_rows, teachers
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from .experiment import NETWORKS, REGIMES, TaskSwitchingConfig, run_task_switching
+from .experiment import NETWORKS, REGIMES, TaskSwitchingConfig
+from .run import run_task_switching
 
 
 def _task_switching(args: argparse.Namespace) -> int:

@@ -221,18 +221,9 @@ class GradientFlow:
         return losses
 
 
-def run_task_switching(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Run the blocked curriculum (and, with cfg.compose, the composition phase); write
-    metrics.json and task_switching.png into cfg.out and return the metrics."""
-    cfg = cfg.resolved()
-    if cfg.network == "fc":
-        from .fc import run_fc
-
-        return run_fc(cfg, log)
-    if cfg.network == "image":
-        from .image import run_image
-
-        return run_image(cfg, log)
+def run_linear(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """The gated linear network's run (--network linear) of a resolved config; see
+    run.run_task_switching, which dispatches by cfg.network."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
