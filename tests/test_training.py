@@ -218,3 +218,39 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                   for k in s1)
     assert changed  # training did move the parameters
     assert res.stdout.count("epoch   1/1") == 1  # only rank 0 logs
+
+
+def test_config_of_a_run_from_before_the_cayley_step_reads_as_it_ran(tmp_path):
+    """A config.json without feedback_step / areas / sigma_max / learn_timescales is a run of
+    the Euler step with sparse areas: evaluate and --resume must rebuild that model."""
+    from rnnofrnns.experiments.training.loop import LEGACY_SETTINGS, read_run_config
+
+    old = TrainConfig().run_settings()
+    for name in LEGACY_SETTINGS:
+        old.pop(name)
+    old["alpha"] = 0.5
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    cfg = read_run_config(str(tmp_path))
+    assert (cfg.feedback_step, cfg.areas, cfg.learn_timescales) == ("euler", "sparse", False)
+    cfg.validate()
+    model = build_model(cfg, 8, 10)
+    assert model.rnn.feedback_step == "euler" and model.rnn.areas == "sparse"
+
+
+def test_per_area_alpha_round_trips_through_config_json(tmp_path):
+    from rnnofrnns.experiments.training.loop import read_run_config
+
+    cfg = TrainConfig(num_areas=3, alpha=(0.2, 0.3, 0.05))
+    (tmp_path / "config.json").write_text(json.dumps(cfg.run_settings()))
+    back = read_run_config(str(tmp_path))
+    assert back.alpha == (0.2, 0.3, 0.05)
+    back.validate()
+    assert build_model(back, 8, 10).rnn.alpha == (0.2, 0.3, 0.05)
+
+
+def test_the_default_gw_net_is_the_certified_configuration_of_the_study():
+    model = build_model(TrainConfig(), 1, 10)
+    rnn = model.rnn
+    assert (rnn.areas, rnn.feedback_step, rnn.learn_timescales, rnn.sigma_max) == ("svd", "cayley", True, 0.999)
+    cert = model.certify()
+    assert cert.holds and cert.discrete_holds

@@ -33,7 +33,7 @@ ROWS = {
     "gru": ("gru", []),
     "lstm": ("lstm", []),
 }
-TASKS = {"row-digits": 60, "seq-digits": 60, "mnist1d": 60, "psmnist-5k": 20}
+TASKS = {"row-digits": 100, "seq-digits": 60, "mnist1d": 60, "psmnist-5k": 20}
 
 
 def done(path):
