@@ -187,16 +187,21 @@ def test_flush_to_zero_cpu():
     assert ((ref != 0) & (ref.abs() < tiny)).any()
 
 
-def test_cpu_backend_is_bitwise_deterministic_across_thread_counts():
-    """The backward's weight-gradient reduction is split by batch size, not by threads."""
+@pytest.mark.parametrize("feedback_step,pairs", [("euler", all_to_all(5)), ("cayley", star(5))])
+def test_cpu_backend_is_bitwise_deterministic_across_thread_counts(feedback_step, pairs):
+    """The backward's weight-gradient (and alpha-gradient) reduction is split by batch size,
+    not by threads; the cayley case has per-area alphas that require grad."""
     results = []
     old = torch.get_num_threads()
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            prob = make_problem(6, 37, 5, 8, all_to_all(5), dtype=torch.float32)
-            out = modular_rnn(*prob.args(), alpha=0.5, nonlinearity="relu", form="rate", backend="cpu")
-            results.append((out,) + torch.autograd.grad(out.square().sum(), prob.grad_inputs()))
+            prob = make_problem(6, 37, 5, 8, pairs, dtype=torch.float32)
+            alpha = torch.linspace(0.2, 0.9, 5).requires_grad_() if feedback_step == "cayley" else 0.5
+            inputs = prob.grad_inputs() + ([alpha] if feedback_step == "cayley" else [])
+            out = modular_rnn(*prob.args(), alpha=alpha, nonlinearity="relu", form="rate",
+                              feedback_step=feedback_step, backend="cpu")
+            results.append((out,) + torch.autograd.grad(out.square().sum(), inputs))
     finally:
         torch.set_num_threads(old)
     for other in results[1:]:
