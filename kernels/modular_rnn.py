@@ -78,6 +78,17 @@ STEP_CODES = {"euler": 0, "star": 1, "dense": 2}
 
 
 @triton.jit
+def _csr_row_dot(acc, rowptr_ptr, key, other_ptr, l_ptr, blk, x_ptr, row, N, m2, mw, PRECISION: tl.constexpr):
+    """acc + sum over the blocks r of CSR row `key` of x[other area of r] @ block r (loaded
+    through the offsets blk: transposed or as is)."""
+    for r in range(tl.load(rowptr_ptr + key), tl.load(rowptr_ptr + key + 1)):
+        other = tl.load(other_ptr + r)
+        lb = tl.load(l_ptr + r * N * N + blk, mask=mw, other=0.0)
+        acc += tl.dot(tl.load(x_ptr + row + other * N, mask=m2, other=0.0), lb, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _modular_rnn_fwd_kernel(
     drive_ptr, w_ptr, l_ptr, tgt_rowptr_ptr, src_ptr, h0_ptr, states_ptr, pre_ptr, z_ptr, r_ptr, s_ptr,
     sinv_ptr, T, B, H, P, N, alpha_ptr, HUB, Z_TSTRIDE, R_TSTRIDE, S_TSTRIDE,
@@ -125,19 +136,11 @@ def _modular_rnn_fwd_kernel(
             if STEP == 2:  # dense: h_i = sum_j C_ij z_j (every block)
                 for i in range(P):
                     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=states_ptr.dtype.element_ty)
-                    for r in range(tl.load(tgt_rowptr_ptr + i), tl.load(tgt_rowptr_ptr + i + 1)):
-                        src_j = tl.load(src_ptr + r)
-                        lt = tl.load(l_ptr + r * N * N + w_t, mask=mw, other=0.0)
-                        acc += tl.dot(tl.load(z_ptr + row + src_j * N, mask=m2, other=0.0), lt,
-                                      input_precision=PRECISION)
+                    acc = _csr_row_dot(acc, tgt_rowptr_ptr, i, src_ptr, l_ptr, w_t, z_ptr, row, N, m2, mw, PRECISION)
                     tl.store(cur_ptr + row + i * N, acc, mask=m2)
             else:  # star: r = z_hub + sum_j P_hj z_j, s = S^{-1} r, h_hub = 2 s - z_hub, h_j = z_j + 2 P_jh s
                 z_h = tl.load(z_ptr + row + HUB * N, mask=m2, other=0.0)
-                acc = z_h
-                for r in range(tl.load(tgt_rowptr_ptr + HUB), tl.load(tgt_rowptr_ptr + HUB + 1)):
-                    src_j = tl.load(src_ptr + r)
-                    lt = tl.load(l_ptr + r * N * N + w_t, mask=mw, other=0.0)
-                    acc += tl.dot(tl.load(z_ptr + row + src_j * N, mask=m2, other=0.0), lt, input_precision=PRECISION)
+                acc = _csr_row_dot(z_h, tgt_rowptr_ptr, HUB, src_ptr, l_ptr, w_t, z_ptr, row, N, m2, mw, PRECISION)
                 tl.store(r_ptr + nrow, acc, mask=m2)
                 st = tl.load(sinv_ptr + w_t, mask=mw, other=0.0)
                 sh = tl.dot(acc, st, input_precision=PRECISION)
@@ -200,20 +203,11 @@ def _modular_rnn_bwd_kernel(
             if STEP == 2:  # dense: gz_j = sum_i C_ij^T g_i (blocks sorted by source)
                 for j in range(P):
                     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=states_ptr.dtype.element_ty)
-                    for r in range(tl.load(src_rowptr_ptr + j), tl.load(src_rowptr_ptr + j + 1)):
-                        tgt_i = tl.load(tgt_ptr + r)
-                        lb = tl.load(l_ptr + r * N * N + w_n, mask=mw, other=0.0)
-                        acc += tl.dot(tl.load(gt_ptr + row + tgt_i * N, mask=m2, other=0.0), lb,
-                                      input_precision=PRECISION)
+                    acc = _csr_row_dot(acc, src_rowptr_ptr, j, tgt_ptr, l_ptr, w_n, gt_ptr, row, N, m2, mw, PRECISION)
                     tl.store(gzt_ptr + row + j * N, acc, mask=m2)
             else:  # star: gs = 2 g_hub + 2 sum_j P_jh^T g_j, gr = S^{-T} gs, gz_hub = gr - g_hub, gz_j = g_j + P_hj^T gr
                 g_h = tl.load(gt_ptr + row + HUB * N, mask=m2, other=0.0)
-                gs = 2.0 * g_h
-                for r in range(tl.load(src_rowptr_ptr + HUB), tl.load(src_rowptr_ptr + HUB + 1)):
-                    tgt_i = tl.load(tgt_ptr + r)
-                    lb = tl.load(l_ptr + r * N * N + w_n, mask=mw, other=0.0)
-                    gs += 2.0 * tl.dot(tl.load(gt_ptr + row + tgt_i * N, mask=m2, other=0.0), lb,
-                                       input_precision=PRECISION)
+                gs = 2.0 * _csr_row_dot(g_h, src_rowptr_ptr, HUB, tgt_ptr, l_ptr, w_n, gt_ptr, row, N, m2, mw, PRECISION)
                 tl.store(gst_ptr + nrow, gs, mask=m2)
                 sb = tl.load(sinv_ptr + w_n, mask=mw, other=0.0)
                 gr = tl.dot(gs, sb, input_precision=PRECISION)
