@@ -10,7 +10,7 @@ from ._openmp import choose_wait_policy_for_the_cli
 choose_wait_policy_for_the_cli()  # before torch is imported: it starts OpenMP (see _openmp.py)
 
 from . import _compat  # noqa: E402
-from .ops._backend import BACKENDS, cpu_extension_available, triton_available  # noqa: E402
+from .ops._backend import BACKENDS, cpu_capability, cpu_extension_available, triton_available  # noqa: E402
 from .ops import gated_paths, gated_paths_reference, modular_rnn, modular_rnn_reference  # noqa: E402
 from . import stability, topology  # noqa: E402
 from .models import (  # noqa: E402
@@ -22,7 +22,7 @@ __all__ = [
     "modular_rnn", "modular_rnn_reference", "gated_paths", "gated_paths_reference", "GatedLinearNetwork",
     "ModularRNN", "SparseComboNet", "SVDComboNet", "GlobalWorkspaceNet",
     "SmallRNN", "RNNEnsemble",
-    "stability", "topology", "BACKENDS", "cpu_extension_available", "triton_available",
+    "stability", "topology", "BACKENDS", "cpu_capability", "cpu_extension_available", "triton_available",
 ]
 
 _compat.install()

@@ -11,6 +11,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
@@ -44,7 +45,7 @@ at::Tensor ensemble_drive_fwd(const at::Tensor& x_in, const at::Tensor& W_in) {
         const Vec xv = Vec::loadu(xs + ((i * d.B + b) * d.T + t) * d.F);
         const scalar_t* wi = w + i * d.n * d.F;
         for (int64_t j = 0; j < d.n; ++j)
-          o[j] = at::vec::vec_reduce_all<scalar_t>([](Vec& a, Vec& c) { return a + c; },
+          o[j] = at::vec::vec_reduce_all<scalar_t>([](const Vec& a, const Vec& c) { return a + c; },
                                                    Vec::loadu(wi + j * d.F) * xv);
       });
       return;

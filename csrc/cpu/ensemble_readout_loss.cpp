@@ -11,6 +11,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/div.h>
 #include <ATen/ops/sum.h>
@@ -123,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ensemble_readout_loss
         scalar_t* ghr = ghs + r * d.I * d.n + i * d.n;
         for (int64_t j = 0; j < d.n; ++j) {
           at::vec::fmadd(Vec(hr[j]), g, Vec::loadu(aWi + j * V)).store(aWi + j * V);
-          ghr[j] = at::vec::vec_reduce_all<scalar_t>([](Vec& a, Vec& b) { return a + b; }, g * Vec::loadu(wi + j * V));
+          ghr[j] = at::vec::vec_reduce_all<scalar_t>([](const Vec& a, const Vec& b) { return a + b; }, g * Vec::loadu(wi + j * V));
         }
       });
       pl.add_(plv.sum(2).to(at::kDouble));

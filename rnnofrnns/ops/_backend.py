@@ -10,11 +10,10 @@ import torch
 
 BACKENDS = ("reference", "cpu", "triton")
 
-_ext_error: Optional[BaseException] = None
-try:  # loading the shared library registers the C++ ops with the dispatcher
-    from .. import _C  # noqa: F401
-except ImportError as e:  # pragma: no cover - depends on how the package was installed
-    _ext_error = e
+from ._capability import CapabilityError, load
+
+# Loading one build of the shared library registers the C++ ops with the dispatcher.
+_capability, _ext_error = load()
 
 
 @contextlib.contextmanager
@@ -30,8 +29,17 @@ def flush_denormal():
 
 
 def cpu_extension_available() -> bool:
-    """True when the compiled C++ kernels (rnnofrnns._C) are loaded."""
+    """True when the compiled C++ kernels (one build of rnnofrnns._C_*) are loaded."""
     return _ext_error is None
+
+
+def cpu_capability() -> Optional[str]:
+    """The CPU capability of the loaded C++ kernels: "avx512", "avx2" or "default" (None when
+    no build is installed). The best one the CPU supports, unless RNNOFRNNS_CPU_CAPABILITY
+    forces one; a forced one that cannot run raises ValueError."""
+    if isinstance(_ext_error, CapabilityError):
+        raise _ext_error
+    return _capability
 
 
 # Looked up once at import: find_spec inside a call would stop torch.compile's tracing.
@@ -61,6 +69,9 @@ def resolve_backend(backend: Optional[str], device: torch.device, *, op: str = "
     choice = backend if backend is not None else os.environ.get("RNNOFRNNS_BACKEND") or None
     if from_env and choice in BACKENDS and choice not in backends:
         choice = None  # e.g. RNNOFRNNS_BACKEND=triton for an op that has no Triton kernel
+    if isinstance(_ext_error, CapabilityError) and device.type == "cpu" and "cpu" in backends \
+            and choice in (None, "cpu"):
+        raise _ext_error  # the user asked for a build that cannot run: not a silent fallback
     if choice is None:
         if device.type == "cuda" and "triton" in backends and triton_available():
             return "triton"
@@ -72,7 +83,7 @@ def resolve_backend(backend: Optional[str], device: torch.device, *, op: str = "
     if choice == "cpu":
         if not cpu_extension_available():
             raise RuntimeError(
-                "backend='cpu' needs the compiled extension rnnofrnns._C, which failed to load "
+                "backend='cpu' needs the compiled extension rnnofrnns._C_*, which failed to load "
                 f"({_ext_error}). Build it with `pip install --no-build-isolation -e .` "
                 "(needs a C++ compiler and ninja), or use backend='reference'."
             )

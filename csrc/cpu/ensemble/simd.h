@@ -19,7 +19,13 @@ namespace {
 
 // Fully unrolled loops over compile-time hidden sizes / feature counts keep the per-step
 // vector arrays in registers (GCC otherwise stores them back to the stack every iteration).
+// Not in the portable build: there every vector op is itself a scalar loop, and unrolling
+// them made its compile time several minutes for no register to keep.
+#if defined(CPU_CAPABILITY_DEFAULT)
+#define UNROLL
+#else
 #define UNROLL _Pragma("GCC unroll 16")
+#endif
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 // Keeps GCC from unrolling a short outer loop completely, which leaves the loop inside it scalar.
 #define NO_UNROLL _Pragma("GCC unroll 1")
