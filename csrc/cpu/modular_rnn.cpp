@@ -38,18 +38,23 @@
 #include <cstdint>
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
 #include "flush_denormal.h"
 #include "output.h"
+#include "vec_ops.h"
 
 namespace rnnofrnns {
 namespace {
 
 using at::vec::Vectorized;
 
-constexpr int kRows = 4;    // batch rows that share one pass over the weights
+// Batch rows that share one pass over the weights: each row holds two vector accumulators
+// per block in registers, so AVX-512 (32 registers) takes 8 rows and AVX2 (16) takes 4. With
+// 16-lane vectors 4 rows were not enough reuse of each weight load to keep up with the FMAs.
+constexpr int kRows = Vectorized<float>::size() >= 16 ? 8 : 4;
 constexpr int kStage = 16;  // (t, b) rows per weight-gradient update; a multiple of kRows
 constexpr int64_t kChunks = 16;  // independent slices of the batch in the backward pass
 
@@ -123,6 +128,10 @@ template <typename T>
 inline void matmul_acc(int rows, T* acc, int64_t acc_ld, const T* x, int64_t x_rs, int64_t x_cs, const T* A,
                        int64_t a_ld, int64_t nred, int64_t width) {
   switch (rows) {
+    case 8: rows_matmul_acc<T, 8>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
+    case 7: rows_matmul_acc<T, 7>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
+    case 6: rows_matmul_acc<T, 6>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
+    case 5: rows_matmul_acc<T, 5>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
     case 4: rows_matmul_acc<T, 4>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
     case 3: rows_matmul_acc<T, 3>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
     case 2: rows_matmul_acc<T, 2>(acc, acc_ld, x, x_rs, x_cs, A, a_ld, nred, width); break;
@@ -148,33 +157,51 @@ struct Layout {
   }
 };
 
-template <typename T>
-inline Vectorized<T> apply_phi(Nonlinearity nl, const Vectorized<T>& z) {
+// f(tag) with the nonlinearity as a compile-time constant (decltype(tag)::value): the
+// elementwise loops then hold no switch and, for relu, no possible call to tanh, which had
+// made GCC keep their vectors and pointers on the stack.
+template <Nonlinearity NL>
+using NlTag = std::integral_constant<Nonlinearity, NL>;
+
+template <typename F>
+inline void with_nonlinearity(Nonlinearity nl, const F& f) {
   switch (nl) {
-    case Nonlinearity::Relu: return at::vec::maximum(z, Vectorized<T>(T(0)));
-    case Nonlinearity::Tanh: return z.tanh();
-    default: return z;
+    case Nonlinearity::Relu: f(NlTag<Nonlinearity::Relu>{}); break;
+    case Nonlinearity::Tanh: f(NlTag<Nonlinearity::Tanh>{}); break;
+    default: f(NlTag<Nonlinearity::Identity>{}); break;
   }
 }
 
+template <Nonlinearity NL, typename T>
+inline Vectorized<T> phi(const Vectorized<T>& z) {
+  if constexpr (NL == Nonlinearity::Relu) return relu_vec(z);
+  else if constexpr (NL == Nonlinearity::Tanh) return z.tanh();
+  else return z;
+}
+
 // phi'(z) * g.
-template <typename T>
-inline Vectorized<T> apply_dphi(Nonlinearity nl, const Vectorized<T>& z, const Vectorized<T>& g) {
+template <Nonlinearity NL, typename T>
+inline Vectorized<T> dphi(const Vectorized<T>& z, const Vectorized<T>& g) {
   using Vec = Vectorized<T>;
-  switch (nl) {
-    case Nonlinearity::Relu: return Vec::blendv(Vec(T(0)), g, z > Vec(T(0)));
-    case Nonlinearity::Tanh: {
-      const Vec th = z.tanh();
-      return g * (Vec(T(1)) - th * th);
-    }
-    default: return g;
+  if constexpr (NL == Nonlinearity::Relu) {
+    return Vec::blendv(Vec(T(0)), g, z > Vec(T(0)));
+  } else if constexpr (NL == Nonlinearity::Tanh) {
+    const Vec th = z.tanh();
+    return g * (Vec(T(1)) - th * th);
+  } else {
+    return g;
   }
 }
 
 // Copy `rows` rows of p areas of n values from an unpadded [.., p*n] tensor (row
 // stride H) into the padded scratch (row stride p*np), and back.
+// (When n is a multiple of the vector width the layouts agree: one copy per row.)
 template <typename T>
 inline void gather_rows(T* dst, const T* src, int rows, int64_t p, int64_t n, int64_t np, int64_t H) {
+  if (n == np) {
+    for (int b = 0; b < rows; ++b) std::copy(src + b * H, src + b * H + p * n, dst + b * p * np);
+    return;
+  }
   for (int b = 0; b < rows; ++b)
     for (int64_t i = 0; i < p; ++i)
       std::copy(src + b * H + i * n, src + b * H + i * n + n, dst + b * p * np + i * np);
@@ -182,6 +209,10 @@ inline void gather_rows(T* dst, const T* src, int rows, int64_t p, int64_t n, in
 
 template <typename T>
 inline void scatter_rows(T* dst, const T* src, int rows, int64_t p, int64_t n, int64_t np, int64_t H) {
+  if (n == np) {
+    for (int b = 0; b < rows; ++b) std::copy(src + b * p * np, src + b * p * np + p * n, dst + b * H);
+    return;
+  }
   for (int b = 0; b < rows; ++b)
     for (int64_t i = 0; i < p; ++i)
       std::copy(src + b * p * np + i * np, src + b * p * np + i * np + n, dst + b * H + i * n);
@@ -254,6 +285,10 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
   if (fb.step == Step::Star) pack_blocks<T>(S_inv, 1, s.n, np, /*transpose=*/true, T(1), St);
   const AreaRates<T> rates(alpha, s.p);
   const int64_t groups = (s.B + kRows - 1) / kRows;
+  // When n is a multiple of the vector width the padded layout is the tensors' own: the steps
+  // then read h_{t-1} from h0 / the states written the step before, write h_t straight into
+  // the states and (hopfield form) read the drive in place, with no copies.
+  const bool direct = s.n == np;
 
   // Each thread owns a contiguous range of batch groups and advances all of them
   // one step at a time, so every step streams one contiguous slab of the drive
@@ -270,34 +305,51 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
     T* rb = cz + gsz;              // star: r = z_hub + sum_j P_hj z_j
     T* sb = rb + kRows * np;       // star: s_hub = S^{-1} r
     auto rows_of = [&](int64_t g) { return static_cast<int>(std::min<int64_t>(kRows, s.B - g * kRows)); };
-    for (int64_t g = g0; g < g1; ++g)
-      gather_rows(hp_all + (g - g0) * gsz, h0 + g * kRows * s.H, rows_of(g), s.p, s.n, np, s.H);
+    if (!direct)
+      for (int64_t g = g0; g < g1; ++g)
+        gather_rows(hp_all + (g - g0) * gsz, h0 + g * kRows * s.H, rows_of(g), s.p, s.n, np, s.H);
     for (int64_t t = 0; t < s.T; ++t) {
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t b0 = g * kRows;
         const int rows = rows_of(g);
-        T* hp = hp_all + (g - g0) * gsz;
-        T* hn = hn_all + (g - g0) * gsz;
-        gather_rows(u, drive + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        const T* drive_t = drive + t * BH + b0 * s.H;
+        const T* hp = !direct ? hp_all + (g - g0) * gsz : t == 0 ? h0 + b0 * s.H : states + (t - 1) * BH + b0 * s.H;
+        T* hn = direct ? states + t * BH + b0 * s.H : hn_all + (g - g0) * gsz;
+        if (!(direct && hopfield)) gather_rows(u, drive_t, rows, s.p, s.n, np, s.H);
+        // The drive streams from memory once; ask for this group's next slab a step ahead
+        // (into L2), so that the update loop below does not wait on it.
+        if (t + 1 < s.T)
+          for (int64_t e = 0, len = rows * s.H; e < len; e += 64 / static_cast<int64_t>(sizeof(T)))
+            __builtin_prefetch(drive_t + BH + e, 0, 2);
+        const T* uin = direct && hopfield ? drive_t : u;
         if (hopfield) {
           // hn = (1-a) h + a u + (aW) phi(h)  [+ (aL) h below for the Euler step]
-          for (int b = 0; b < rows; ++b)
-            for (int64_t i = 0; i < s.p; ++i)
-              for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
-                const Vec h = Vec::loadu(hp + j);
-                apply_phi(nl, h).store(tmp + j);
-                at::vec::fmadd(rates.one_minus_a[i], h, rates.a[i] * Vec::loadu(u + j)).store(hn + j);
+          with_nonlinearity(nl, [&](auto tag) {
+            constexpr Nonlinearity NL = decltype(tag)::value;
+            for (int b = 0; b < rows; ++b)
+              for (int64_t i = 0; i < s.p; ++i) {
+                const Vec a = rates.a[i], oma = rates.one_minus_a[i];
+                for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
+                  const Vec h = Vec::loadu(hp + j);
+                  phi<NL>(h).store(tmp + j);
+                  at::vec::fmadd(oma, h, a * Vec::loadu(uin + j)).store(hn + j);
+                }
               }
+          });
           for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, hn + i * np, tmp + i * np, Wt.data() + i * np * np);
         } else {
           // z = W h + u ; hn = (1-a) h + a phi(z)  [+ (aL) h below for the Euler step]
           for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, u + i * np, hp + i * np, Wt.data() + i * np * np);
           if (pre) scatter_rows(pre + t * BH + b0 * s.H, u, rows, s.p, s.n, np, s.H);
-          for (int b = 0; b < rows; ++b)
-            for (int64_t i = 0; i < s.p; ++i)
-              for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
-                at::vec::fmadd(rates.one_minus_a[i], Vec::loadu(hp + j), rates.a[i] * apply_phi(nl, Vec::loadu(u + j)))
-                    .store(hn + j);
+          with_nonlinearity(nl, [&](auto tag) {
+            constexpr Nonlinearity NL = decltype(tag)::value;
+            for (int b = 0; b < rows; ++b)
+              for (int64_t i = 0; i < s.p; ++i) {
+                const Vec a = rates.a[i], oma = rates.one_minus_a[i];
+                for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
+                  at::vec::fmadd(oma, Vec::loadu(hp + j), a * phi<NL>(Vec::loadu(u + j))).store(hn + j);
+              }
+          });
         }
         if (fb.step == Step::Euler) {
           for (int64_t r = 0; r < s.k; ++r)
@@ -330,7 +382,7 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
                 matmul_acc(rows, hn + Lidx[2 * r] * np, HP, sb, np, 1, Lt.data() + r * np * np, np, s.n, np);
           }
         }
-        scatter_rows(states + t * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
+        if (!direct) scatter_rows(states + t * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
       }
       std::swap(hp_all, hn_all);
     }
@@ -488,37 +540,45 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
             std::copy(rsave + t * Bn + (b0 + b) * s.n, rsave + t * Bn + (b0 + b + 1) * s.n, st_r + (slot + b) * np);
         }
         // the step before the feedback: x = (1-a) h + a F(h, u)
-        for (int b = 0; b < rows; ++b)
-          for (int64_t i = 0; i < s.p; ++i) {
-            Vec sa(T(0));
-            for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
-              const Vec gv = Vec::loadu(gzp + j);
-              if (grad_alpha) sa = at::vec::fmadd(gv, Vec::loadu(xp + j) - Vec::loadu(h + j), sa);
-              (rates.a[i] * gv).store(ag + j);
-              if (hopfield) {
-                Vec(T(0)).store(carry + j);
-                if (grad_W) apply_phi(nl, Vec::loadu(h + j)).store(st_f + slot * HP + j);
-              } else {
-                apply_dphi(nl, Vec::loadu(z + j), rates.a[i] * gv).store(d + j);
-                (rates.one_minus_a[i] * gv).store(carry + j);
+        with_nonlinearity(nl, [&](auto tag) {
+          constexpr Nonlinearity NL = decltype(tag)::value;
+          for (int b = 0; b < rows; ++b)
+            for (int64_t i = 0; i < s.p; ++i) {
+              const Vec a = rates.a[i], oma = rates.one_minus_a[i];
+              Vec sa(T(0));
+              for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
+                const Vec gv = Vec::loadu(gzp + j);
+                if (grad_alpha) sa = at::vec::fmadd(gv, Vec::loadu(xp + j) - Vec::loadu(h + j), sa);
+                (a * gv).store(ag + j);
+                if (hopfield) {
+                  Vec(T(0)).store(carry + j);
+                  if (grad_W) phi<NL>(Vec::loadu(h + j)).store(st_f + slot * HP + j);
+                } else {
+                  dphi<NL>(Vec::loadu(z + j), a * gv).store(d + j);
+                  (oma * gv).store(carry + j);
+                }
               }
+              T lanes[V];
+              sa.store(lanes);
+              for (int64_t l = 0; l < V; ++l) accA[i] += lanes[l];
             }
-            T lanes[V];
-            sa.store(lanes);
-            for (int64_t l = 0; l < V; ++l) accA[i] += lanes[l];
-          }
+        });
         if (star)  // Y at the hub: s_hub
           for (int b = 0; b < rows; ++b) std::copy(sh + b * np, sh + (b + 1) * np, xp + fb.hub * np + b * HP);
         scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
         if (hopfield) {
           // carry = (1-a) gz + phi'(h) * ((aW)^T gz)
           for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, gzp + i * np, Wp.data() + i * blk);
-          for (int b = 0; b < rows; ++b)
-            for (int64_t i = 0; i < s.p; ++i)
-              for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
-                at::vec::fmadd(rates.one_minus_a[i], Vec::loadu(gzp + j),
-                               apply_dphi(nl, Vec::loadu(h + j), Vec::loadu(carry + j)))
-                    .store(carry + j);
+          with_nonlinearity(nl, [&](auto tag) {
+            constexpr Nonlinearity NL = decltype(tag)::value;
+            for (int b = 0; b < rows; ++b)
+              for (int64_t i = 0; i < s.p; ++i) {
+                const Vec oma = rates.one_minus_a[i];
+                for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
+                  at::vec::fmadd(oma, Vec::loadu(gzp + j), dphi<NL>(Vec::loadu(h + j), Vec::loadu(carry + j)))
+                      .store(carry + j);
+              }
+          });
         } else {
           // carry = (1-a) gz + W^T d
           for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, d + i * np, Wp.data() + i * blk);

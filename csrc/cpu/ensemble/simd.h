@@ -1,12 +1,14 @@
-// SIMD helpers of the ensemble kernels: relu and its mask in the fewest vector ops, the 8 x 8
-// transpose of a tile's rows into lane-major buffers, and the loop pragmas that keep per-step
-// vectors in registers. AVX2 intrinsics where they apply, at::vec elsewhere.
+// SIMD helpers of the ensemble kernels: the 8 x 8 transpose of a tile's rows into lane-major
+// buffers and the loop pragmas that keep per-step vectors in registers (relu and its mask are
+// in vec_ops.h). AVX2 intrinsics where they apply, at::vec elsewhere.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
 
 #include <cstdint>
 #include <type_traits>
+
+#include "vec_ops.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -29,35 +31,6 @@ namespace {
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 // Keeps GCC from unrolling a short outer loop completely, which leaves the loop inside it scalar.
 #define NO_UNROLL _Pragma("GCC unroll 1")
-
-// All ones in the lanes where o > 0 or o is NaN, zero elsewhere: relu(o) = o & mask and
-// relu'(o) e = e & mask (a NaN output stays NaN in the loss and in its gradient). One compare
-// and two bitwise ands instead of max (with its NaN check: max, compare, or), compare and
-// blend, which all compete with the FMAs for the same two vector pipes.
-template <typename scalar_t>
-inline __attribute__((always_inline)) at::vec::Vectorized<scalar_t> live_mask(const at::vec::Vectorized<scalar_t>& o) {
-#if defined(__AVX2__)
-  if constexpr (std::is_same_v<scalar_t, float> && at::vec::Vectorized<scalar_t>::size() == 8)
-    return _mm256_cmp_ps(o, _mm256_setzero_ps(), _CMP_NLE_UQ);
-  if constexpr (std::is_same_v<scalar_t, double> && at::vec::Vectorized<scalar_t>::size() == 4)
-    return _mm256_cmp_pd(o, _mm256_setzero_pd(), _CMP_NLE_UQ);
-#endif
-  const at::vec::Vectorized<scalar_t> zero(scalar_t(0));
-  return (o > zero) | o.isnan();
-}
-
-// relu(v) = max(0, v) in one instruction (at::vec::maximum adds a NaN check: three). A NaN v
-// stays NaN: maxps returns its second operand when either one is NaN.
-template <typename scalar_t>
-inline __attribute__((always_inline)) at::vec::Vectorized<scalar_t> relu_vec(const at::vec::Vectorized<scalar_t>& v) {
-#if defined(__AVX2__)
-  if constexpr (std::is_same_v<scalar_t, float> && at::vec::Vectorized<scalar_t>::size() == 8)
-    return _mm256_max_ps(_mm256_setzero_ps(), v);
-  if constexpr (std::is_same_v<scalar_t, double> && at::vec::Vectorized<scalar_t>::size() == 4)
-    return _mm256_max_pd(_mm256_setzero_pd(), v);
-#endif
-  return at::vec::maximum(v, at::vec::Vectorized<scalar_t>(scalar_t(0)));
-}
 
 // dst[q*L + l] = rows[l][q] for q < len, l < L; rows l >= nrows are zero.
 template <typename scalar_t>
