@@ -57,6 +57,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if isinstance(value, int) and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     try:
+        from rnnofrnns import cpu_capability
+
+        cpu_capability()  # a RNNOFRNNS_CPU_CAPABILITY that cannot run fails here, before any run starts
         return args.func(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,8 @@
 // one (t, b) row instead jumps a whole [B, T, F] block per instance). The backward gives the
 // gradients of x and W_x, the latter reduced over a fixed number of row chunks.
 
+#include "ensemble/lanes.h"  // first: fixes the vector width of this unit
+
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>

@@ -21,6 +21,8 @@
 // Hessenberg basis of a linear hidden layer in ensemble/hessenberg.h; this unit runs them over
 // (instance, chunk) pieces and reduces their partial sums.
 
+#include "ensemble/lanes.h"  // first: fixes the vector width of this unit
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

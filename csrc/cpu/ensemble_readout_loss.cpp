@@ -9,6 +9,8 @@
 // rescales them by the incoming per-instance gradient). The walk is that of ensemble_drive
 // (ensemble/common.h); the weight gradients are reduced over a fixed number of row chunks.
 
+#include "ensemble/lanes.h"  // first: fixes the vector width of this unit
+
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
