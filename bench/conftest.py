@@ -14,3 +14,11 @@ def flush_denormal():
     old = torch.set_flush_denormal(True)
     yield
     torch.set_flush_denormal(False if not old else True)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Which build of the C++ kernels ran (bench/ops/report.py prints it with the CPU)."""
+    import rnnofrnns
+
+    machine_info["rnnofrnns_cpu_capability"] = rnnofrnns.cpu_capability()
+    machine_info["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 import zipfile
@@ -19,6 +20,9 @@ from rnnofrnns.ops import modular_rnn, modular_rnn_reference
 assert rnnofrnns.__file__.startswith(os.environ["SITE"]), rnnofrnns.__file__
 assert tk.__file__.startswith(os.environ["SITE"]), tk.__file__
 assert rnnofrnns.cpu_extension_available()
+from rnnofrnns.ops import _capability
+assert rnnofrnns.cpu_capability() == _capability.choose(os.environ.get("RNNOFRNNS_CPU_CAPABILITY"),
+                                                    _capability.cpu_supported(), _capability.installed())
 torch.manual_seed(0)
 drive = torch.randn(5, 3, 8, dtype=torch.float64)
 W = 0.3 * torch.randn(2, 4, 4, dtype=torch.float64)
@@ -47,7 +51,10 @@ def test_wheel_builds_and_imports_outside_source_tree(tmp_path):
                 "experiments/training/loop.py", "experiments/superposition/geometry.py",
                 "experiments/task_switching/experiment.py"):
         assert f"rnnofrnns/{sub}" in names, sub
-    assert any(n.startswith("rnnofrnns/_C") and n.endswith(".so") for n in names), names
+    builds = sorted(n.split("/")[1].split(".")[0] for n in names if n.startswith("rnnofrnns/_C") and n.endswith(".so"))
+    # one build of the kernels per CPU capability; the import picks the one this CPU runs
+    assert builds == (["_C_avx2", "_C_avx512", "_C_default"] if platform.machine() in ("x86_64", "AMD64")
+                      else ["_C_default"]), names
     top = {n.split("/")[0] for n in names}
     assert "kernels" not in top and "csrc" not in top and "tests" not in top, top
 

@@ -27,13 +27,20 @@ def load(path):
     return data, groups
 
 
+def machine_line(data) -> str:
+    """The CPU, and which build of the kernels ran on it (bench/conftest.py records it)."""
+    info = data["machine_info"]
+    return (f"machine: {info.get('cpu', {}).get('brand_raw', '?')}, {info.get('cpu', {}).get('count', '?')} cpus, "
+            f"kernels built for {info.get('rnnofrnns_cpu_capability', '?')} "
+            f"(ATen: {info.get('aten_cpu_capability', '?')})")
+
+
 def main(path: str) -> int:
     data, groups = load(path)
     mm = {name: b["extra_info"]["flops"] / b["stats"]["median"] / 1e9 for name, b in groups.pop("torch.mm", {}).items()}
     mm_step = next((v for k, v in mm.items() if "64x512x512" in k), None)
     mm_big = next((v for k, v in mm.items() if "1024x1024x1024" in k), None)
-    print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
-          f"torch threads: {data['machine_info'].get('cpu', {}).get('count', '?')} cpus")
+    print(machine_line(data))
     for name, v in mm.items():
         print(f"torch.mm {name.split('[')[-1].rstrip(']')}: {v:.1f} GFLOP/s")
     print()
@@ -100,7 +107,8 @@ def main(path: str) -> int:
 
 def ensemble_report(path: str) -> None:
     """The ensemble benchmark: one training step of 256 small RNNs."""
-    _, groups = load(path)
+    data, groups = load(path)
+    print(machine_line(data))
     print("\n| group | ensemble ms | via modular_rnn ms | loop ms | vmap ms | vs loop | vs vmap |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     checks = []
@@ -121,7 +129,8 @@ def ensemble_report(path: str) -> None:
 
 def gated_report(path: str) -> None:
     """The gated_paths benchmark: the fused backend against the loop, einsum and one GEMM."""
-    _, groups = load(path)
+    data, groups = load(path)
+    print(machine_line(data))
     print("\n| group | fused ms | loop ms | einsum ms | GEMM ms | vs loop | vs einsum | GEMM speed reached |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     checks = []
