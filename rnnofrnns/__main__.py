@@ -4,6 +4,8 @@ Commands:
   train       train gw / scn / gru / lstm on a task (progress bar, checkpoints, metrics, plots)
   evaluate    reload a run and recompute its test accuracy and ablation
   demo        train the GW net on row-digits (what `make demo` runs)
+  sweep       train Sparse Combo Nets over topologies x feedback sparsities x seeds; accuracy,
+              trainable parameters, certificates and the drop when one area is silenced
   superposition  train an ensemble of small RNNs over a sparsity grid and analyse its geometry
   task-switching the gated multi-path linear network on a blocked curriculum of teachers
                  (two-timescale gradient flow; flexible or forgetful regime)

@@ -50,6 +50,17 @@ def random_topology(p: int, density: float, generator: Optional[torch.Generator]
     return pairs[keep]
 
 
+def random_pairs(p: int, count: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Exactly `count` unordered pairs of areas, drawn uniformly without replacement: a random
+    topology with as many feedback blocks (trainable parameters) as another one."""
+    _check_p(p)
+    pairs = all_to_all(p)
+    if not 0 <= int(count) <= len(pairs):
+        raise ValueError(f"count must be in [0, {len(pairs)}] for {p} areas, got {count!r}")
+    keep = torch.randperm(len(pairs), generator=generator)[: int(count)].sort().values
+    return pairs[keep]
+
+
 def from_adjacency(adjacency: torch.Tensor) -> torch.Tensor:
     """Pairs of a boolean [p, p] adjacency matrix (symmetrised: feedback is mutual; the
     diagonal is ignored)."""
@@ -64,7 +75,8 @@ def from_adjacency(adjacency: torch.Tensor) -> torch.Tensor:
 
 def resolve(topology: Topology, p: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Turn a topology spec into pairs: "all" (or "all_to_all"), "gw" (or
-    "global_workspace", star through the last area), "none", "random:<density>", a boolean
+    "global_workspace", star through the last area), "none", "random:<density>" (each pair
+    kept with that probability), "random-pairs:<count>" (exactly that many pairs), a boolean
     (or 0/1 float) [p, p] adjacency tensor, or explicit integer pairs [m, 2]."""
     _check_p(p)
     if isinstance(topology, str):
@@ -75,6 +87,12 @@ def resolve(topology: Topology, p: int, generator: Optional[torch.Generator] = N
             return global_workspace(p)
         if name == "none":
             return _pairs([])
+        if name.startswith("random-pairs:"):
+            try:
+                count = int(name.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"topology 'random-pairs:<count>' needs an integer, got {topology!r}") from None
+            return random_pairs(p, count, generator)
         if name.startswith("random:"):
             try:
                 density = float(name.split(":", 1)[1])
@@ -82,7 +100,8 @@ def resolve(topology: Topology, p: int, generator: Optional[torch.Generator] = N
                 raise ValueError(f"topology 'random:<density>' needs a number, got {topology!r}") from None
             return random_topology(p, density, generator)
         raise ValueError(
-            f"topology must be 'all', 'gw', 'none', 'random:<density>', a [p, p] adjacency or [m, 2] pairs; "
+            f"topology must be 'all', 'gw', 'none', 'random:<density>', 'random-pairs:<count>', a [p, p] adjacency "
+            f"or [m, 2] pairs; "
             f"got {topology!r}"
         )
     t = torch.as_tensor(topology)

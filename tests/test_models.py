@@ -217,3 +217,17 @@ def test_guarantee_impossible_is_reported(monkeypatch):
     with pytest.raises(ValueError, match="guarantee=True cannot hold at alpha=1.0"):
         ModularRNN(2, (3, 8), alpha=1.0, generator=gen(11))
     ModularRNN(2, (3, 8), alpha=1.0, guarantee=False, generator=gen(11))  # allowed without the guarantee
+
+
+def test_random_pairs_topology_has_exactly_that_many_pairs():
+    from rnnofrnns import topology as topo
+
+    g = torch.Generator().manual_seed(3)
+    pairs = topo.resolve("random-pairs:15", 16, g)
+    assert pairs.shape == (15, 2)
+    key = {tuple(sorted(p)) for p in pairs.tolist()}
+    assert len(key) == 15 and all(i != j for i, j in key)
+    with pytest.raises(ValueError, match=r"count must be in \[0, 6\] for 4 areas, got 7"):
+        topo.resolve("random-pairs:7", 4)
+    with pytest.raises(ValueError, match="needs an integer"):
+        topo.resolve("random-pairs:x", 4)

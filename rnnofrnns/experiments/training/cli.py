@@ -146,6 +146,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    base = replace(TrainConfig(), num_areas=args.num_areas, area_size=args.area_size, lr=args.lr,
+                   batch_size=args.batch_size, threads=args.threads, progress=not args.no_progress,
+                   data_dir=args.data_dir, device=args.device)
+    sweep(args.task, args.topologies, args.feedback_sparsity, seeds=args.seeds, epochs=args.epochs,
+          out=args.out or os.path.join("runs", f"sweep-{args.task}"), base=base)
+    return 0
+
+
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add the train, evaluate and demo commands to the CLI."""
     tr = sub.add_parser("train", help="train a model on a task (also under torchrun)")
@@ -161,3 +172,23 @@ def register(sub: "argparse._SubParsersAction") -> None:
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
+    d = TrainConfig()
+    sw = sub.add_parser("sweep", help="train Sparse Combo Nets over topologies x feedback sparsities x seeds "
+                        "(the GW paper's study), with ablation and plots")
+    sw.add_argument("--task", choices=list(TASKS), default=d.task, help="data set")
+    sw.add_argument("--topologies", nargs="+", default=["gw", "all", "random:matched"],
+                    help="gw, all, random:<density>, random-pairs:<count>, random:matched (as many pairs as gw)")
+    sw.add_argument("--feedback-sparsity", nargs="+", type=float, default=[0.0, 0.5, 0.9],
+                    help="fractions of inter-area weights fixed at 0")
+    sw.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every combination")
+    sw.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every run")
+    sw.add_argument("--num-areas", type=int, default=d.num_areas, help="number of areas")
+    sw.add_argument("--area-size", type=int, default=d.area_size, help="units per area")
+    sw.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    sw.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size")
+    sw.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sw.add_argument("--data-dir", default=None, help="folder of MNIST/CIFAR-10 files")
+    sw.add_argument("--device", default=d.device, help="cpu or cuda")
+    sw.add_argument("--out", default=None, help="sweep folder (default: runs/sweep-TASK); resumes the sweep it holds")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sw.set_defaults(func=_sweep)

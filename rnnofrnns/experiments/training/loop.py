@@ -153,6 +153,16 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def effective_trainable_parameters(model: nn.Module) -> int:
+    """Trainable parameters less the inter-area weights that the feedback-sparsity mask holds at
+    zero (they are entries of the parameter B, but never change)."""
+    count = trainable_parameters(model)
+    rnn = getattr(model, "rnn", None)
+    if rnn is not None and hasattr(rnn, "feedback_mask") and rnn.B.requires_grad:
+        count -= rnn.B.numel() - rnn.num_feedback_parameters()
+    return count
+
+
 def baseline_hidden_size(kind: str, input_size: int, num_classes: int, budget: int) -> int:
     """Largest hidden size whose GRU/LSTM classifier has at most `budget` trainable parameters."""
     gates = 3 if kind == "gru" else 4
@@ -516,6 +526,7 @@ def finish(cfg: TrainConfig, data: TaskData, model: nn.Module, history: List[Dic
         model=cfg.model, task=cfg.task, test_accuracy=test_acc, best_epoch=best["epoch"] + 1,
         best_val_accuracy=best["best_val"], trainable_parameters=trainable_parameters(model),
         feedback_parameters=model.num_feedback_parameters() if hasattr(model, "num_feedback_parameters") else None,
+        effective_trainable_parameters=effective_trainable_parameters(model),
         wall_time_s=wall, seconds_per_epoch=float(np.mean(secs)) if secs else None, epochs=len(history),
         certificate=cert, ablation_test_accuracy=abl, history=history, config=cfg.run_settings(),
     )

@@ -1,0 +1,235 @@
+"""`python -m rnnofrnns sweep`: the topology x feedback-sparsity study of the Global Workspace
+paper, every run a `train` run of the certified default configuration.
+
+For every (topology, feedback sparsity, seed) a Sparse Combo Net trains into
+DIR/runs/<name>/ with the training loop, checkpoints and errors of `train`; the sweep then
+writes DIR/metrics.json (one row per run), DIR/summary.txt (also printed) and three PNGs.
+A sweep that stopped resumes: finished runs are kept and skipped, a run that stopped halfway
+continues from its last checkpoint. A run that fails (a non-finite loss) is kept as a row with
+its reason, and the sweep goes on.
+
+Topologies: "gw" (a star through the last area), "all", "random:<density>" (each pair kept
+with that probability), "random-pairs:<count>", and "random:matched": as many randomly chosen
+pairs as the star has (p - 1), so that its trainable-parameter count is the star's exactly
+(input projection, readout and area parameters do not depend on the topology; each pair is
+one n x n block).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import replace
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .. import _files
+from ..errors import RunError, UsageError
+from ... import topology as topo
+from .data import TASKS
+from .loop import TrainConfig, is_run_folder, train
+
+SWEEP_FILE = "sweep.json"  # the sweep's own settings, to resume only the same sweep
+
+
+def topology_spec(name: str, num_areas: int) -> str:
+    """The scn --topology of a sweep topology (random:matched -> random-pairs:<p-1>); UsageError
+    naming the topology when it cannot be used."""
+    spec = f"random-pairs:{num_areas - 1}" if name == "random:matched" else name
+    try:
+        topo.resolve(spec, num_areas)
+    except ValueError as e:
+        raise UsageError(f"--topologies: {name!r} cannot be used ({e})") from None
+    return spec
+
+
+def run_name(task: str, topology: str, sparsity: float, seed: int) -> str:
+    return f"{task}-{topology.replace(':', '')}-sparsity{sparsity:g}-seed{seed}"
+
+
+def _finished(path: str) -> Optional[Dict[str, Any]]:
+    """The metrics of a finished run, or None (no metrics.json, or one that says it stopped)."""
+    try:
+        with open(os.path.join(path, "metrics.json")) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return m if "test_accuracy" in m else None
+
+
+def row_of(metrics: Dict[str, Any], topology: str, sparsity: float, seed: int, run_dir: str) -> Dict[str, Any]:
+    """One row of DIR/metrics.json from a run's metrics: drops are test accuracy minus the
+    accuracy with one area silenced (mean over areas, and the worst area)."""
+    acc = metrics["test_accuracy"]
+    abl = metrics.get("ablation_test_accuracy") or []
+    drops = [acc - a for a in abl]
+    cert = metrics.get("certificate") or {}
+    return dict(
+        topology=topology, feedback_sparsity=sparsity, seed=seed, run=os.path.basename(run_dir),
+        test_accuracy=acc, trainable_parameters=metrics.get("effective_trainable_parameters",
+                                                            metrics["trainable_parameters"]),
+        feedback_parameters=metrics.get("feedback_parameters"),
+        certificate=dict(continuous_holds=cert.get("holds"), discrete_holds=cert.get("discrete_holds"),
+                         rate=cert.get("rate"), step_factor=cert.get("step_factor")),
+        ablation_test_accuracy=abl, mean_drop=sum(drops) / len(drops) if drops else None,
+        worst_drop=max(drops) if drops else None, wall_time_s=metrics.get("wall_time_s"), stopped=None,
+    )
+
+
+def _check(task: str, topologies: Sequence[str], sparsities: Sequence[float], seeds: int, epochs: int) -> None:
+    if task not in TASKS:
+        raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    if not topologies:
+        raise UsageError("--topologies needs at least one topology")
+    if len(set(topologies)) != len(topologies):
+        raise UsageError(f"--topologies lists a topology twice: {' '.join(topologies)}")
+    if not sparsities or len(set(sparsities)) != len(sparsities):
+        raise UsageError(f"--feedback-sparsity needs distinct values, got {' '.join(map(str, sparsities))}")
+    for s in sparsities:
+        if not (0.0 <= s < 1.0 and math.isfinite(s)):
+            raise UsageError(f"--feedback-sparsity values must be in [0, 1), got {s}")
+    for name, value in (("seeds", seeds), ("epochs", epochs)):
+        if value < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {value}")
+
+
+def sweep(task: str, topologies: Sequence[str], sparsities: Sequence[float], *, seeds: int, epochs: int, out: str,
+          base: Optional[TrainConfig] = None, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """Train every (topology, sparsity, seed) of the study and write its results into `out`.
+
+    base: the TrainConfig every run starts from (default: the certified default); its
+    model, task, topology, feedback_sparsity, seed, epochs and out are set per run."""
+    base = base or TrainConfig()
+    _check(task, topologies, sparsities, seeds, epochs)
+    specs = {t: topology_spec(t, base.num_areas) for t in topologies}
+    for t in topologies:  # every run's settings are checked before anything is written
+        replace(base, model="scn", task=task, topology=specs[t], feedback_sparsity=sparsities[0], epochs=epochs,
+                out=out).validate()
+    settings = dict(task=task, topologies=list(topologies), feedback_sparsity=list(sparsities), seeds=seeds,
+                    epochs=epochs, run_settings={k: v for k, v in base.run_settings().items()
+                                                 if k not in ("model", "task", "topology", "feedback_sparsity",
+                                                              "seed", "epochs")})
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file, not a folder")
+    saved_path = os.path.join(out, SWEEP_FILE)
+    if os.path.exists(saved_path):
+        with open(saved_path) as f:
+            saved = json.load(f)
+        if saved != json.loads(json.dumps(settings)):
+            differ = sorted(k for k in settings if saved.get(k) != json.loads(json.dumps(settings[k])))
+            raise UsageError(f"--out {out} holds another sweep (its {', '.join(differ)} differ); give the same "
+                             "settings to resume it, or choose another folder")
+    elif os.path.isdir(out) and os.listdir(out):
+        raise UsageError(f"--out {out} already holds files that are not a sweep; choose another folder")
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    _files.atomic_write_json(settings, saved_path)
+
+    rows = []
+    combos = [(t, s, seed) for t in topologies for s in sparsities for seed in range(seeds)]
+    for k, (t, s, seed) in enumerate(combos, 1):
+        run_dir = os.path.join(out, "runs", run_name(task, t, s, seed))
+        done = _finished(run_dir)
+        if done is None:
+            log(f"sweep: run {k}/{len(combos)}: {t}, feedback sparsity {s:g}, seed {seed}")
+            cfg = replace(base, model="scn", task=task, topology=specs[t], feedback_sparsity=s, seed=seed,
+                          epochs=epochs, out=run_dir)
+            # a run with a checkpoint continues; one that stopped before its first checkpoint
+            # starts again (it has nothing to keep)
+            resume = os.path.exists(os.path.join(run_dir, "last.pt"))
+            try:
+                done = train(cfg, resume=resume, log=log, overwrite=not resume and is_run_folder(run_dir))
+            except RunError as e:  # the run keeps its files and its reason; the sweep goes on
+                rows.append(dict(topology=t, feedback_sparsity=s, seed=seed, run=os.path.basename(run_dir),
+                                 test_accuracy=None, stopped=str(e)))
+                log(f"sweep: run {k} stopped: {e}")
+                continue
+        else:
+            log(f"sweep: run {k}/{len(combos)} is done already ({run_dir})")
+        rows.append(row_of(done, t, s, seed, run_dir))
+        _files.atomic_write_json(dict(settings=settings, rows=rows), os.path.join(out, "metrics.json"))
+    _files.atomic_write_json(dict(settings=settings, rows=rows), os.path.join(out, "metrics.json"))
+    table = summary_table(rows, task)
+    with open(os.path.join(out, "summary.txt.tmp"), "w") as f:
+        f.write(table + "\n")
+    os.replace(os.path.join(out, "summary.txt.tmp"), os.path.join(out, "summary.txt"))
+    log(table)
+    pictures = save_plots(rows, out, task)
+    log("plots: " + ", ".join(pictures))
+    return rows
+
+
+def _groups(rows: List[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("test_accuracy") is not None:
+            groups.setdefault((r["topology"], r["feedback_sparsity"]), []).append(r)
+    return groups
+
+
+def summary_table(rows: List[Dict[str, Any]], task: str) -> str:
+    """Mean (min-max over seeds) per topology and sparsity."""
+    def span(values: List[float]) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        mean = sum(values) / len(values)
+        return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    lines = [f"sweep on {task}: test accuracy, and its drop when one area is silenced (mean over areas, worst area);"
+             " mean (min-max) over seeds",
+             f"{'topology':<16}{'sparsity':>9}{'seeds':>6}{'trainable':>11}  {'test accuracy':<22}"
+             f"{'mean drop':<22}{'worst drop':<22}certificates"]
+    for (t, s), rs in _groups(rows).items():
+        holds = all(r["certificate"]["continuous_holds"] and r["certificate"]["discrete_holds"] for r in rs)
+        lines.append(f"{t:<16}{s:>9g}{len(rs):>6}{round(sum(r['trainable_parameters'] for r in rs) / len(rs)):>11,}  "
+                     f"{span([r['test_accuracy'] for r in rs]):<22}{span([r['mean_drop'] for r in rs]):<22}"
+                     f"{span([r['worst_drop'] for r in rs]):<22}{'all hold' if holds else 'SOME FAIL'}")
+    stopped = [r for r in rows if r.get("test_accuracy") is None]
+    for r in stopped:
+        lines.append(f"stopped: {r['run']}: {r['stopped']}")
+    return "\n".join(lines)
+
+
+def save_plots(rows: List[Dict[str, Any]], out: str, task: str) -> List[str]:
+    """accuracy_vs_parameters.png, area_drop.png and accuracy_vs_sparsity.png in `out`."""
+    plt = _files.pyplot()
+    groups = _groups(rows)
+    topologies = list(dict.fromkeys(t for t, _ in groups))
+    markers = "osD^v<>ph*"
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, t in enumerate(topologies):
+        pts = [(r["trainable_parameters"], r["test_accuracy"], s) for (tt, s), rs in groups.items() if tt == t
+               for r in rs]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)], label=t, alpha=0.8)
+        for (tt, s), rs in groups.items():
+            if tt == t:
+                ax.annotate(f"{s:g}", (rs[0]["trainable_parameters"], max(r["test_accuracy"] for r in rs)),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log"), ax.set_xlabel("trainable parameters"), ax.set_ylabel("test accuracy")
+    ax.set_title(f"{task}: accuracy against trainable parameters"), ax.legend(title="labels: feedback sparsity")
+    paths.append(_files.save_figure(fig, os.path.join(out, "accuracy_vs_parameters.png")))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, t in enumerate(topologies):
+        drops = [r["test_accuracy"] - a for (tt, _), rs in groups.items() if tt == t for r in rs
+                 for a in r["ablation_test_accuracy"]]
+        xs = [i + 0.25 * ((k * 0.618) % 1 - 0.5) for k in range(len(drops))]  # jitter, no randomness
+        ax.scatter(xs, drops, s=10, alpha=0.6)
+        if drops:
+            ax.boxplot([drops], positions=[i], widths=0.5, showfliers=False)
+    ax.set_xticks(range(len(topologies)), topologies)
+    ax.set_ylabel("test accuracy lost with one area silenced"), ax.set_title(f"{task}: resilience to removing an area")
+    paths.append(_files.save_figure(fig, os.path.join(out, "area_drop.png")))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, t in enumerate(topologies):
+        ss = sorted(s for tt, s in groups if tt == t)
+        accs = [[r["test_accuracy"] for r in groups[(t, s)]] for s in ss]
+        mean = [sum(a) / len(a) for a in accs]
+        ax.errorbar(ss, mean, yerr=[[m - min(a) for m, a in zip(mean, accs)], [max(a) - m for m, a in zip(mean, accs)]],
+                    marker=markers[i % len(markers)], capsize=3, label=t)
+    ax.set_xlabel("feedback sparsity (fraction of inter-area weights fixed at 0)"), ax.set_ylabel("test accuracy")
+    ax.set_title(f"{task}: accuracy against feedback sparsity (mean, min-max over seeds)"), ax.legend()
+    paths.append(_files.save_figure(fig, os.path.join(out, "accuracy_vs_sparsity.png")))
+    return paths

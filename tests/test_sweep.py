@@ -1,0 +1,93 @@
+"""`python -m rnnofrnns sweep`: a shortened sweep writes its rows, table and plots, resumes
+without retraining, and refuses what cannot work before writing anything."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from rnnofrnns.experiments.errors import UsageError
+from rnnofrnns.experiments.training.loop import TrainConfig
+from rnnofrnns.experiments.training.sweep import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = replace(TrainConfig(), num_areas=4, area_size=8, progress=False, threads=1)
+ROW_KEYS = {"topology", "feedback_sparsity", "seed", "run", "test_accuracy", "trainable_parameters",
+            "feedback_parameters", "certificate", "ablation_test_accuracy", "mean_drop", "worst_drop",
+            "wall_time_s", "stopped"}
+
+
+@pytest.fixture(scope="module")
+def short_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    logs = []
+    rows = sweep("row-digits", ["gw", "all", "random:matched"], [0.0, 0.5], seeds=1, epochs=1, out=str(out),
+                 base=BASE, log=logs.append)
+    return out, rows, logs
+
+
+def test_rows_table_and_plots(short_sweep):
+    out, rows, logs = short_sweep
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and len(rows) == 6
+    for r in rows:
+        assert set(r) == ROW_KEYS
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+        assert len(r["ablation_test_accuracy"]) == 4
+        drops = [r["test_accuracy"] - a for a in r["ablation_test_accuracy"]]
+        assert r["mean_drop"] == pytest.approx(sum(drops) / 4) and r["worst_drop"] == pytest.approx(max(drops))
+        assert r["certificate"]["continuous_holds"] and r["certificate"]["discrete_holds"]
+        assert (out / "runs" / r["run"] / "best.pt").exists()
+    by = {(r["topology"], r["feedback_sparsity"]): r for r in rows}
+    # the matched random topology has as many pairs as the star: the same trainable parameters
+    assert by[("random:matched", 0.0)]["trainable_parameters"] == by[("gw", 0.0)]["trainable_parameters"]
+    assert by[("all", 0.0)]["trainable_parameters"] > by[("gw", 0.0)]["trainable_parameters"]
+    # sparsity removes the masked inter-area weights from the count: half of the 3 blocks of 8 x 8
+    assert by[("gw", 0.0)]["feedback_parameters"] == 3 * 64
+    assert by[("gw", 0.0)]["trainable_parameters"] - by[("gw", 0.5)]["trainable_parameters"] == \
+        by[("gw", 0.0)]["feedback_parameters"] - by[("gw", 0.5)]["feedback_parameters"] > 0
+    table = (out / "summary.txt").read_text()
+    assert "random:matched" in table and "all hold" in table and table.strip() in "\n".join(logs)
+    for png in ("accuracy_vs_parameters.png", "area_drop.png", "accuracy_vs_sparsity.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_resume_skips_finished_runs_and_refuses_another_sweep(short_sweep):
+    out, rows, _ = short_sweep
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/metrics.json")}
+    logs = []
+    again = sweep("row-digits", ["gw", "all", "random:matched"], [0.0, 0.5], seeds=1, epochs=1, out=str(out),
+                  base=BASE, log=logs.append)
+    assert again == rows
+    assert sum("is done already" in line for line in logs) == 6
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/metrics.json")} == mtimes
+    with pytest.raises(UsageError, match="holds another sweep .*epochs"):
+        sweep("row-digits", ["gw", "all", "random:matched"], [0.0, 0.5], seeds=1, epochs=2, out=str(out), base=BASE)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(topologies=["gw", "ring"]), r"--topologies: 'ring' cannot be used"),
+    (dict(topologies=["gw", "gw"]), r"lists a topology twice"),
+    (dict(sparsities=[0.0, 1.0]), r"--feedback-sparsity values must be in \[0, 1\), got 1.0"),
+    (dict(seeds=0), r"--seeds must be a positive integer, got 0"),
+])
+def test_bad_arguments_write_nothing(tmp_path, kwargs, message):
+    args = dict(topologies=["gw"], sparsities=[0.0], seeds=1)
+    args.update(kwargs)
+    with pytest.raises(UsageError, match=message):
+        sweep("row-digits", args["topologies"], args["sparsities"], seeds=args["seeds"], epochs=1,
+              out=str(tmp_path / "s"), base=BASE)
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "rnnofrnns", "sweep", "--topologies", "gw", "ring", "--out",
+                        str(tmp_path / "s")], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**os.environ, "RNNOFRNNS_TRACEBACK": "0"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: --topologies: 'ring' cannot be used")
