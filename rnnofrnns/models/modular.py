@@ -203,6 +203,9 @@ class ModularRNN(nn.Module):
         else:
             self.register_parameter("input_bias", None)
         self._silenced: Tuple[int, ...] = ()
+        # Parameters with entries held at stored values (combine(freeze=True)): name -> buffers
+        # frozen_mask_<name>, frozen_value_<name>; see _param.
+        self._frozen: Tuple[str, ...] = ()
         # The budget follows from W, M and this model's own alpha: a state_dict from a model
         # with another alpha (or other areas) must not carry its budget over.
         self.register_load_state_dict_post_hook(ModularRNN._recompute_budget_after_load)
@@ -258,13 +261,47 @@ class ModularRNN(nn.Module):
                          "the network cannot run (reload a checkpoint or lower the learning rate)")
 
     # -- the weights the network runs with ------------------------------------------------
+    def _param(self, name: str) -> Optional[torch.Tensor]:
+        """A parameter as the network uses it: where entries are frozen (combine()), their stored
+        values. The frozen entries get no gradient and the optimizer's changes to them (weight
+        decay) never reach the network."""
+        value = getattr(self, name)
+        if name not in self._frozen:
+            return value
+        return torch.where(getattr(self, f"frozen_mask_{name}"), getattr(self, f"frozen_value_{name}"), value)
+
+    def freeze_entries(self, name: str, mask: torch.Tensor) -> None:
+        """Hold the entries of parameter `name` where `mask` is True at their current values."""
+        param = getattr(self, name)
+        if not isinstance(param, nn.Parameter) or mask.shape != param.shape:
+            raise ValueError(f"freeze_entries: {name!r} must be a parameter of the shape of mask {tuple(mask.shape)}")
+        if name in self._frozen:
+            mask = mask | getattr(self, f"frozen_mask_{name}")
+        current = self._param(name).detach().clone()
+        self.register_buffer(f"frozen_mask_{name}", mask.to(torch.bool).clone())
+        self.register_buffer(f"frozen_value_{name}", current)
+        self._frozen = tuple(sorted(set(self._frozen) | {name}))
+
+    def num_frozen_parameters(self) -> int:
+        """Entries of trainable parameters held at stored values (combine(freeze=True))."""
+        return sum(int(getattr(self, f"frozen_mask_{name}").sum()) for name in self._frozen)
+
+    @classmethod
+    def combine(cls, nets: Sequence[Union["ModularRNN", nn.Module]], topology: Union[str, topo.Topology] = "workspace",
+                *, freeze: bool = True, shared_input: bool = False,
+                generator: Optional[torch.Generator] = None) -> "ModularRNN":
+        """One certified network from several (see rnnofrnns.models.assembly.combine)."""
+        from .assembly import combine
+
+        return combine(nets, topology, freeze=freeze, shared_input=shared_input, generator=generator)
+
     def area_weights(self) -> torch.Tensor:
         """The intra-area blocks W [p, n, n] (svd areas: formed from their parameters)."""
         if self.areas == "sparse":
             return self.W
-        U, V = self._rotation(self.area_rotation_u), self._rotation(self.area_rotation_v)
-        sigma = self.sigma_max * torch.sigmoid(self.area_singular_logit)
-        phi = torch.exp(self.area_log_metric)
+        U, V = self._rotation(self._param("area_rotation_u")), self._rotation(self._param("area_rotation_v"))
+        sigma = self.sigma_max * torch.sigmoid(self._param("area_singular_logit"))
+        phi = torch.exp(self._param("area_log_metric"))
         return (U * sigma[:, None, :]) @ V.transpose(1, 2) * (phi[:, None, :] / phi[:, :, None])
 
     def _rotation(self, upper: torch.Tensor) -> torch.Tensor:
@@ -282,12 +319,12 @@ class ModularRNN(nn.Module):
         """The diagonal of the contraction metric M per area, [p, n] (svd areas: Phi^2)."""
         if self.areas == "sparse":
             return self.M
-        return torch.exp(2 * self.area_log_metric)
+        return torch.exp(2 * self._param("area_log_metric"))
 
     def area_alpha(self) -> torch.Tensor:
         """The step alpha_i = dt / tau_i of every area, [p] (differentiable when learned)."""
         if self.learn_timescales:
-            return self.alpha_max * torch.sigmoid(self.timescale_logit)
+            return self.alpha_max * torch.sigmoid(self._param("timescale_logit"))
         if self.per_area_alpha:
             return self.alpha_areas
         return torch.full((self.num_areas,), self.alpha, dtype=self.B.dtype, device=self.B.device)
@@ -298,12 +335,12 @@ class ModularRNN(nn.Module):
     def raw_feedback_blocks(self, metric: Optional[torch.Tensor] = None) -> torch.Tensor:
         """L = B - M^{-1} B^T M on the connected pairs, before the guarantee's rescaling."""
         M = self.area_metric() if metric is None else metric
-        return stability.negative_feedback(self.B * self.feedback_mask, self.pairs, M)
+        return stability.negative_feedback(self._param("B") * self.feedback_mask, self.pairs, M)
 
     def feedback_norm_bound(self) -> torch.Tensor:
         """Upper bound of ||M^{1/2} L M^{-1/2}||_2 (before rescaling): the spectral norm of the
         symmetric p x p matrix of block norms (block (i, j) and its mirror have equal norms)."""
-        Bm = self.B * self.feedback_mask
+        Bm = self._param("B") * self.feedback_mask
         M = self.area_metric()
         st, ss = M[self.pairs[:, 0]].sqrt(), M[self.pairs[:, 1]].rsqrt()
         norms = torch.linalg.matrix_norm(st[:, :, None] * Bm * ss[:, None, :], ord=2)
@@ -341,7 +378,7 @@ class ModularRNN(nn.Module):
 
     def drive(self, x_tbf: torch.Tensor) -> torch.Tensor:
         """The projected input u_t = U x_t + b for every step: [T, B, p*n] (padded layout)."""
-        u = F.linear(x_tbf, self.input_weight, self.input_bias)
+        u = F.linear(x_tbf, self._param("input_weight"), self._param("input_bias"))
         gate = self._area_gate()
         if gate is not None:
             u = u * gate.repeat_interleave(self.area_size)

@@ -154,12 +154,15 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 def effective_trainable_parameters(model: nn.Module) -> int:
-    """Trainable parameters less the inter-area weights that the feedback-sparsity mask holds at
-    zero (they are entries of the parameter B, but never change)."""
+    """Trainable parameters less the entries that never change: the inter-area weights that the
+    feedback-sparsity mask holds at zero, and the entries combine(freeze=True) holds."""
     count = trainable_parameters(model)
     rnn = getattr(model, "rnn", None)
     if rnn is not None and hasattr(rnn, "feedback_mask") and rnn.B.requires_grad:
         count -= rnn.B.numel() - rnn.num_feedback_parameters()
+        count -= rnn.num_frozen_parameters()  # combine(freeze=True): the parts' entries
+        if "B" in rnn._frozen:  # frozen blocks' masked entries were subtracted twice
+            count += int((rnn.frozen_mask_B & (rnn.feedback_mask == 0)).sum())
     return count
 
 
