@@ -146,3 +146,31 @@ def test_parts_that_cannot_join(make, message):
 def test_a_new_pair_must_join_two_parts():
     with pytest.raises(ValueError, match=r"pair \(0, 2\) joins two areas of part 0"):
         ModularRNN.combine([part(1), part(2)], [(0, 2)])
+
+
+def test_the_assembly_experiment_runs(tmp_path, capsys):
+    """examples/assembly.py end to end, one epoch: every net's row, certificates from the trained weights."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "assembly.py"
+    spec = importlib.util.spec_from_file_location("assembly_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from rnnofrnns.ops._backend import flush_denormal
+
+    threads = torch.get_num_threads()
+    try:
+        with flush_denormal():  # main() sets it; this restores the session's setting after
+            assert module.main(["--seeds", "0", "--epochs-parts", "1", "--epochs", "1", "--threads", "1",
+                                "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    import json
+
+    results = json.loads((tmp_path / "assembly.json").read_text())["results"]["0"]
+    assert set(results) == {"part A alone", "part B alone", "assembled", "random parts", "from scratch"}
+    assert results["assembled"]["trainable_parameters"] == results["random parts"]["trainable_parameters"] \
+        < results["from scratch"]["trainable_parameters"]
+    assert all(r["continuous_holds"] and r["discrete_holds"] for r in results.values())
+    assert "| assembled |" in capsys.readouterr().out
