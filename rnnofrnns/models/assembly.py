@@ -13,28 +13,31 @@ as far from 1 as the parts' arbitrary metric scales are from each other.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
 
 from .. import topology as topo
-from .modular import ModularRNN
+
+# The class comes in as an argument (ModularRNN.combine passes itself): this module does not
+# import models/modular.py, which imports it.
 
 # Settings every part must share (the whole runs one kernel call).
 SHARED = ("area_size", "areas", "feedback_step", "form", "nonlinearity", "sigma_max", "alpha_max")
 
 
-def _unwrap(net: nn.Module) -> ModularRNN:
-    rnn = net.rnn if isinstance(getattr(net, "rnn", None), ModularRNN) else net
-    if not isinstance(rnn, ModularRNN):
+def _unwrap(cls: Type["ModularRNN"], net: nn.Module) -> "ModularRNN":
+    rnn = net.rnn if isinstance(getattr(net, "rnn", None), cls) else net
+    if not isinstance(rnn, cls):
         raise ValueError(f"combine: every part must be a ModularRNN (or a model with one as .rnn), got "
                          f"{type(net).__name__}")
     return rnn
 
 
-def combine(nets: Sequence[nn.Module], topology: Union[str, topo.Topology] = "workspace", *, freeze: bool = True,
-            shared_input: bool = False, generator: Optional[torch.Generator] = None) -> ModularRNN:
+def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[str, topo.Topology] = "workspace",
+            *, freeze: bool = True, shared_input: bool = False,
+            generator: Optional[torch.Generator] = None) -> "ModularRNN":
     """Join the areas of `nets` into one ModularRNN, keeping each part's areas, metric (rescaled
     by a number, see the module docstring), timescales, own feedback and input projection,
     and adding new trainable feedback between parts.
@@ -46,7 +49,7 @@ def combine(nets: Sequence[nn.Module], topology: Union[str, topo.Topology] = "wo
     otherwise the whole's input is the parts' inputs side by side, each part reading only its
     own (the other entries of its projection stay at zero). Returns the whole; a readout (e.g.
     nn.Linear of its last state) is the caller's."""
-    parts: List[ModularRNN] = [_unwrap(n) for n in nets]
+    parts: List["ModularRNN"] = [_unwrap(cls, n) for n in nets]
     if len(parts) < 2:
         raise ValueError(f"combine: needs at least two networks, got {len(parts)}")
     first = parts[0]
@@ -89,7 +92,7 @@ def combine(nets: Sequence[nn.Module], topology: Union[str, topo.Topology] = "wo
     alphas = torch.cat([alphas, alphas.mean().repeat(new_areas)])
     per_area = any(p.per_area_alpha for p in parts) or bool((alphas != alphas[0]).any())
     input_size = parts[0].input_size if shared_input else sum(p.input_size for p in parts)
-    whole = ModularRNN(
+    whole = cls(
         input_size, (P, n), topology=pairs.cpu(), form=first.form, nonlinearity=first.nonlinearity,
         alpha=alphas if per_area else float(alphas[0]), bias=first.input_bias is not None,
         guarantee=all(p.guarantee for p in parts), feedback_step=first.feedback_step, areas=first.areas,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import stability, topology as topo
+from . import assembly
 from ..ops import modular_rnn
 from ..ops.modular_rnn.reference import dense_feedback
 
@@ -291,9 +292,7 @@ class ModularRNN(nn.Module):
                 *, freeze: bool = True, shared_input: bool = False,
                 generator: Optional[torch.Generator] = None) -> "ModularRNN":
         """One certified network from several (see rnnofrnns.models.assembly.combine)."""
-        from .assembly import combine
-
-        return combine(nets, topology, freeze=freeze, shared_input=shared_input, generator=generator)
+        return assembly.combine(cls, nets, topology, freeze=freeze, shared_input=shared_input, generator=generator)
 
     def area_weights(self) -> torch.Tensor:
         """The intra-area blocks W [p, n, n] (svd areas: formed from their parameters)."""
