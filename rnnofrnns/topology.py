@@ -87,18 +87,14 @@ def resolve(topology: Topology, p: int, generator: Optional[torch.Generator] = N
             return global_workspace(p)
         if name == "none":
             return _pairs([])
-        if name.startswith("random-pairs:"):
-            try:
-                count = int(name.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"topology 'random-pairs:<count>' needs an integer, got {topology!r}") from None
-            return random_pairs(p, count, generator)
-        if name.startswith("random:"):
-            try:
-                density = float(name.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"topology 'random:<density>' needs a number, got {topology!r}") from None
-            return random_topology(p, density, generator)
+        for prefix, kind, what, build in (("random-pairs:", int, "<count>' needs an integer", random_pairs),
+                                          ("random:", float, "<density>' needs a number", random_topology)):
+            if name.startswith(prefix):
+                try:
+                    value = kind(name[len(prefix):])
+                except ValueError:
+                    raise ValueError(f"topology '{prefix}{what}, got {topology!r}") from None
+                return build(p, value, generator)
         raise ValueError(
             f"topology must be 'all', 'gw', 'none', 'random:<density>', 'random-pairs:<count>', a [p, p] adjacency "
             f"or [m, 2] pairs; "
