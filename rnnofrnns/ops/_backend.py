@@ -8,9 +8,9 @@ from typing import Optional, Sequence
 
 import torch
 
-BACKENDS = ("reference", "cpu", "triton")
-
 from ._capability import CapabilityError, load
+
+BACKENDS = ("reference", "cpu", "triton")
 
 # Loading one build of the shared library registers the C++ ops with the dispatcher.
 _capability, _ext_error = load()
