@@ -91,3 +91,10 @@ def test_cli_one_line_error(tmp_path):
                        env={**os.environ, "RNNOFRNNS_TRACEBACK": "0"})
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("error: --topologies: 'ring' cannot be used")
+
+
+def test_resume_may_change_threads_and_progress(short_sweep):
+    out, rows, _ = short_sweep
+    again = sweep("row-digits", ["gw", "all", "random:matched"], [0.0, 0.5], seeds=1, epochs=1, out=str(out),
+                  base=replace(BASE, threads=2, progress=True), log=lambda s: None)
+    assert again == rows

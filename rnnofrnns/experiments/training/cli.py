@@ -7,7 +7,7 @@ from dataclasses import fields, replace
 
 from ..errors import UsageError
 from .data import TASKS
-from .loop import MODELS, TrainConfig, evaluate, is_run_folder, read_run_config, train
+from .loop import MODELS, RESUMABLE, TrainConfig, evaluate, is_run_folder, read_run_config, train
 
 
 TRAIN_HELP = {
@@ -28,12 +28,6 @@ TRAIN_HELP = {
     "backend": "reference, cpu or triton (default: by device)", "data_dir": "folder of MNIST/CIFAR-10 files",
     "dtype": "float32 or float64", "threads": "torch CPU threads", "stop_after": argparse.SUPPRESS,
 }
-
-
-# Settings that may differ when a run is resumed: how long it goes on, how it reports, where
-# its data lie and how many threads it uses. Any other setting given with --resume must match
-# the run's config.json.
-RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
 
 
 def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = False) -> None:

@@ -149,6 +149,12 @@ class TrainConfig:
         return {k: v for k, v in asdict(self).items() if k != "out"}
 
 
+# Settings that may differ when a run is resumed: how long it goes on, how it reports, where
+# its data lie and how many threads it uses. Any other setting given with --resume must match
+# the run's config.json.
+RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
+
+
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

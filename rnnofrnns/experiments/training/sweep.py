@@ -4,8 +4,9 @@ paper, every run a `train` run of the certified default configuration.
 For every (topology, feedback sparsity, seed) a Sparse Combo Net trains into
 DIR/runs/<name>/ with the training loop, checkpoints and errors of `train`; the sweep then
 writes DIR/metrics.json (one row per run), DIR/summary.txt (also printed) and three PNGs.
-A sweep that stopped resumes: finished runs are kept and skipped, a run that stopped halfway
-continues from its last checkpoint. A run that fails (a non-finite loss) is kept as a row with
+A sweep that stopped resumes (the same settings; threads, progress bars and the data folder may
+differ): finished runs are kept and skipped, a run that stopped halfway continues from its
+last checkpoint. A run that fails (a non-finite loss) is kept as a row with
 its reason, and the sweep goes on.
 
 Topologies: "gw" (a star through the last area), "all", "random:<density>" (each pair kept
@@ -26,7 +27,7 @@ from .. import _files
 from ..errors import RunError, UsageError
 from ... import topology as topo
 from .data import TASKS
-from .loop import TrainConfig, is_run_folder, train
+from .loop import RESUMABLE, TrainConfig, is_run_folder, train
 
 SWEEP_FILE = "sweep.json"  # the sweep's own settings, to resume only the same sweep
 
@@ -107,7 +108,7 @@ def sweep(task: str, topologies: Sequence[str], sparsities: Sequence[float], *, 
     settings = dict(task=task, topologies=list(topologies), feedback_sparsity=list(sparsities), seeds=seeds,
                     epochs=epochs, run_settings={k: v for k, v in base.run_settings().items()
                                                  if k not in ("model", "task", "topology", "feedback_sparsity",
-                                                              "seed", "epochs")})
+                                                              "seed") + RESUMABLE})
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a folder")
     saved_path = os.path.join(out, SWEEP_FILE)
