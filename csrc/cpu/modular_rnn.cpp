@@ -231,10 +231,10 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
   // and of the states.
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     FlushDenormalGuard ftz;
-    const int64_t ng = g1 - g0, gsz = kRows * HP;
+    const int64_t ng = direct ? 0 : g1 - g0, gsz = kRows * HP;  // in place: no per-group states
     std::vector<T> buf(static_cast<size_t>((2 * ng + 3) * gsz + 2 * kRows * np), T(0));
-    T* hp_all = buf.data();        // h_{t-1} of every group
-    T* hn_all = hp_all + ng * gsz; // h_t of every group
+    T* hp_all = buf.data();        // h_{t-1} of every group (copied layout only)
+    T* hn_all = hp_all + ng * gsz; // h_t of every group (copied layout only)
     T* u = hn_all + ng * gsz;
     T* tmp = u + gsz;
     T* cz = tmp + gsz;             // dense Cayley: C z
