@@ -16,12 +16,17 @@ def atomic_save(obj: Any, path: str) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_json(obj: Any, path: str) -> None:
-    """json.dump to a temporary file, then rename it over the target."""
+def atomic_write_text(text: str, path: str) -> None:
+    """Write text to a temporary file, then rename it over the target."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def atomic_write_json(obj: Any, path: str) -> None:
+    """json.dump to a temporary file, then rename it over the target."""
+    atomic_write_text(json.dumps(obj, indent=2), path)
 
 
 def pyplot():

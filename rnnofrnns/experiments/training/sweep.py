@@ -139,19 +139,17 @@ def sweep(task: str, topologies: Sequence[str], sparsities: Sequence[float], *, 
             try:
                 done = train(cfg, resume=resume, log=log, overwrite=not resume and is_run_folder(run_dir))
             except RunError as e:  # the run keeps its files and its reason; the sweep goes on
+                done = None
                 rows.append(dict(topology=t, feedback_sparsity=s, seed=seed, run=os.path.basename(run_dir),
                                  test_accuracy=None, stopped=str(e)))
                 log(f"sweep: run {k} stopped: {e}")
-                continue
         else:
             log(f"sweep: run {k}/{len(combos)} is done already ({run_dir})")
-        rows.append(row_of(done, t, s, seed, run_dir))
+        if done is not None:
+            rows.append(row_of(done, t, s, seed, run_dir))
         _files.atomic_write_json(dict(settings=settings, rows=rows), os.path.join(out, "metrics.json"))
-    _files.atomic_write_json(dict(settings=settings, rows=rows), os.path.join(out, "metrics.json"))
     table = summary_table(rows, task)
-    with open(os.path.join(out, "summary.txt.tmp"), "w") as f:
-        f.write(table + "\n")
-    os.replace(os.path.join(out, "summary.txt.tmp"), os.path.join(out, "summary.txt"))
+    _files.atomic_write_text(table + "\n", os.path.join(out, "summary.txt"))
     log(table)
     pictures = save_plots(rows, out, task)
     log("plots: " + ", ".join(pictures))
