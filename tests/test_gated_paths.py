@@ -182,3 +182,23 @@ def test_torch_compile(backend):
     ref = torch.autograd.grad(loss_fn(x, W, c), (x, W, c))
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kind", GATES)
+@pytest.mark.parametrize("B,P,D_out,D_in", [(512, 8, 256, 256), (67, 3, 301, 259), (6, 2, 35, 19)])
+def test_cpu_results_do_not_depend_on_the_thread_count(kind, B, P, D_out, D_in):
+    """Bitwise the same y and gradients on 1 and 2 threads, at sizes where a BLAS splits its
+    reductions across threads (MKL does on AMD CPUs) and past one 256-wide block of columns."""
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            x, W, c = make(B, P, D_out, D_in, kind, dtype=torch.float32, seed=5)
+            y = gated_paths(x, W, c, backend="cpu")
+            go = torch.randn(y.shape, generator=torch.Generator().manual_seed(6))
+            runs.append([y.detach(), *torch.autograd.grad(y, (x, W, c), go)])
+    finally:
+        torch.set_num_threads(before)
+    for name, a, b in zip(("y", "grad x", "grad W", "grad c"), *runs):
+        assert torch.equal(a, b), name

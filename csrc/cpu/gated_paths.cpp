@@ -17,31 +17,56 @@
 //            dc[b,p] = sum_i x[b,i] dX~[b,p,i] in one pass over dX~ (no second pass over W);
 //            dW = (c (x) dy)^T x as one GEMM into the contiguous [P*D_out, D_in] view of dW.
 //   neuron : dZ = c * dy; dc = dy * Z; dx = dZ W_stack; dW_stack = dZ^T x.
-// The GEMMs are ATen's (the BLAS torch was built with); the gate folding, the
-// reductions and the argument checks are here.
+// The products are fixed_gemm.h's, summed in an order that does not depend on the thread
+// count (a BLAS's may: MKL's does on AMD CPUs); the gate folding, the reductions and the
+// argument checks are here.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
-#include <ATen/ops/mv.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <tuple>
 
 #include "checks.h"
+#include "fixed_gemm.h"
 #include "output.h"
 
 namespace rnnofrnns {
 namespace {
 
-// ATen's *_out functions take the output by non-const reference; these take a view of an
-// output (a narrowed or reshaped one) by value.
-void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_out(out, a, b); }
-void mv_into(at::Tensor out, const at::Tensor& a, const at::Tensor& v) { at::mv_out(out, a, v); }
+// out = a @ b in the fixed order of fixed_gemm.h, any strides of a [M, K] and b [K, N]; out
+// (a view of an output: narrowed or reshaped) has unit column stride.
+void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  TORCH_INTERNAL_ASSERT(out.dim() == 2 && a.dim() == 2 && b.dim() == 2 && out.size(0) == a.size(0) &&
+                        out.size(1) == b.size(1) && a.size(1) == b.size(0) && (out.size(1) <= 1 || out.stride(1) == 1));
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "gated_paths_mm", [&] {
+    const PackedB<scalar_t> packed =
+        pack_b<scalar_t>(b.const_data_ptr<scalar_t>(), b.stride(0), b.stride(1), b.size(0), b.size(1));
+    fixed_order_mm<scalar_t>(out.mutable_data_ptr<scalar_t>(), out.stride(0), a.const_data_ptr<scalar_t>(),
+                             a.stride(0), a.stride(1), packed, a.size(0), b.size(1), a.size(1));
+  });
+}
+
+// W_eff = sum_p c_p W_p (out [O*I], W [P, O*I] contiguous).
+void weighted_sum_into(at::Tensor out, const at::Tensor& W, const at::Tensor& c) {
+  AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "gated_paths_weighted_sum", [&] {
+    fixed_order_weighted_sum<scalar_t>(out.mutable_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
+                                       c.const_data_ptr<scalar_t>(), W.size(0), W.size(1));
+  });
+}
+
+// out[p] = <W_p, G> (W [P, J], G [J], both contiguous).
+void dots_into(at::Tensor out, const at::Tensor& W, const at::Tensor& G) {
+  AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "gated_paths_dots", [&] {
+    fixed_order_dots<scalar_t>(out.mutable_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
+                               G.const_data_ptr<scalar_t>(), W.size(0), W.size(1));
+  });
+}
+
 void mul_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mul_out(out, a, b); }
 
 std::tuple<at::Tensor, at::Tensor> gated_paths_fwd(const at::Tensor& x_in, const at::Tensor& W_in,
@@ -52,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> gated_paths_fwd(const at::Tensor& x_in, const
   const int64_t Bw = rows_to_write("gated_paths_fwd", d.B);  // all rows, except in the test of the NaN fill
   if (d.gate == Gate::Path) {
     at::Tensor W_eff = new_output({d.O, d.I}, x.options());
-    mv_into(W_eff.view({d.O * d.I}), W.view({d.P, d.O * d.I}).t(), c);
+    weighted_sum_into(W_eff.view({d.O * d.I}), W.view({d.P, d.O * d.I}), c);
     mm_into(y.narrow(0, 0, Bw), x.narrow(0, 0, Bw), W_eff.t());
     return {y, W_eff};
   }
@@ -127,8 +152,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_paths_bwd(const at::Tensor&
                       "] for path gates, got shape ", aux.sizes());
     if (need_x) mm_into(dx.narrow(0, 0, Bw), dy.narrow(0, 0, Bw), aux);
     if (need_W || need_c) {
-      at::Tensor G = at::mm(dy.t(), x);  // [O, I]
-      if (need_c) mv_into(dc, W.view({P, O * I}), G.view({O * I}));
+      at::Tensor G = at::empty({O, I}, x.options());
+      mm_into(G, dy.t(), x);
+      if (need_c) dots_into(dc, W.view({P, O * I}), G.view({O * I}));
       if (need_W) mul_into(dW.view({P, O * I}), c.view({P, 1}), G.view({1, O * I}));
     }
   } else if (d.gate == Gate::Neuron) {
@@ -158,7 +184,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_paths_bwd(const at::Tensor&
     TORCH_CHECK_VALUE(aux.sizes() == at::IntArrayRef({O, P * I}), "gated_paths_bwd: aux must be Wcat [", O, ", ",
                       P * I, "] for sample gates, got shape ", aux.sizes());
     if (need_x || need_c) {
-      at::Tensor dXt = at::mm(dy, aux);  // [B, P*I]
+      at::Tensor dXt = at::empty({B, P * I}, x.options());
+      mm_into(dXt, dy, aux);
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_paths_bwd", [&] {
         const scalar_t* g = c.const_data_ptr<scalar_t>();
         const scalar_t* xs = x.const_data_ptr<scalar_t>();

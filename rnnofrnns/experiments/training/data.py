@@ -172,6 +172,61 @@ def _mnist_full(data_dir: Optional[str], permuted: bool):
     return prep(xtr), ytr.astype(np.int64), prep(xte), yte.astype(np.int64)
 
 
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle named a callable or class outside what the file's format can hold."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    # Python 3's protocol-2 pickles write bytes as _codecs.encode(str, "latin1")
+    if encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _plain_dtype(*args) -> np.dtype:
+    dt = np.dtype(*args)
+    if dt.hasobject:  # an object array would hold arbitrary pickled objects
+        raise UnsafePickleError(f"a numpy array of dtype {dt}")
+    return dt
+
+
+# Everything a CIFAR-10 python batch (a dict of bytes, lists of ints and bytes, and one
+# uint8 numpy array) can name, in the spellings of numpy 1 and 2 and pickle protocols 2-5.
+def _numpy_core(sub: str, name: str):
+    """numpy._core.SUB.NAME (numpy 2), or numpy.core.SUB.NAME (numpy 1)."""
+    try:
+        mod = importlib.import_module(f"numpy._core.{sub}")
+    except ImportError:
+        mod = importlib.import_module(f"numpy.core.{sub}")
+    return getattr(mod, name)
+
+
+# Everything a CIFAR-10 python batch (a dict of bytes, lists of ints and bytes, and one
+# uint8 numpy array) can name, in the spellings of numpy 1 and 2 and pickle protocols 2-5.
+_BATCH_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_core("multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_core("multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"): lambda: _numpy_core("numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"): lambda: _numpy_core("numeric", "_frombuffer"),
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: _plain_dtype,
+    ("_codecs", "encode"): lambda: _latin1_encode,
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads a pickled CIFAR-10 batch and refuses any other global: a crafted file cannot run code."""
+
+    def __init__(self, f):
+        super().__init__(f, encoding="bytes")
+
+    def find_class(self, module: str, name: str):
+        found = _BATCH_GLOBALS.get((module, name))
+        if found is None:
+            raise UnsafePickleError(f"{module}.{name}")
+        return found()
+
+
 def _cifar10(data_dir: Optional[str]):
     if not data_dir:
         raise DataError("task scifar10 reads the CIFAR-10 python batches from --data-dir "
@@ -186,9 +241,14 @@ def _cifar10(data_dir: Optional[str]):
             raise DataError(f"expected the CIFAR-10 batch {name} in {os.path.abspath(base)}; it is missing")
         try:
             with open(path, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
+                d = _BatchUnpickler(f).load()
+            if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+                raise ValueError("expected a dict with b'data' and b'labels'")
             x = np.asarray(d[b"data"], dtype=np.uint8)
             y = np.asarray(d[b"labels"], dtype=np.int64)
+        except UnsafePickleError as e:
+            raise DataError(f"{path} is not a CIFAR-10 python batch: it refers to {e}, which a batch never "
+                            "holds; refused without running it") from None
         except Exception as e:  # a truncated or foreign pickle
             raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
         if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):

@@ -24,7 +24,7 @@ from torch import nn
 from ... import topology as topo
 from ...models import GlobalWorkspaceNet, RNNClassifier, SparseComboNet
 from ...ops._backend import flush_denormal, resolve_backend
-from .._files import atomic_save, atomic_write_json
+from .._files import atomic_save, atomic_write_json, safe_torch_load
 from ..errors import RunError, UsageError
 from .data import TASKS, TaskData, load_task
 
@@ -240,12 +240,21 @@ def init_distributed(device: str) -> Dist:
 # -- checkpoints ----------------------------------------------------------------------------
 
 def rng_state() -> Dict[str, Any]:
-    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+    """The generators' states as tensors, numbers and strings only (weights_only loads them)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(torch=torch.get_rng_state(),
+                numpy=dict(kind=str(kind), keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                           has_gauss=int(has_gauss), cached_gaussian=float(gauss)),
+                python=random.getstate())
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    npy = state["numpy"]
+    if isinstance(npy, dict):
+        npy = (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+               npy["cached_gaussian"])
+    np.random.set_state(npy)  # checkpoints before 2026-12 hold numpy's own tuple
     random.setstate(state["python"])
 
 
@@ -307,10 +316,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     """A checkpoint written by `train`, or RunError naming the file."""
     if not os.path.exists(path):
         raise RunError(f"{path} is missing")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated, or not a torch file
-        raise RunError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    ckpt = safe_torch_load(path, "checkpoint", RunError)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise RunError(f"{path} is not a checkpoint of rnnofrnns train")
     return ckpt

@@ -21,11 +21,11 @@ def register_ops() -> None:
 
     @torch.library.register_fake("rnnofrnns::ensemble_drive_bwd")
     def _(grad_drive, x, W_x, need_x, need_W):
-        return (torch.empty_like(x) if need_x else x.new_empty(0)), torch.empty_like(W_x)
+        return (x.new_empty(x.shape) if need_x else x.new_empty(0)), W_x.new_empty(W_x.shape)
 
     @torch.library.register_fake("rnnofrnns::ensemble_readout_loss")
     def _(h, W_y, b, y, relu):
-        return h.new_empty(W_y.shape[0]), torch.empty_like(h), torch.empty_like(W_y), torch.empty_like(b)
+        return h.new_empty(W_y.shape[0]), h.new_empty(h.shape), W_y.new_empty(W_y.shape), b.new_empty(b.shape)
 
     @torch.library.register_fake("rnnofrnns::ensemble_loss")
     def _(x, W_x, W_h, W_y, b, y, relu_hidden, relu_out, need_grad):

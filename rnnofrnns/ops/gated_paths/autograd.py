@@ -34,7 +34,7 @@ def register_op_pair(fwd_name: str, bwd_name: str, weights_in_place: bool) -> No
         return x.new_empty(x.shape[0], W.shape[1]), x.new_empty(aux_shape(x, W, c, weights_in_place))
 
     def bwd_fake(grad_y, x, W, c, aux, need_x, need_W, need_c):
-        return torch.empty_like(x), torch.empty_like(W), torch.empty_like(c)
+        return x.new_empty(x.shape), W.new_empty(W.shape), c.new_empty(c.shape)
 
     torch.library.register_fake(fwd_name)(fwd_fake)
     torch.library.register_fake(bwd_name)(bwd_fake)

@@ -33,8 +33,8 @@ def _fwd_fake(drive, W, L_blocks, L_index, h0, alpha, S_inv, nonlinearity, form,
 
 def _bwd_fake(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z, r, nonlinearity, form, step, hub,
               need_W_grad, need_L_grad, need_alpha_grad):
-    return (torch.empty_like(states), torch.empty_like(W), torch.empty_like(L_blocks), torch.empty_like(h0),
-            torch.empty_like(alpha), torch.empty_like(S_inv))
+    return (states.new_empty(states.shape), W.new_empty(W.shape), L_blocks.new_empty(L_blocks.shape), h0.new_empty(h0.shape),
+            alpha.new_empty(alpha.shape), S_inv.new_empty(S_inv.shape))
 
 
 def register_op_pair(fwd_name: str, bwd_name: str) -> None:
