@@ -260,6 +260,33 @@ class Certificate:
                 f"kappa {self.kappa:.4g}, omega {self.omega:.4g})")
 
 
+def _non_finite_tensors(model: Any) -> Optional[Certificate]:
+    """A failing certificate naming every parameter and buffer of `model` (an nn.Module) that
+    holds a NaN or an infinity, or None when all are finite. Checked before anything is derived
+    from them: a norm or a factorisation of a non-finite matrix raises or means nothing."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+
+    def broken(name: str, t: torch.Tensor) -> bool:
+        if name.rsplit(".", 1)[-1] == "feedback_budget":  # inf: no budget needed (cayley, per-area alpha)
+            return bool(torch.isnan(t).any() or (t < 0).any())
+        return not bool(torch.isfinite(t.detach()).all())
+
+    bad = [name for name, t in tensors if t.is_floating_point() and broken(name, t)]
+    if not bad:
+        return None
+    rnn = getattr(model, "rnn", model)
+    sizes = getattr(rnn, "area_sizes", ())
+    p, n = len(sizes), max(sizes, default=0)
+    return Certificate(
+        holds=False, rate=math.nan, metric=torch.full((p, n), math.nan, dtype=torch.float64), worst_skew=math.nan,
+        discrete_holds=False, step_factor=math.inf, max_alpha=0.0, alpha=math.nan, kappa=math.nan, omega=math.nan,
+        area_rates=torch.full((p,), math.nan, dtype=torch.float64),
+        reason=f"{', '.join(bad)} {'hold' if len(bad) > 1 else 'holds'} non-finite values",
+        feedback_step=getattr(rnn, "feedback_step", "euler"))
+
+
 def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certificate:
     """Check contraction from the weights a model would actually use.
 
@@ -270,6 +297,9 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
     and feedback are tested as they are.
     """
     if hasattr(model_or_matrices, "certify_inputs"):
+        failed = _non_finite_tensors(model_or_matrices)
+        if failed is not None:
+            return failed
         inputs = dict(model_or_matrices.certify_inputs())
     elif isinstance(model_or_matrices, Mapping):
         inputs = dict(model_or_matrices)

@@ -158,3 +158,43 @@ def test_svd_areas_need_equal_sizes():
     with pytest.raises(ValueError, match="SVDComboNet has areas='svd'"):
         SVDComboNet(2, 3, areas="sparse")
     assert isinstance(SparseComboNet(2, 3, num_areas=3, area_size=4, areas="svd"), SparseComboNet)
+
+
+MODEL_KINDS = {
+    **{f"scn-{k}": (lambda kw: SparseComboNet(3, 4, num_areas=5, area_size=4, generator=gen(), **kw), v)
+       for k, v in CONFIGS.items()},
+    "scn-sparse-euler": (lambda kw: SparseComboNet(3, 4, num_areas=5, area_size=4, generator=gen(), **kw), {}),
+    "scn-euler-feedback-sparsity": (lambda kw: SparseComboNet(3, 4, num_areas=5, area_size=4, generator=gen(),
+                                                              feedback_sparsity=0.5, **kw), {}),
+    "gw-default": (lambda kw: GlobalWorkspaceNet(3, 4, num_areas=4, area_size=4, generator=gen(), **kw),
+                   dict(areas="svd", feedback_step="cayley", learn_timescales=True, alpha=0.3)),
+    "gw-euler-wide-workspace": (lambda kw: GlobalWorkspaceNet(3, 4, num_areas=4, area_size=4, workspace_size=6,
+                                                              generator=gen(), **kw), {}),
+}
+
+
+def _tensors(model):
+    return [(name, t) for name, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t.is_floating_point() and t.numel()]
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_certify_never_raises_and_names_any_non_finite_tensor(kind):
+    """A NaN or an infinity in any parameter or buffer (feedback_mask included) gives
+    holds=False naming that tensor; certify() itself never raises."""
+    build, kw = MODEL_KINDS[kind]
+    names = [name for name, _ in _tensors(build(kw)) if name.startswith("rnn.")]  # the readout is not in the recurrence
+    assert any("feedback_mask" in n for n in names) or "feedback_sparsity" not in kind
+    for name in names:
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            if name.endswith("feedback_budget") and bad == float("inf"):
+                continue  # an infinite budget is a value: no budget needed
+            model = build(kw)
+            with torch.no_grad():
+                dict(_tensors(model))[name].view(-1)[0] = bad
+            cert = model.certify()
+            assert not cert.holds and not cert.discrete_holds, (name, bad)
+            own = name.removeprefix("rnn.")  # the classifiers' certificate is their rnn's
+            assert own in cert.reason.split(" hold")[0].split(", ") and "non-finite" in cert.reason, (name, cert.reason)
+            assert "FAILS" in str(cert)
+    assert build(kw).certify().reason == ""  # the untouched model is not failed by the check

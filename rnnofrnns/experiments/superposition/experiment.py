@@ -16,7 +16,7 @@ import torch
 
 from ...models import RNNEnsemble
 from ...ops._backend import flush_denormal
-from .._files import atomic_save, atomic_write_json, pyplot, save_figure
+from .._files import atomic_save, atomic_write_json, command_run_folder, pyplot, save_figure
 from ..errors import RunError, UsageError
 from .geometry import feature_directions, summary
 
@@ -53,10 +53,15 @@ class SuperpositionConfig:
             raise UsageError(f"--variant must be linear, relu_readout or relu, got {self.variant!r}")
 
 
+# Everything a superposition run writes into its folder (a rerun replaces them).
+OWN_FILES = ("metrics.json", "ensemble.pt", "angle_vs_sparsity.png", "spectral_radius_vs_sparsity.png",
+             "feature_directions.png")
+
+
 def run_superposition(cfg: SuperpositionConfig, log=print) -> Dict[str, Any]:
     """Train the ensemble over the grid, analyse it and write metrics.json and the plots.
     Subnormals are flushed to zero during the run (the caller's setting is restored after)."""
-    with flush_denormal():
+    with command_run_folder(cfg.out, "superposition", OWN_FILES), flush_denormal():
         return _run_superposition(cfg, log)
 
 
@@ -123,7 +128,7 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
                 entry["median_k_theta"] = float(np.median([r["k_theta"] for r in sel]))
                 entry["best_k_theta"] = best["k_theta"]
             table.append(entry)
-    metrics = dict(config=asdict(cfg), wall_time_s=wall, instances=rows, by_sparsity=table)
+    metrics = dict(command="superposition", config=asdict(cfg), wall_time_s=wall, instances=rows, by_sparsity=table)
     atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
     atomic_save(ens.state_dict(), os.path.join(cfg.out, "ensemble.pt"))
     pictures = save_plots(cfg, ens, grid, rows, table)
@@ -150,7 +155,8 @@ def _stop_diverged(cfg: SuperpositionConfig, ens: RNNEnsemble, grid, x: torch.Te
                       for n in names[:3])
     reason = (f"the loss became {loss} at Adam step {step + 1}: {len(bad)} of {len(grid)} RNNs diverged"
               f"{': ' + shown if shown else ''}{' ...' if len(bad) > 3 else ''}; lower --lr")
-    atomic_write_json(dict(stopped="diverged", reason=reason, step=step + 1, diverged=names, config=asdict(cfg)),
+    atomic_write_json(dict(command="superposition", stopped="diverged", reason=reason, step=step + 1, diverged=names,
+                           config=asdict(cfg)),
                       os.path.join(cfg.out, "metrics.json"))
     raise RunError(reason)
 

@@ -289,7 +289,7 @@ def run_linear(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> 
     )
     if cfg.compose:
         metrics["compose"] = _compose_phase(net, flow, cfg, teacher_set)
-    atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
+    atomic_write_json({"command": "task-switching", **metrics}, os.path.join(cfg.out, "metrics.json"))
     picture = plot_task_switching(cfg, torch.cat(all_losses), steps, schedule, trace_t, trace_gates, trace_align,
                                   os.path.join(cfg.out, "task_switching.png"))
     atomic_save(net.state_dict(), os.path.join(cfg.out, "network.pt"))
@@ -302,7 +302,8 @@ def stop_diverged(cfg: TaskSwitchingConfig, block: int, step: int, loss: float) 
     """Write metrics.json saying why the run stopped (block and step counted from 0), and raise RunError."""
     reason = (f"the loss became {loss} in block {block + 1}, step {step + 1}: the gradient flow "
               f"diverged (lower --dt, or raise --tau-w / --tau-c)")
-    atomic_write_json(dict(stopped="diverged", reason=reason, block=block + 1, step=step + 1, config=asdict(cfg)),
+    atomic_write_json(dict(command="task-switching", stopped="diverged", reason=reason, block=block + 1,
+                           step=step + 1, config=asdict(cfg)),
                       os.path.join(cfg.out, "metrics.json"))
     raise RunError(reason)
 

@@ -96,7 +96,7 @@ def run_fc(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> Dict
         steps=len(schedule) * steps,
         wall_time_s=wall,
     )
-    atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
+    atomic_write_json({"command": "task-switching", **metrics}, os.path.join(cfg.out, "metrics.json"))
     picture = _plot(cfg, torch.cat(all_losses), steps, schedule, trace_t, trace_mass, align[order],
                     os.path.join(cfg.out, "task_switching.png"))
     atomic_save(net.state_dict(), os.path.join(cfg.out, "network.pt"))

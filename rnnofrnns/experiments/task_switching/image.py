@@ -157,7 +157,7 @@ def run_image(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> D
         final_gates=c.detach().tolist(), path_accuracy=paths.tolist(), specialisation=specialisation(paths),
         steps=cfg.blocks * steps, wall_time_s=wall,
     )
-    atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
+    atomic_write_json({"command": "task-switching", **metrics}, os.path.join(cfg.out, "metrics.json"))
     picture = _plot(cfg, steps, trace_t, trace_acc, trace_gates, paths, os.path.join(cfg.out, "task_switching.png"))
     atomic_save(dict(W=W.detach(), c=c.detach()), os.path.join(cfg.out, "network.pt"))
     log(f"{cfg.regime} image network: {metrics['steps']} steps in {wall:.1f} s")

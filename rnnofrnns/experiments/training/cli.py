@@ -5,9 +5,10 @@ import argparse
 import os
 from dataclasses import fields, replace
 
-from ..errors import UsageError
+from ..errors import RunError, UsageError
 from .data import TASKS
-from .loop import MODELS, RESUMABLE, TrainConfig, evaluate, is_run_folder, read_run_config, train
+from .loop import (MODELS, RESUMABLE, TrainConfig, check_threads, evaluate, is_run_folder, read_run_config,
+                   run_threads_here, train)
 
 
 TRAIN_HELP = {
@@ -119,6 +120,7 @@ def _train(args: argparse.Namespace) -> int:
         # --stop-after and the progress bar belong to one invocation; the others keep the run's
         # values unless given
         cfg = replace(saved, stop_after=given.get("stop_after"), progress=cfg.progress,
+                      threads=run_threads_here(saved.threads),
                       **{k: given[k] for k in ("epochs", "threads", "data_dir") if k in given})
     train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
@@ -127,14 +129,31 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+    check_threads(args.threads)
     result = evaluate(args.dir, threads=args.threads)
     return 0 if result.get("matches_metrics_json", True) else 1
+
+
+def _holds_a_demo_run(cfg: TrainConfig) -> bool:
+    """Whether cfg.out holds an earlier demo's run (its settings are the demo's but for the
+    ones a resume may change); any other run, or other files, the demo refuses to replace."""
+    if not is_run_folder(cfg.out):
+        return False
+    try:
+        saved = read_run_config(cfg.out)
+    except (FileNotFoundError, RunError):
+        return False
+    return all(getattr(saved, k) == getattr(cfg, k) for k in cfg.run_settings() if k not in RESUMABLE)
 
 
 def _demo(args: argparse.Namespace) -> int:
     cfg = TrainConfig(model="gw", task="row-digits", out=args.out, epochs=args.epochs, progress=not args.no_progress,
                       threads=args.threads)
-    metrics = train(cfg, overwrite=is_run_folder(args.out) or not os.path.exists(args.out))  # the demo replaces its own run
+    replace_old = _holds_a_demo_run(cfg)  # the demo replaces its own run, and only that
+    if not replace_old and os.path.isdir(cfg.out) and os.listdir(cfg.out):
+        raise UsageError(f"--out {cfg.out} holds {'a run that is not the demo' if is_run_folder(cfg.out) else 'files'}"
+                         "; the demo replaces only its own run: choose another folder")
+    metrics = train(cfg, overwrite=replace_old)
     print(f"\ndemo: GW net on row-digits, test accuracy {metrics['test_accuracy']:.4f} in {metrics['wall_time_s']:.0f} s;"
           f" plots and metrics.json in {args.out}/")
     return 0

