@@ -140,6 +140,31 @@ def test_bad_train_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, ca
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv,match", [
+    (["train", "--seed", "-1"], "--seed must be an integer >= 0"),
+    (["train", "--model", "scn", "--topology", ""], "--topology ''"),
+    (["train", "--num-areas", "10000000"], "--num-areas 10000000 x --area-size 32 with --batch-size"),
+    (["train", "--batch-size", "10000000000"], "--batch-size 10000000000 on row-digits needs about"),
+    (["train", "--threads", "2000"], "--threads must be at most the"),
+    (["task-switching", "--init-gate", "nan"], "--init-gate must be a finite number, got nan"),
+    (["task-switching", "--init-scale", "inf"], "--init-scale must be a finite number >= 0, got inf"),
+    (["task-switching", "--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["task-switching", "--d-in", "100000000000"], "--d-in 100000000000"),
+    (["task-switching", "--threads", "2000"], "--threads must be at most the"),
+    (["superposition", "--delay", "2", "2"], "--delay must not repeat a value"),
+    (["superposition", "--sparsities", "0.5", "0.7", "0.5"], "--sparsities must not repeat a value"),
+    (["superposition", "--seeds", "100000000"], "RNNs of --hidden 2"),
+    (["superposition", "--threads", "2000"], "--threads must be at most the"),
+])
+def test_usage_errors_of_every_command_before_any_work(tmp_path, capsys, argv, match):
+    """Nonsense and sizes beyond the machine: exit 2, one line naming the flag, no folder."""
+    out = tmp_path / "a" / "out"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "a").exists()
+
+
 def test_backend_triton_on_cpu_without_the_interpreter(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="0")
     line = one_line_error(cli(*RUN, "--backend", "triton", "--out", str(tmp_path / "o"), env=env), 2)

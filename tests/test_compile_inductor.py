@@ -16,10 +16,10 @@ def _rand(g, *shape, s=1.0):
     return (s * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
 
 
-def _check(fn, inputs, rtol=1e-9, atol=1e-11):
+def _check(fn, inputs, fullgraph, rtol=1e-9, atol=1e-11):
     """fn compiled by inductor against fn eager: value and the gradient of every input."""
     torch._dynamo.reset()
-    compiled = torch.compile(fn)
+    compiled = torch.compile(fn, fullgraph=fullgraph)
     out = compiled(*inputs)
     grads = torch.autograd.grad(out, inputs)
     ref = fn(*inputs)
@@ -43,7 +43,8 @@ def test_modular_rnn_under_inductor(step, pairs):
                              backend="cpu")
         return (states * torch.linspace(-1, 1, states.numel(), dtype=states.dtype).view_as(states)).sum()
 
-    _check(loss, inputs + [alpha])
+    # (the cayley step reads L_index to choose its factorisation: one graph break, README)
+    _check(loss, inputs + [alpha], fullgraph=step == "euler")
 
 
 @pytest.mark.parametrize("gates", ["path", "sample", "neuron"])
@@ -56,7 +57,7 @@ def test_gated_paths_under_inductor(gates):
     def loss(x, W, c):
         return (gated_paths(x, W, c, backend="cpu") ** 2).sum()
 
-    _check(loss, inputs)
+    _check(loss, inputs, fullgraph=True)
 
 
 def test_ensemble_ops_under_inductor():
@@ -72,7 +73,7 @@ def test_ensemble_ops_under_inductor():
         h = drive.reshape(T, B, I * n)
         return total + ensemble.ensemble_readout_loss(h, W_y, b, y, False, backend="cpu").sum()
 
-    _check(loss, inputs)
+    _check(loss, inputs, fullgraph=True)
 
 
 def test_the_default_model_trains_under_inductor():
@@ -97,7 +98,7 @@ def test_the_default_model_trains_under_inductor():
     first = None
     for _ in range(5):
         loss = torch.nn.functional.cross_entropy(compiled(x), y)
-        first = float(loss) if first is None else first
+        first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()

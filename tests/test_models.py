@@ -231,3 +231,52 @@ def test_random_pairs_topology_has_exactly_that_many_pairs():
         topo.resolve("random-pairs:7", 4)
     with pytest.raises(ValueError, match="needs an integer"):
         topo.resolve("random-pairs:x", 4)
+
+
+# --- dtypes and autocast ----------------------------------------------------------------------
+
+def _dtype_models():
+    from rnnofrnns.models import GatedLinearNetwork, RNNEnsemble, SmallRNN
+    torch.manual_seed(0)
+    return [
+        ("gw-default", GlobalWorkspaceNet(3, 4, num_areas=3, area_size=4, areas="svd", feedback_step="cayley",
+                                          learn_timescales=True, alpha=0.5), (5, 6, 3)),
+        ("scn-euler", SparseComboNet(3, 4, num_areas=3, area_size=4), (5, 6, 3)),
+        ("small-rnn", SmallRNN(3, 2, variant="relu"), (5, 6, 3)),
+        ("ensemble", RNNEnsemble(2, 3, 2), (5, 6, 3)),
+        ("gated", GatedLinearNetwork(3, 4, 2, gate_shape="neuron"), (5, 3)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=[m[0] for m in _dtype_models()])
+def test_models_run_under_bfloat16_autocast_with_the_recurrence_in_float32(index):
+    """As torch.nn.RNN on the CPU: autocast does not reach the recurrence, which runs in the
+    weights' dtype; the fused ops never see a bfloat16 tensor, and gradients flow."""
+    _, net, shape = _dtype_models()[index]
+    x = torch.randn(*shape)
+    plain = net(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+        out_bf16_input = net(x.to(torch.bfloat16))
+    assert out.isfinite().all()
+    torch.testing.assert_close(out.float(), plain, rtol=0.05, atol=0.05)  # (a bf16 readout at most)
+    torch.testing.assert_close(out_bf16_input.float(), plain, rtol=0.1, atol=0.1)
+    out.float().sum().backward()
+    assert all(p.grad is None or p.grad.isfinite().all() for p in net.parameters())
+    if isinstance(net, SparseComboNet):  # the recurrence itself: exactly the float32 one
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            states, _ = net.rnn(x)
+        assert states.dtype == torch.float32 and torch.equal(states, net.rnn(x)[0])
+
+
+@pytest.mark.parametrize("index", range(5), ids=[m[0] for m in _dtype_models()])
+def test_a_wrong_input_or_model_dtype_names_x_and_the_model_dtype(index):
+    _, net, shape = _dtype_models()[index]
+    for dtype in (torch.float16, torch.float64, torch.int64):
+        with pytest.raises(ValueError, match=f"x must have the model's dtype torch.float32, got {dtype}"):
+            net(torch.zeros(*shape, dtype=dtype))
+    net = net.to(torch.float16)
+    with pytest.raises(ValueError, match="runs in float32 or float64, its parameters are torch.float16"):
+        net(torch.zeros(*shape, dtype=torch.float16))
+    net = net.to(torch.float64)
+    assert net(torch.zeros(*shape, dtype=torch.float64)).dtype == torch.float64

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..ops import gated_paths
+from ._dtype import input_in_model_dtype, without_autocast
 
 
 class GatedLinearNetwork(nn.Module):
@@ -50,7 +51,9 @@ class GatedLinearNetwork(nn.Module):
         """x [B, d_in] -> y [B, d_out]."""
         if x.dim() != 2 or x.shape[1] != self.d_in:
             raise ValueError(f"x must be [B, d_in] = [B, {self.d_in}], got shape {tuple(x.shape)}")
-        return gated_paths(x, self.W, self.gates_for(x.shape[0]), backend=self.backend)
+        x = input_in_model_dtype(x, self.W.dtype, type(self).__name__)
+        with without_autocast(x):
+            return gated_paths(x, self.W, self.gates_for(x.shape[0]), backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, num_paths={self.num_paths}, gate_shape={self.gate_shape!r}"

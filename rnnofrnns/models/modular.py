@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import stability, topology as topo
 from . import assembly
+from ._dtype import input_in_model_dtype, without_autocast
 from ..ops import modular_rnn
 from ..ops.modular_rnn.reference import dense_feedback
 
@@ -404,6 +405,7 @@ class ModularRNN(nn.Module):
             output, h_n = self.forward(x.unsqueeze(0 if self.batch_first else 1), h0)
             return output.squeeze(0 if self.batch_first else 1), h_n[:, 0]
         self._check_finite()
+        x = input_in_model_dtype(x, self.B.dtype, type(self).__name__)
         x_t = x.transpose(0, 1) if self.batch_first else x
         T, B = x_t.shape[:2]
         if T < 1:
@@ -413,14 +415,20 @@ class ModularRNN(nn.Module):
                 raise ValueError(f"h0 must be [1, B, hidden_size] or [B, hidden_size] = [{B}, {self.hidden_size}], "
                                  f"got {tuple(h0.shape)}")
             h0 = h0.reshape(B, self.hidden_size)
+            if h0.dtype != x.dtype:
+                raise ValueError(f"h0 must have the model's dtype {x.dtype}, got {h0.dtype}")
         if h0 is not None:
             h0 = self._pad(h0)
             gate = self._area_gate()
             if gate is not None:
                 h0 = h0 * gate.repeat_interleave(self.area_size)
-        states = modular_rnn(self.drive(x_t).contiguous(), self.area_weights(), self._feedback_in_use(), self.L_index,
-                             h0, alpha=self._op_alpha(), nonlinearity=self.nonlinearity, form=self.form,
-                             feedback_step=self.feedback_step, backend=self.backend)
+        # Under autocast the recurrence runs in the model's dtype, as torch.nn.RNN's does on the
+        # CPU: the certificate speaks of the weights in that dtype, and the fused kernels take
+        # float32 and float64 only.
+        with without_autocast(x):
+            states = modular_rnn(self.drive(x_t).contiguous(), self.area_weights(), self._feedback_in_use(),
+                                 self.L_index, h0, alpha=self._op_alpha(), nonlinearity=self.nonlinearity,
+                                 form=self.form, feedback_step=self.feedback_step, backend=self.backend)
         states = self._unpad(states)
         h_n = states[-1].unsqueeze(0)
         output = states.transpose(0, 1) if self.batch_first else states

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._dtype import input_in_model_dtype, without_autocast
 from ..ops import ensemble_drive, ensemble_loss, ensemble_readout_loss, modular_rnn
 from ..ops._backend import cpu_extension_available
 
@@ -84,11 +85,13 @@ class SmallRNN(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.num_features:
             raise ValueError(f"x must be [B, T, num_features={self.num_features}], got {tuple(x.shape)}")
         nl, relu_out = _act(self.variant)
-        drive = F.linear(x.transpose(0, 1), self.W_x).contiguous()  # [T, B, n]
-        empty_L = self.W_h.new_zeros(0, self.hidden_size, self.hidden_size)
-        empty_idx = torch.zeros(0, 2, dtype=torch.int64, device=x.device)
-        h = modular_rnn(drive, self.W_h[None], empty_L, empty_idx, alpha=1.0, nonlinearity=nl, form="hopfield",
-                        backend=self.backend)
+        x = input_in_model_dtype(x, self.W_h.dtype, type(self).__name__)
+        with without_autocast(x):
+            drive = F.linear(x.transpose(0, 1), self.W_x).contiguous()  # [T, B, n]
+            empty_L = self.W_h.new_zeros(0, self.hidden_size, self.hidden_size)
+            empty_idx = torch.zeros(0, 2, dtype=torch.int64, device=x.device)
+            h = modular_rnn(drive, self.W_h[None], empty_L, empty_idx, alpha=1.0, nonlinearity=nl, form="hopfield",
+                            backend=self.backend)
         out = h.transpose(0, 1) @ self.readout_weight() + self.b
         return torch.relu(out) if relu_out else out
 
@@ -153,11 +156,12 @@ class RNNEnsemble(nn.Module):
 
     def states(self, x: torch.Tensor) -> torch.Tensor:
         """The hidden states of all instances as one modular_rnn output [T, B, I*n]."""
-        x = self._per_instance(x)
+        x = input_in_model_dtype(self._per_instance(x), self.W_h.dtype, type(self).__name__)
         nl, _ = _act(self.variant)
-        drive = ensemble_drive(x, self.W_x, backend=self._ensemble_backend())
-        return modular_rnn(drive, self.W_h, self._empty_L, self._empty_idx, alpha=1.0, nonlinearity=nl,
-                           form="hopfield", backend=self.backend)
+        with without_autocast(x):
+            drive = ensemble_drive(x, self.W_x, backend=self._ensemble_backend())
+            return modular_rnn(drive, self.W_h, self._empty_L, self._empty_idx, alpha=1.0, nonlinearity=nl,
+                               form="hopfield", backend=self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         I, n = self.num_instances, self.hidden_size

@@ -17,6 +17,7 @@ import torch
 from ...models import RNNEnsemble
 from ...ops._backend import flush_denormal
 from .._files import atomic_save, atomic_write_json, command_run_folder, pyplot, save_figure
+from .._limits import check_fits, check_threads
 from ..errors import RunError, UsageError
 from .geometry import feature_directions, summary
 
@@ -47,8 +48,27 @@ class SuperpositionConfig:
             raise UsageError(f"--sparsities must lie in [0, 1), got {self.sparsities}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr must be positive, got {self.lr}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be a positive integer, got {self.threads}")
+        for flag, values in (("--delay", self.delays), ("--sparsities", self.sparsities)):
+            repeated = sorted({v for v in values if list(values).count(v) > 1})
+            if repeated:
+                raise UsageError(f"{flag} must not repeat a value (it would train the same RNNs twice), "
+                                 f"got {', '.join(map(str, repeated))} more than once")
+        check_threads(self.threads)
+        check_fits(self.memory_estimate(), f"--delay x --sparsities x --seeds = {self.instances} RNNs of "
+                                           f"--hidden {self.hidden}, --features {self.features}, "
+                                           f"--batch-size {self.batch_size}, --seq-len {self.seq_len}")
+
+    @property
+    def instances(self) -> int:
+        """RNNs in the ensemble: one per delay, sparsity and seed."""
+        return len(self.delays) * len(self.sparsities) * self.seeds
+
+    def memory_estimate(self) -> float:
+        """Bytes a training step needs, roughly from above: every RNN's batch of sequences, their
+        states and outputs (kept for the backward), and the weights with Adam's moments."""
+        per_rnn = 6 * self.batch_size * self.seq_len * (2 * self.features + self.hidden) + \
+            8 * (self.hidden * (2 * self.features + self.hidden) + self.features)
+        return 4.0 * self.instances * per_rnn
         if self.variant not in ("linear", "relu_readout", "relu"):
             raise UsageError(f"--variant must be linear, relu_readout or relu, got {self.variant!r}")
 
@@ -61,12 +81,12 @@ OWN_FILES = ("metrics.json", "ensemble.pt", "angle_vs_sparsity.png", "spectral_r
 def run_superposition(cfg: SuperpositionConfig, log=print) -> Dict[str, Any]:
     """Train the ensemble over the grid, analyse it and write metrics.json and the plots.
     Subnormals are flushed to zero during the run (the caller's setting is restored after)."""
+    cfg.validate()
     with command_run_folder(cfg.out, "superposition", OWN_FILES), flush_denormal():
         return _run_superposition(cfg, log)
 
 
 def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
-    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):

@@ -24,6 +24,7 @@ import torch
 from ...models import GatedLinearNetwork
 from ...ops._backend import resolve_backend
 from .._files import atomic_save, atomic_write_json, pyplot, save_figure
+from .._limits import check_fits, check_threads
 from ..errors import RunError, UsageError
 from .tasks import blocked_curriculum, compose_mean, compose_rows, teachers
 
@@ -128,11 +129,30 @@ class TaskSwitchingConfig:
                 resolve_backend(cfg.backend, torch.device("cpu"), op="gated_paths")
             except (ValueError, RuntimeError) as e:
                 raise UsageError(f"--backend {cfg.backend}: {e}") from None
-        if cfg.threads is not None and cfg.threads < 1:
-            raise UsageError(f"--threads must be a positive integer, got {cfg.threads}")
+        if not (isinstance(cfg.init_gate, (int, float)) and math.isfinite(cfg.init_gate)):
+            raise UsageError(f"--init-gate must be a finite number, got {cfg.init_gate!r}")
+        if not (isinstance(cfg.init_scale, (int, float)) and math.isfinite(cfg.init_scale) and cfg.init_scale >= 0):
+            raise UsageError(f"--init-scale must be a finite number >= 0, got {cfg.init_scale!r}")
+        if not isinstance(cfg.seed, int) or cfg.seed < 0:
+            raise UsageError(f"--seed must be an integer >= 0, got {cfg.seed!r}")
+        check_threads(cfg.threads)
         if round(cfg.block_length / cfg.dt) < 1:
             raise UsageError("--block-length must be at least one step --dt")
+        check_fits(cfg.memory_estimate(), f"--d-in {cfg.d_in}, --d-out {cfg.d_out}, --paths {cfg.paths}, "
+                                          f"--hidden {cfg.hidden}, --batch {cfg.batch}, --blocks {cfg.blocks}")
         return cfg
+
+    def memory_estimate(self) -> float:
+        """Bytes a resolved run needs, roughly from above: the weights with their gradients and
+        flows, a batch of inputs through the network, the teachers, and the recorded curves."""
+        width = max(self.d_in, self.hidden) if self.network == "fc" else self.d_in
+        if self.network == "image":
+            width = max(width, 28 * 28)
+        weights = self.paths * self.d_out * width + (self.hidden * width if self.network == "fc" else 0)
+        activations = self.batch * (width + self.hidden + self.paths * self.d_out)
+        steps = self.blocks * round(self.block_length / self.dt)
+        curves = steps + (steps // self.record_every + 1) * self.paths * self.d_out * (self.teachers + 2)
+        return 8.0 * (6 * weights + 4 * activations + self.teachers * self.d_out * width + 2 * curves)
 
 
 def gate_regulariser(c: torch.Tensor, lambda_nonneg: float, lambda_norm: float, k: int) -> torch.Tensor:

@@ -28,6 +28,7 @@ from ...models import GlobalWorkspaceNet, RNNClassifier, SparseComboNet
 from ...ops._backend import flush_denormal, resolve_backend
 from .._files import (atomic_save, atomic_write_json, check_only_own_files, hold_run_folder, read_json,
                       remove_entries, safe_torch_load)
+from .._limits import check_fits, check_threads, run_threads_here
 from ..errors import RunError, UsageError
 from .data import TASKS, TaskData, load_task
 
@@ -138,7 +139,8 @@ class TrainConfig:
                                  f"got {self.num_areas}")
         if self.model == "scn":
             try:
-                topo.resolve(self.topology or "all", self.num_areas, torch.Generator().manual_seed(0))
+                spec = "all" if self.topology is None else self.topology
+                topo.resolve(spec, self.num_areas, torch.Generator().manual_seed(0))
             except (ValueError, TypeError) as e:
                 raise UsageError(f"--topology {self.topology!r}: {e}") from None
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
@@ -154,18 +156,6 @@ class TrainConfig:
     def run_settings(self) -> Dict[str, Any]:
         """The settings saved in a run's config.json: everything but where the run lives."""
         return {k: v for k, v in asdict(self).items() if k != "out"}
-
-
-def check_threads(threads: Optional[int], flag: str = "--threads") -> None:
-    """More threads than CPUs only make the OpenMP threads wait for each other."""
-    cpus = os.cpu_count() or 1
-    if threads is not None and threads > cpus:
-        raise UsageError(f"{flag} must be at most the {cpus} CPUs of this machine, got {threads}")
-
-
-def run_threads_here(saved: Optional[int]) -> Optional[int]:
-    """A run's saved thread count, at most this machine's CPUs (a run may move to a smaller one)."""
-    return None if saved is None else min(saved, os.cpu_count() or 1)
 
 
 # Steps per sequence of each task, for the memory estimate before anything is built or loaded.
@@ -191,16 +181,9 @@ def memory_estimate(cfg: "TrainConfig") -> float:
 
 def check_memory(cfg: "TrainConfig") -> None:
     """A UsageError naming the size flags when a run cannot fit in this machine's memory."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return
-    need = memory_estimate(cfg)
-    if need > total:
-        sizes = (f"--hidden-size {cfg.hidden_size}" if cfg.model in ("gru", "lstm")
-                 else f"--num-areas {cfg.num_areas} x --area-size {cfg.area_size}")
-        raise UsageError(f"{sizes} with --batch-size {cfg.batch_size} on {cfg.task} needs about {need / 2**30:,.0f} GiB, "
-                         f"more than the {total / 2**30:,.0f} GiB of this machine; choose smaller sizes")
+    sizes = (f"--hidden-size {cfg.hidden_size}" if cfg.model in ("gru", "lstm")
+             else f"--num-areas {cfg.num_areas} x --area-size {cfg.area_size}")
+    check_fits(memory_estimate(cfg), f"{sizes} with --batch-size {cfg.batch_size} on {cfg.task}")
 
 
 # Settings that may differ when a run is resumed: how long it goes on, how it reports, where
@@ -254,7 +237,8 @@ def build_model(cfg: TrainConfig, input_size: int, num_classes: int) -> nn.Modul
         return GlobalWorkspaceNet(input_size, num_classes, cfg.num_areas, cfg.area_size,
                                   workspace_size=cfg.workspace_size, **modular_kwargs(cfg, gen, dtype))
     if cfg.model == "scn":
-        return SparseComboNet(input_size, num_classes, cfg.num_areas, cfg.area_size, topology=cfg.topology or "all",
+        topology = "all" if cfg.topology is None else cfg.topology
+        return SparseComboNet(input_size, num_classes, cfg.num_areas, cfg.area_size, topology=topology,
                               **modular_kwargs(cfg, gen, dtype))
     hidden = cfg.hidden_size
     if hidden is None:
