@@ -2,14 +2,12 @@
 
 Layers, each importing only those below it: ops/ (the fused kernels' Python side, one folder
 per op), stability.py and topology.py, models/, experiments/ (training, task switching,
-superposition); RNNEnsemble.sample_batch alone reaches up, to the superposition task. The
-module paths of earlier releases still import (rnnofrnns._compat).
+superposition); RNNEnsemble.sample_batch alone reaches up, to the superposition task.
 """
 from ._openmp import choose_wait_policy_for_the_cli
 
 choose_wait_policy_for_the_cli()  # before torch is imported: it starts OpenMP (see _openmp.py)
 
-from . import _compat  # noqa: E402
 from .ops._backend import BACKENDS, cpu_capability, cpu_extension_available, triton_available  # noqa: E402
 from .ops import gated_paths, gated_paths_reference, modular_rnn, modular_rnn_reference  # noqa: E402
 from . import stability, topology  # noqa: E402
@@ -24,5 +22,3 @@ __all__ = [
     "SmallRNN", "RNNEnsemble",
     "stability", "topology", "BACKENDS", "cpu_capability", "cpu_extension_available", "triton_available",
 ]
-
-_compat.install()

@@ -30,9 +30,8 @@ L = 0.3 * torch.randn(2, 4, 4, dtype=torch.float64)
 idx = torch.tensor([[0, 1], [1, 0]])
 out = modular_rnn(drive, W, L, idx, backend="cpu")
 torch.testing.assert_close(out, modular_rnn_reference(drive, W, L, idx))
-import rnnofrnns.experiments.training.loop as loop, rnnofrnns.training as old_loop
-assert loop is old_loop and loop.__file__.startswith(os.environ["SITE"]), loop.__file__
-from rnnofrnns.tasks import delayed_recall, teachers
+import rnnofrnns.experiments.training.loop as loop
+assert loop.__file__.startswith(os.environ["SITE"]), loop.__file__
 print("installed-ok", rnnofrnns.__file__)
 """
 
