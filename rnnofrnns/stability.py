@@ -46,8 +46,14 @@ __all__ = [
     "diagonal_metric",
     "area_rate",
     "negative_feedback",
+    "areas_rate_and_kappa",
+    "svd_areas_rate_and_kappa",
+    "metric_on_common_scale",
     "discrete_step_bound",
     "feedback_norm_budget",
+    "feedback_norm_bound",
+    "rescaled_to_budget",
+    "cayley_step_bound",
     "certify",
 ]
 
@@ -178,6 +184,49 @@ def _weighted_norm(W: torch.Tensor, p: torch.Tensor) -> float:
     p = p.detach().double().cpu()
     X = p.sqrt()[:, None] * W.detach().double().cpu() * p.rsqrt()[None, :]
     return float(torch.linalg.matrix_norm(X, ord=2))
+
+
+def areas_rate_and_kappa(W: torch.Tensor, metric: torch.Tensor) -> Tuple[float, float]:
+    """(rate, kappa) of fixed areas W [p, n, n] in their metrics [p, n]: the slowest area's
+    Metzler rate (area_rate) and the largest ||P^{1/2} |W_i| P^{-1/2}||, which bounds
+    ||P^{1/2} W_i D P^{-1/2}|| for every D in [0, 1]."""
+    W, metric = W.detach().double().cpu(), metric.detach().double().cpu()
+    rate = min(area_rate(W[i], metric[i]) for i in range(W.shape[0]))
+    kappa = max(_weighted_abs_norm(W[i], metric[i]) for i in range(W.shape[0]))
+    return rate, kappa
+
+
+def svd_areas_rate_and_kappa(sigma_max: float) -> Tuple[float, float]:
+    """(rate, kappa) of SVD areas, whatever they have learned: ||Phi W D Phi^{-1}|| <= sigma_max
+    (kappa), so sym(Phi W D Phi^{-1}) <= sigma_max and the rate is 1 - sigma_max."""
+    return 1.0 - float(sigma_max), float(sigma_max)
+
+
+def metric_on_common_scale(metric: torch.Tensor) -> torch.Tensor:
+    """metric / (its geometric mean), in float64. Scaling an area's metric by a number c > 0
+    changes neither its rate nor the skewness of its feedback (c M L + L^T c M = 0), so
+    `combine` puts every part's metric on this scale: the mirrored block of an inter-part pair
+    is scaled by the ratio of two metrics, which would otherwise be as far from 1 as the
+    parts' arbitrary metric scales are from each other."""
+    m = metric.double()
+    return m / m.log().mean().exp()
+
+
+def feedback_norm_bound(B_blocks: torch.Tensor, index: torch.Tensor, metric: torch.Tensor, p: int) -> torch.Tensor:
+    """Upper bound of omega = ||M^{1/2} L M^{-1/2}||_2 for L = negative_feedback(B_blocks, index,
+    metric) (differentiable): the spectral norm of the symmetric p x p matrix of the blocks'
+    norms (block (i, j) and its mirror have equal norms in M)."""
+    st, ss = metric[index[:, 0]].sqrt(), metric[index[:, 1]].rsqrt()
+    norms = torch.linalg.matrix_norm(st[:, :, None] * B_blocks * ss[:, None, :], ord=2)
+    N = torch.zeros(p, p, dtype=norms.dtype, device=norms.device)
+    N = N.index_put((index[:, 0], index[:, 1]), norms).index_put((index[:, 1], index[:, 0]), norms)
+    return torch.linalg.matrix_norm(N, ord=2)
+
+
+def rescaled_to_budget(L_blocks: torch.Tensor, budget: torch.Tensor, norm_bound: torch.Tensor) -> torch.Tensor:
+    """The Euler guarantee: L scaled by min(1, budget / bound), so that its M-weighted norm
+    stays within the budget (feedback_norm_budget times a margin)."""
+    return L_blocks * torch.clamp(budget / (norm_bound + 1e-30), max=1.0)
 
 
 def negative_feedback(B_blocks: torch.Tensor, index: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:

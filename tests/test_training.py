@@ -234,7 +234,7 @@ def test_config_of_a_run_from_before_the_cayley_step_reads_as_it_ran(tmp_path):
     assert (cfg.feedback_step, cfg.areas, cfg.learn_timescales) == ("euler", "sparse", False)
     cfg.validate()
     model = build_model(cfg, 8, 10)
-    assert model.rnn.feedback_step == "euler" and model.rnn.areas == "sparse"
+    assert model.rnn.feedback_step == "euler" and model.rnn.area_kind == "sparse"
 
 
 def test_per_area_alpha_round_trips_through_config_json(tmp_path):
@@ -251,6 +251,6 @@ def test_per_area_alpha_round_trips_through_config_json(tmp_path):
 def test_the_default_gw_net_is_the_certified_configuration_of_the_study():
     model = build_model(TrainConfig(), 1, 10)
     rnn = model.rnn
-    assert (rnn.areas, rnn.feedback_step, rnn.learn_timescales, rnn.sigma_max) == ("svd", "cayley", True, 0.999)
+    assert (rnn.area_kind, rnn.feedback_step, rnn.learn_timescales, rnn.sigma_max) == ("svd", "cayley", True, 0.999)
     cert = model.certify()
     assert cert.holds and cert.discrete_holds

@@ -7,9 +7,8 @@ So the whole, with M = blockdiag(c_1 M_1, ..., c_K M_K, M_new), has every area c
 and the parts' feedback skew in M; the new inter-part feedback is built skew in M,
 L = B - M^{-1} B^T M, like any feedback of a ModularRNN. The whole is then contracting for
 any new B (continuous time), and the Cayley step certifies the discrete map for any B.
-c_k = 1 / (geometric mean of M_k) puts the parts' metrics on one scale: the mirrored block
-of an inter-part pair is scaled by the ratio of the two metrics, which would otherwise be
-as far from 1 as the parts' arbitrary metric scales are from each other.
+c_k = 1 / (geometric mean of M_k) puts the parts' metrics on one scale
+(rnnofrnns.stability.metric_on_common_scale; each area kind applies it in copy_part).
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from .. import topology as topo
 # import models/modular.py, which imports it.
 
 # Settings every part must share (the whole runs one kernel call).
-SHARED = ("area_size", "areas", "feedback_step", "form", "nonlinearity", "sigma_max", "alpha_max")
+SHARED = ("area_size", "area_kind", "feedback_step", "form", "nonlinearity", "sigma_max", "alpha_max")
 
 
 def _unwrap(cls: Type["ModularRNN"], net: nn.Module) -> "ModularRNN":
@@ -95,7 +94,7 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
     whole = cls(
         input_size, (P, n), topology=pairs.cpu(), form=first.form, nonlinearity=first.nonlinearity,
         alpha=alphas if per_area else float(alphas[0]), bias=first.input_bias is not None,
-        guarantee=all(p.guarantee for p in parts), feedback_step=first.feedback_step, areas=first.areas,
+        guarantee=all(p.guarantee for p in parts), feedback_step=first.feedback_step, areas=first.area_kind,
         sigma_max=first.sigma_max, learn_timescales=any(p.learn_timescales for p in parts),
         alpha_max=first.alpha_max, generator=generator, backend=first.backend, dtype=first.B.dtype,
         batch_first=first.batch_first,
@@ -106,15 +105,7 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
     with torch.no_grad():
         for part, off in zip(parts, offsets):
             sl = slice(off, off + part.num_areas)
-            if first.areas == "sparse":
-                M = part.M.double()
-                whole.W[sl] = part.W
-                whole.M[sl] = (M / M.log().mean().exp()).to(whole.M.dtype)
-            else:
-                for name in ("area_rotation_u", "area_rotation_v", "area_singular_logit"):
-                    getattr(whole, name)[sl] = part._param(name)
-                lm = part._param("area_log_metric")
-                whole.area_log_metric[sl] = lm - lm.mean()  # W depends on ratios of Phi only
+            whole.areas.copy_part(whole, sl, part)
             if whole.learn_timescales:
                 if part.learn_timescales:
                     whole.timescale_logit[sl] = part._param("timescale_logit")
@@ -151,10 +142,9 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
         B_rows[:rows_inner] = True
         whole.freeze_entries("B", B_rows[:, None, None].expand_as(whole.B))
         area_mask = area_rows.to(whole.B.device)
-        if first.areas == "svd":
-            for name in ("area_rotation_u", "area_rotation_v", "area_singular_logit", "area_log_metric"):
-                t = getattr(whole, name)
-                whole.freeze_entries(name, area_mask[:, None].expand_as(t))
+        for name in whole.areas.trainable_names:
+            t = getattr(whole, name)
+            whole.freeze_entries(name, area_mask[:, None].expand_as(t))
         if whole.learn_timescales:
             whole.freeze_entries("timescale_logit", area_mask)
     else:

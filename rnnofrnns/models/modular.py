@@ -12,13 +12,15 @@ from torch import nn
 from .. import stability, topology as topo
 from . import assembly
 from ._dtype import input_in_model_dtype, without_autocast
+from .areas import Areas, SVDAreas, area_kind
+from .feedback import CayleyStep, FeedbackStep, feedback_step_of
+from .readouts import LastStateReadout
 from ..ops import modular_rnn
+from ..ops._common import FORMS, NONLINEARITIES
 from ..ops.modular_rnn.reference import dense_feedback
 
 AreaSizes = Union[Sequence[int], Tuple[int, int]]
 Rates = Union[float, Sequence[float], torch.Tensor]
-AREAS = ("sparse", "svd")
-FEEDBACK_STEPS = ("euler", "cayley")
 
 
 def _area_sizes(area_sizes: AreaSizes) -> List[int]:
@@ -58,20 +60,15 @@ class ModularRNN(nn.Module):
     inter-area feedback L = B - M^{-1} B^T M on the pairs of `topology` (one parameter block B
     per connected pair), so that the continuous-time network contracts in M whatever B is.
 
-    areas="sparse" (default): fixed sparse intra-area matrices W (rho(|W_i|) = gamma < 1) and
-    their fixed metric. areas="svd" (SVD Combo Net): trainable areas
-    W_i = Phi_i^{-1} U_i Sigma_i V_i^T Phi_i with U_i, V_i orthogonal (Cayley transforms of
-    skew parameters), Sigma_i = sigma_max * sigmoid(s_i) and Phi_i = diag(exp(phi_i)), so that
-    ||Phi_i W_i D Phi_i^{-1}|| <= sigma_max for every D in [0, 1]; the metric M_i = Phi_i^2 is
-    trained with them (equal area sizes only).
-
-    feedback_step="euler" (default): h_t = (1-a) h + a (F(h, u_t) + L h). With
-    `guarantee=True` the feedback is rescaled, when needed, so that its M-weighted norm stays
-    within the budget that keeps this map contracting (rnnofrnns.stability).
-    feedback_step="cayley": h_t = C ((1-a) h + a F(h, u_t)), C = (I - A L/2)^{-1} (I + A L/2),
-    which is M A^{-1}-orthogonal: the step contracts by max_i (1-a_i) + a_i kappa_i for any
-    feedback strength, so nothing is rescaled. `certify()` reports `discrete_holds=True` at
-    every point of training in both cases.
+    areas: the area kind (rnnofrnns.models.areas): SparseAreas(density, gamma, scale), fixed
+    sparse areas (the default, "sparse"), or SVDAreas(sigma_max), trainable areas that contract
+    by construction ("svd"). feedback: the discrete step (rnnofrnns.models.feedback):
+    EulerStep(guarantee, margin) (the default, "euler"), whose feedback is rescaled when needed
+    so that the map contracts, or CayleyStep() ("cayley"), which contracts for any feedback
+    strength. The names, with the settings as keywords (density, gamma, scale, sigma_max,
+    guarantee, guarantee_margin; feedback_step= for the step's name), build the same parts.
+    `certify()` reports `discrete_holds=True` at every point of training in both cases; the
+    bounds are in rnnofrnns.stability.
 
     alpha: dt/tau, a number or p per-area values; learn_timescales=True makes
     alpha_i = alpha_max * sigmoid(theta_i) trainable (initialised at `alpha`). Per-area rates
@@ -93,18 +90,19 @@ class ModularRNN(nn.Module):
         alpha: Rates = 0.5,
         batch_first: bool = True,
         bias: bool = True,
-        density: float = 0.2,
-        gamma: float = 0.9,
-        scale: float = 1.0,
+        density: Optional[float] = None,
+        gamma: Optional[float] = None,
+        scale: Optional[float] = None,
         feedback_sparsity: float = 0.0,
         feedback_init: float = 0.1,
-        guarantee: bool = True,
-        guarantee_margin: float = 0.95,
-        feedback_step: str = "euler",
-        areas: str = "sparse",
-        sigma_max: float = 0.99,
+        guarantee: Optional[bool] = None,
+        guarantee_margin: Optional[float] = None,
+        feedback_step: Optional[str] = None,
+        areas: Union[str, Areas] = "sparse",
+        sigma_max: Optional[float] = None,
         learn_timescales: bool = False,
         alpha_max: float = 1.0,
+        feedback: Union[str, FeedbackStep, None] = None,
         generator: Optional[torch.Generator] = None,
         backend: Optional[str] = None,
         dtype: Optional[torch.dtype] = None,
@@ -112,75 +110,45 @@ class ModularRNN(nn.Module):
         super().__init__()
         if not isinstance(input_size, int) or input_size < 1:
             raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
-        if form not in ("rate", "hopfield"):
+        if form not in FORMS:
             raise ValueError(f"form must be 'rate' or 'hopfield', got {form!r}")
-        if nonlinearity not in ("relu", "tanh", "identity"):
+        if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be 'relu', 'tanh' or 'identity', got {nonlinearity!r}")
-        if not 0.0 < guarantee_margin <= 1.0:
-            raise ValueError(f"guarantee_margin must be in (0, 1], got {guarantee_margin!r}")
-        if feedback_step not in FEEDBACK_STEPS:
-            raise ValueError(f"feedback_step must be one of {FEEDBACK_STEPS}, got {feedback_step!r}")
-        if areas not in AREAS:
-            raise ValueError(f"areas must be one of {AREAS}, got {areas!r}")
-        if not 0.0 < float(sigma_max) < 1.0:
-            raise ValueError(f"sigma_max must be in (0, 1) for the areas to contract, got {sigma_max!r}")
+        if feedback is not None and feedback_step is not None:
+            raise ValueError(f"give the feedback step once: feedback={feedback!r} or feedback_step={feedback_step!r}")
+        self.areas = area_kind(areas, density=density, gamma=gamma, scale=scale, sigma_max=sigma_max)
+        self.feedback = feedback_step_of(feedback if feedback is not None else (feedback_step or "euler"),
+                                         guarantee, guarantee_margin)
         if not 0.0 < float(alpha_max) <= 1.0:
             raise ValueError(f"alpha_max must be in (0, 1], got {alpha_max!r}")
         dtype = dtype or torch.get_default_dtype()
         sizes = _area_sizes(area_sizes)
         p, n = len(sizes), max(sizes)
-        if areas == "svd" and len(set(sizes)) != 1:
-            raise ValueError(f"areas='svd' needs areas of equal size, got area_sizes {sizes}")
+        self.areas.check_sizes(sizes)
         alphas = _rates(alpha, p)
         per_area = learn_timescales or not isinstance(alpha, (int, float))
         if learn_timescales and not bool((alphas < float(alpha_max)).all()):
             raise ValueError(f"learn_timescales=True needs alpha below alpha_max = {alpha_max}, got {alphas.tolist()}")
-        if guarantee and per_area and feedback_step == "euler":
-            raise ValueError("per-area alpha (or learn_timescales=True) with guarantee=True needs "
-                             "feedback_step='cayley'; the Euler step's feedback budget assumes one alpha")
+        self.feedback.check_rates(per_area)
         self.input_size, self.area_sizes = input_size, sizes
         self.num_areas, self.area_size = p, n
         self.hidden_size = sum(sizes)
         self.form, self.nonlinearity = form, nonlinearity
         self.alpha: Union[float, Tuple[float, ...]] = tuple(alphas.tolist()) if per_area else float(alpha)
         self.per_area_alpha, self.learn_timescales, self.alpha_max = per_area, learn_timescales, float(alpha_max)
-        self.feedback_step, self.areas, self.sigma_max = feedback_step, areas, float(sigma_max)
-        self.batch_first, self.backend, self.guarantee = batch_first, backend, guarantee
-        self.guarantee_margin = float(guarantee_margin)
+        self.batch_first, self.backend = batch_first, backend
         self.feedback_sparsity = float(feedback_sparsity)
 
         live = torch.zeros(p, n, dtype=torch.bool)
         for i, s in enumerate(sizes):
             live[i, :s] = True
-        W = torch.zeros(p, n, n, dtype=torch.float64)
-        metric = torch.ones(p, n, dtype=torch.float64)
-        if areas == "sparse":
-            for i, s in enumerate(sizes):
-                W[i, :s, :s] = stability.sparse_contracting_block(s, density, scale, gamma, generator, torch.float64)
-                metric[i, :s] = stability.diagonal_metric(W[i, :s, :s])[0]
+        self.areas.build(self, sizes, generator, dtype)
         pairs = topo.resolve(topology, p, generator)
         m = len(pairs)
         live_f = live.to(torch.float64)
         mask = live_f[pairs[:, 0]][:, :, None] * live_f[pairs[:, 1]][:, None, :]
         if feedback_sparsity > 0:
             mask = mask * topo.block_mask(m, n, feedback_sparsity, generator, torch.float64)
-        if areas == "sparse":
-            self.register_buffer("W", W.to(dtype))
-            self.register_buffer("M", metric.to(dtype))
-        else:
-            # random rotations U, V (the n (n-1) / 2 entries above the diagonal of a skew matrix
-            # each: no parameter that the rotation ignores); singular values spread over
-            # (0.5, 0.99) of sigma_max; M = I
-            self.register_buffer("skew_index", torch.triu_indices(n, n, 1), persistent=False)
-
-            def skew_init():
-                x = torch.randn(p, n * (n - 1) // 2, generator=generator, dtype=torch.float64) * (2.0 / n) ** 0.5
-                return nn.Parameter(x.to(dtype))
-
-            self.area_rotation_u, self.area_rotation_v = skew_init(), skew_init()
-            u = 0.5 + 0.49 * torch.rand(p, n, generator=generator, dtype=torch.float64)
-            self.area_singular_logit = nn.Parameter(torch.logit(u).to(dtype))
-            self.area_log_metric = nn.Parameter(torch.zeros(p, n, dtype=dtype))
         if learn_timescales:
             self.timescale_logit = nn.Parameter(torch.logit(alphas / float(alpha_max)).to(dtype))
         elif per_area:
@@ -212,30 +180,34 @@ class ModularRNN(nn.Module):
         # with another alpha (or other areas) must not carry its budget over.
         self.register_load_state_dict_post_hook(ModularRNN._recompute_budget_after_load)
 
+    # -- the parts, as the op and the certificate name them ---------------------------------
+    @property
+    def feedback_step(self) -> str:
+        """The fused op's name of the feedback step that runs ("euler" or "cayley")."""
+        return self.feedback.op_name
+
+    @property
+    def area_kind(self) -> str:
+        """The name of the area kind ("sparse" or "svd")."""
+        return self.areas.name
+
+    @property
+    def guarantee(self) -> bool:
+        """Whether the discrete map that runs is certified by construction."""
+        return self.feedback.guarantee
+
+    @property
+    def sigma_max(self) -> Optional[float]:
+        """The SVD areas' bound on their weighted norms (None for other area kinds)."""
+        return getattr(self.areas, "sigma_max", None)
+
     def _budget(self) -> torch.Tensor:
-        """Budget of the feedback's M-weighted norm that keeps the Euler map at this model's
-        alpha contracting (times the guarantee margin), from the areas W and their metric
-        (svd areas: kappa = sigma_max, rate 1 - sigma_max, whatever they have learned). The
-        cayley step needs none: inf."""
-        if self.feedback_step == "cayley" or self.per_area_alpha:
-            return torch.tensor(math.inf, dtype=torch.float64)
-        if self.areas == "svd":
-            rate, kappa = 1.0 - self.sigma_max, self.sigma_max
-        else:
-            W, metric = self.W.detach().double().cpu(), self.M.detach().double().cpu()
-            rate = min(stability.area_rate(W[i], metric[i]) for i in range(W.shape[0]))
-            kappa = max(stability._weighted_abs_norm(W[i], metric[i]) for i in range(W.shape[0]))
-        budget = stability.feedback_norm_budget(self.alpha, rate, kappa)
-        if self.guarantee and not budget > 0:
-            raise ValueError(
-                f"guarantee=True cannot hold at alpha={self.alpha}: the areas alone have contraction rate {rate:.3g} "
-                f"and weighted norm {kappa:.3g}, which leaves no room for feedback; lower alpha or gamma, "
-                "or pass guarantee=False")
-        return torch.tensor(self.guarantee_margin * max(budget, 0.0), dtype=torch.float64)
+        """The feedback step's budget of the feedback's M-weighted norm (inf: none needed)."""
+        return self.feedback.budget(self)
 
     @staticmethod
     def _recompute_budget_after_load(module: "ModularRNN", incompatible_keys) -> None:
-        if module.areas == "sparse" and not (torch.isfinite(module.W).all() and torch.isfinite(module.M).all()):
+        if not module.areas.bounds_defined(module):
             return  # forward and certify() report non-finite weights themselves
         with torch.no_grad():
             module.feedback_budget.copy_(module._budget())
@@ -245,14 +217,10 @@ class ModularRNN(nn.Module):
         if torch.compiler.is_compiling():
             return
         named = [("B", self.B), ("input_weight", self.input_weight)]
-        if self.areas == "sparse":
-            named += [("W", self.W), ("M", self.M)]
-        else:
-            named += [(name, getattr(self, name)) for name in
-                      ("area_rotation_u", "area_rotation_v", "area_singular_logit", "area_log_metric")]
+        named += [(name, getattr(self, name)) for name in self.areas.tensor_names]
         if self.learn_timescales:
             named.append(("timescale_logit", self.timescale_logit))
-        if self.feedback_step == "euler" and not self.per_area_alpha:
+        if self.feedback.uses_budget(self.per_area_alpha):
             named.append(("feedback_budget", self.feedback_budget))
         if self.input_bias is not None:
             named.append(("input_bias", self.input_bias))
@@ -297,29 +265,11 @@ class ModularRNN(nn.Module):
 
     def area_weights(self) -> torch.Tensor:
         """The intra-area blocks W [p, n, n] (svd areas: formed from their parameters)."""
-        if self.areas == "sparse":
-            return self.W
-        U, V = self._rotation(self._param("area_rotation_u")), self._rotation(self._param("area_rotation_v"))
-        sigma = self.sigma_max * torch.sigmoid(self._param("area_singular_logit"))
-        phi = torch.exp(self._param("area_log_metric"))
-        return (U * sigma[:, None, :]) @ V.transpose(1, 2) * (phi[:, None, :] / phi[:, :, None])
-
-    def _rotation(self, upper: torch.Tensor) -> torch.Tensor:
-        """Orthogonal [p, n, n] matrices: the Cayley transform (I - S)^{-1} (I + S) of the skew S
-        with the given entries above the diagonal (a batched solve: a fraction of the cost of
-        a matrix exponential, forward and backward)."""
-        p, n = self.num_areas, self.area_size
-        S = upper.new_zeros(p, n, n)
-        S[:, self.skew_index[0], self.skew_index[1]] = upper
-        S = S - S.transpose(1, 2)
-        eye = torch.eye(n, dtype=S.dtype, device=S.device).expand(p, n, n)
-        return torch.linalg.solve(eye - S, eye + S)
+        return self.areas.weights(self)
 
     def area_metric(self) -> torch.Tensor:
         """The diagonal of the contraction metric M per area, [p, n] (svd areas: Phi^2)."""
-        if self.areas == "sparse":
-            return self.M
-        return torch.exp(2 * self._param("area_log_metric"))
+        return self.areas.metric(self)
 
     def area_alpha(self) -> torch.Tensor:
         """The step alpha_i = dt / tau_i of every area, [p] (differentiable when learned)."""
@@ -338,24 +288,14 @@ class ModularRNN(nn.Module):
         return stability.negative_feedback(self._param("B") * self.feedback_mask, self.pairs, M)
 
     def feedback_norm_bound(self) -> torch.Tensor:
-        """Upper bound of ||M^{1/2} L M^{-1/2}||_2 (before rescaling): the spectral norm of the
-        symmetric p x p matrix of block norms (block (i, j) and its mirror have equal norms)."""
-        Bm = self._param("B") * self.feedback_mask
-        M = self.area_metric()
-        st, ss = M[self.pairs[:, 0]].sqrt(), M[self.pairs[:, 1]].rsqrt()
-        norms = torch.linalg.matrix_norm(st[:, :, None] * Bm * ss[:, None, :], ord=2)
-        N = torch.zeros(self.num_areas, self.num_areas, dtype=norms.dtype, device=norms.device)
-        N = N.index_put((self.pairs[:, 0], self.pairs[:, 1]), norms).index_put((self.pairs[:, 1], self.pairs[:, 0]), norms)
-        return torch.linalg.matrix_norm(N, ord=2)
+        """Upper bound of ||M^{1/2} L M^{-1/2}||_2 before rescaling (stability.feedback_norm_bound)."""
+        return stability.feedback_norm_bound(self._param("B") * self.feedback_mask, self.pairs, self.area_metric(),
+                                             self.num_areas)
 
     def feedback_blocks(self) -> torch.Tensor:
-        """The inter-area blocks [2m, n, n] the network uses (for L_index), guarantee applied
-        (the Euler step's rescaling; the cayley step needs none)."""
-        L = self.raw_feedback_blocks()
-        if self.guarantee and L.shape[0] and self.feedback_step == "euler":
-            scale = torch.clamp(self.feedback_budget / (self.feedback_norm_bound() + 1e-30), max=1.0)
-            L = L * scale
-        return L
+        """The inter-area blocks [2m, n, n] the network uses (for L_index): the skew feedback as
+        the feedback step runs it (the Euler guarantee's rescaling; the cayley step needs none)."""
+        return self.feedback.in_use(self, self.raw_feedback_blocks())
 
     # -- running ---------------------------------------------------------------------------
     def _pad(self, h: torch.Tensor) -> torch.Tensor:
@@ -466,7 +406,7 @@ class ModularRNN(nn.Module):
     def certify_inputs(self) -> dict:
         with torch.no_grad():
             W, M, a = self.area_weights(), self.area_metric(), self.area_alpha()
-            budget_ok = self.feedback_step == "cayley" or self.per_area_alpha or bool(self.feedback_budget.isfinite())
+            budget_ok = not self.feedback.uses_budget(self.per_area_alpha) or bool(self.feedback_budget.isfinite())
             finite = budget_ok and all(bool(t.detach().isfinite().all()) for t in (self.B, M, a))
             # with a non-finite B, M or budget the feedback in use is not defined (its norm bound has
             # no SVD): it is reported as NaN, and certify() fails saying so
@@ -496,12 +436,13 @@ class ModularRNN(nn.Module):
     def extra_repr(self) -> str:
         return (f"input_size={self.input_size}, area_sizes={self.area_sizes}, pairs={len(self.pairs)}, "
                 f"form={self.form!r}, nonlinearity={self.nonlinearity!r}, alpha={self.alpha}, "
-                f"feedback_step={self.feedback_step!r}, areas={self.areas!r}, guarantee={self.guarantee}"
+                f"areas={self.areas!r}, feedback={self.feedback!r}"
                 + (", learn_timescales=True" if self.learn_timescales else ""))
 
 
 class SparseComboNet(nn.Module):
-    """ModularRNN plus a linear readout of the last state (Kozachkov et al. 2022).
+    """ModularRNN plus a readout, by default a linear map of the last state (Kozachkov et al. 2022;
+    rnnofrnns.models.readouts).
 
     forward(x, h0=None) -> logits [B, output_size]. Extra keyword arguments go to ModularRNN.
     """
@@ -513,17 +454,12 @@ class SparseComboNet(nn.Module):
             raise ValueError(f"output_size must be a positive integer, got {output_size!r}")
         sizes = kwargs.pop("area_sizes", (num_areas, area_size))
         self.rnn = ModularRNN(input_size, sizes, topology=topology, **kwargs)
-        gen = kwargs.get("generator")
-        self.readout = nn.Linear(self.rnn.hidden_size, output_size, dtype=kwargs.get("dtype"))
-        if gen is not None:
-            bound = 1.0 / math.sqrt(self.rnn.hidden_size)
-            with torch.no_grad():
-                self.readout.weight.copy_((2 * torch.rand(self.readout.weight.shape, generator=gen) - 1) * bound)
-                self.readout.bias.copy_((2 * torch.rand(output_size, generator=gen) - 1) * bound)
+        self.readout = LastStateReadout(self.rnn.hidden_size, output_size, generator=kwargs.get("generator"),
+                                        dtype=kwargs.get("dtype"))
 
     def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
-        _, h_n = self.rnn(x, h0)
-        return self.readout(h_n[0])
+        output, h_n = self.rnn(x, h0)
+        return self.readout(output if self.rnn.batch_first else output.transpose(0, 1), h_n)
 
     def certify(self) -> stability.Certificate:
         return self.rnn.certify()
@@ -565,8 +501,10 @@ class SVDComboNet(SparseComboNet):
 
     def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
                  topology: topo.Topology = "all", **kwargs) -> None:
-        if kwargs.get("areas", "svd") != "svd":
-            raise ValueError(f"SVDComboNet has areas='svd'; got areas={kwargs['areas']!r} (use SparseComboNet)")
-        kwargs["areas"] = "svd"
-        kwargs.setdefault("feedback_step", "cayley")
+        kind = area_kind(kwargs.pop("areas", "svd"), sigma_max=kwargs.pop("sigma_max", None))
+        if not isinstance(kind, SVDAreas):
+            raise ValueError(f"SVDComboNet has areas='svd'; got areas={kind.name!r} (use SparseComboNet)")
+        kwargs["areas"] = kind
+        if kwargs.get("feedback") is None and kwargs.get("feedback_step") is None:
+            kwargs["feedback"] = CayleyStep()
         super().__init__(input_size, output_size, num_areas, area_size, topology=topology, **kwargs)

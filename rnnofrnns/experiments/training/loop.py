@@ -25,6 +25,9 @@ from torch import nn
 
 from ... import topology as topo
 from ...models import GlobalWorkspaceNet, RNNClassifier, SparseComboNet
+from ...models.areas import AREA_KINDS
+from ...models.feedback import FEEDBACK_STEP_KINDS, feedback_step_of
+from ...ops._common import FORMS, NONLINEARITIES
 from ...ops._backend import flush_denormal, resolve_backend
 from .._files import (atomic_save, atomic_write_json, check_only_own_files, hold_run_folder, read_json,
                       remove_entries, safe_torch_load)
@@ -104,31 +107,36 @@ class TrainConfig:
                              f"got {len(alphas)}")
         if not all(0.0 < a <= 1.0 for a in alphas):
             raise bad("alpha", "in (0, 1]", self.alpha)
-        if self.feedback_step not in ("euler", "cayley"):
-            raise bad("feedback-step", "euler or cayley", self.feedback_step)
-        if self.areas not in ("sparse", "svd"):
-            raise bad("areas", "sparse or svd", self.areas)
+        if self.feedback_step not in FEEDBACK_STEP_KINDS:
+            raise bad("feedback-step", " or ".join(FEEDBACK_STEP_KINDS), self.feedback_step)
+        if self.areas not in AREA_KINDS:
+            raise bad("areas", " or ".join(AREA_KINDS), self.areas)
         if not 0.0 < self.sigma_max < 1.0:
             raise bad("sigma-max", "in (0, 1)", self.sigma_max)
-        if self.guarantee and self.feedback_step == "euler" and (isinstance(self.alpha, tuple) or self.learn_timescales):
-            raise UsageError("per-area --alpha and --learn-timescales need --feedback-step cayley: add "
-                             "--no-learn-timescales (or --no-guarantee) for the Euler step, whose feedback budget "
-                             "assumes one alpha")
+        try:
+            feedback_step_of(self.feedback_step, self.guarantee).check_rates(
+                isinstance(self.alpha, tuple) or self.learn_timescales)
+        except ValueError:
+            raise UsageError(f"per-area --alpha and --learn-timescales need --feedback-step cayley: add "
+                             f"--no-learn-timescales (or --no-guarantee) for the {self.feedback_step} step, whose "
+                             "feedback budget assumes one alpha") from None
         if self.learn_timescales and not all(a < 1.0 for a in alphas):
             raise bad("alpha", "below 1 with --learn-timescales (alpha_i = sigmoid(theta_i) starts there)", self.alpha)
-        if self.areas == "svd" and self.model == "gw" and self.workspace_size not in (None, self.area_size):
-            raise UsageError(f"--areas svd needs areas of equal size: --workspace-size {self.workspace_size} differs "
-                             f"from --area-size {self.area_size}")
+        if AREA_KINDS[self.areas].equal_sizes_only and self.model == "gw" and \
+                self.workspace_size not in (None, self.area_size):
+            raise UsageError(f"--areas {self.areas} needs areas of equal size: --workspace-size {self.workspace_size} "
+                             f"differs from --area-size {self.area_size}")
         if not 0.0 < self.gamma < 1.0:
             raise bad("gamma", "in (0, 1)", self.gamma)
         if not 0.0 < self.density <= 1.0:
             raise bad("density", "in (0, 1]", self.density)
         if not 0.0 <= self.feedback_sparsity < 1.0:
             raise bad("feedback-sparsity", "in [0, 1)", self.feedback_sparsity)
-        if self.form not in ("hopfield", "rate"):
-            raise bad("form", "hopfield or rate", self.form)
-        if self.nonlinearity not in ("relu", "tanh", "identity"):
-            raise bad("nonlinearity", "relu, tanh or identity", self.nonlinearity)
+        if self.form not in FORMS:
+            raise bad("form", " or ".join(sorted(FORMS)), self.form)
+        if self.nonlinearity not in NONLINEARITIES:
+            raise bad("nonlinearity", ", ".join(NONLINEARITIES[:-1]) + " or " + NONLINEARITIES[-1],
+                      self.nonlinearity)
         if self.dtype not in ("float32", "float64"):
             raise bad("dtype", "float32 or float64", self.dtype)
         if self.model == "gw":
