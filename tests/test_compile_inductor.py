@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rnnofrnns import GlobalWorkspaceNet
-from rnnofrnns.experiments.training.loop import TrainConfig, build_model
+from rnnofrnns.experiments.training.build import build_model
+from rnnofrnns.experiments.training.config import TrainConfig
 from rnnofrnns.ops import ensemble, gated_paths, modular_rnn
 from problems import all_to_all, star
 

@@ -13,7 +13,9 @@ import pytest
 from rnnofrnns.experiments import _files
 from rnnofrnns.experiments.errors import RunError, UsageError
 from rnnofrnns.experiments.training import data as rdata
-from rnnofrnns.experiments.training.loop import TrainConfig, prepare_out, train
+from rnnofrnns.experiments.training.config import TrainConfig
+from rnnofrnns.experiments.training.loop import train
+from rnnofrnns.experiments.training.run_folder import prepare_out
 from test_cli_reliability import RUN, one_line_error
 from test_training import SMALL, cli
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rnnofrnns.experiments.errors import UsageError
-from rnnofrnns.experiments.training.loop import TrainConfig
+from rnnofrnns.experiments.training.config import TrainConfig
 from rnnofrnns.experiments.training.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from rnnofrnns.experiments.training import data as rdata
-from rnnofrnns.experiments.training.loop import TrainConfig, baseline_hidden_size, build_model, trainable_parameters
+from rnnofrnns.experiments.training.build import baseline_hidden_size, build_model, trainable_parameters
+from rnnofrnns.experiments.training.config import TrainConfig
 from rnnofrnns.models import RNNClassifier
 
 SMALL = ["--num-areas", "4", "--area-size", "8", "--no-progress", "--threads", "1"]
@@ -223,7 +224,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 def test_config_of_a_run_from_before_the_cayley_step_reads_as_it_ran(tmp_path):
     """A config.json without feedback_step / areas / sigma_max / learn_timescales is a run of
     the Euler step with sparse areas: evaluate and --resume must rebuild that model."""
-    from rnnofrnns.experiments.training.loop import LEGACY_SETTINGS, read_run_config
+    from rnnofrnns.experiments.training.config import LEGACY_SETTINGS, read_run_config
 
     old = TrainConfig().run_settings()
     for name in LEGACY_SETTINGS:
@@ -238,7 +239,7 @@ def test_config_of_a_run_from_before_the_cayley_step_reads_as_it_ran(tmp_path):
 
 
 def test_per_area_alpha_round_trips_through_config_json(tmp_path):
-    from rnnofrnns.experiments.training.loop import read_run_config
+    from rnnofrnns.experiments.training.config import read_run_config
 
     cfg = TrainConfig(num_areas=3, alpha=(0.2, 0.3, 0.05))
     (tmp_path / "config.json").write_text(json.dumps(cfg.run_settings()))

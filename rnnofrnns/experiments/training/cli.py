@@ -7,8 +7,11 @@ from dataclasses import fields, replace
 
 from ..errors import RunError, UsageError
 from .data import TASKS
-from .loop import (MODELS, RESUMABLE, TrainConfig, check_threads, evaluate, is_run_folder, read_run_config,
-                   run_threads_here, train)
+from .._limits import check_threads, run_threads_here
+from .config import MODELS, RESUMABLE, TrainConfig, read_run_config
+from .evaluation import evaluate
+from .loop import train
+from .run_folder import is_run_folder
 
 
 TRAIN_HELP = {

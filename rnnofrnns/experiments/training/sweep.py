@@ -27,7 +27,9 @@ from .. import _files
 from ..errors import RunError, UsageError
 from ... import topology as topo
 from .data import TASKS
-from .loop import RESUMABLE, TrainConfig, is_run_folder, train
+from .config import RESUMABLE, TrainConfig
+from .loop import train
+from .run_folder import is_run_folder
 
 SWEEP_FILE = "sweep.json"  # the sweep's own settings, to resume only the same sweep
 

@@ -1,0 +1,249 @@
+"""The training job's configuration: TrainConfig and its checks (sizes against the machine
+included), the settings a resumed run may change, and reading a run's config.json (runs of
+earlier versions with the settings they ran with)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+
+from ... import topology as topo
+from ...models.areas import AREA_KINDS
+from ...models.feedback import FEEDBACK_STEP_KINDS, feedback_step_of
+from ...ops._common import FORMS, NONLINEARITIES
+from ...ops._backend import resolve_backend
+from .._files import read_json
+from .._limits import check_fits, check_threads
+from ..errors import RunError, UsageError
+from .data import TASKS
+
+
+MODELS = ("gw", "scn", "gru", "lstm")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "gw"
+    task: str = "row-digits"
+    out: Optional[str] = None               # default: runs/MODEL-TASK
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    num_areas: int = 16
+    area_size: int = 32
+    topology: Optional[str] = None          # scn: default "all"
+    workspace_size: Optional[int] = None    # gw only
+    feedback_sparsity: float = 0.0
+    form: str = "hopfield"
+    nonlinearity: str = "relu"
+    # the certified nets' defaults are the best configuration of the study in docs/training.md
+    # (svd areas, cayley step, learned timescales); the earlier one is --feedback-step euler
+    # --areas sparse --alpha 0.5 --no-learn-timescales
+    alpha: Union[float, Tuple[float, ...]] = 0.3  # one step, or one per area
+    gamma: float = 0.9                            # sparse areas
+    density: float = 0.2                          # sparse areas
+    guarantee: bool = True
+    feedback_step: str = "cayley"
+    areas: str = "svd"
+    sigma_max: float = 0.999
+    learn_timescales: bool = True
+    hidden_size: Optional[int] = None       # gru/lstm; default: match the GW net's trainable parameters
+    seed: int = 0
+    device: str = "cpu"
+    backend: Optional[str] = None
+    data_dir: Optional[str] = None
+    dtype: str = "float32"
+    threads: Optional[int] = None
+    progress: bool = True
+    stop_after: Optional[int] = None        # stop after this many epochs of this invocation (as if interrupted)
+
+    def validate(self) -> None:
+        """Raise UsageError naming the first argument that cannot work (nothing is written yet)."""
+        def bad(flag: str, expected: str, got: Any) -> UsageError:
+            return UsageError(f"--{flag} must be {expected}, got {got!r}")
+
+        if self.model not in MODELS:
+            raise bad("model", f"one of {', '.join(MODELS)}", self.model)
+        if self.task not in TASKS:
+            raise bad("task", f"one of {', '.join(TASKS)}", self.task)
+        for name in ("epochs", "batch_size", "num_areas", "area_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        for name in ("hidden_size", "workspace_size", "threads", "stop_after"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise bad("seed", "an integer >= 0", self.seed)
+        check_threads(self.threads)
+        check_memory(self)
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not self.weight_decay >= 0 or not math.isfinite(self.weight_decay):
+            raise bad("weight-decay", "a number >= 0", self.weight_decay)
+        if not self.clip >= 0 or not math.isfinite(self.clip):
+            raise bad("clip", "a number >= 0 (0: no clipping)", self.clip)
+        alphas = self.alpha if isinstance(self.alpha, tuple) else (self.alpha,)
+        if isinstance(self.alpha, tuple) and self.model in ("gw", "scn") and len(alphas) != self.num_areas:
+            raise UsageError(f"--alpha must be one value or --num-areas = {self.num_areas} comma-separated values, "
+                             f"got {len(alphas)}")
+        if not all(0.0 < a <= 1.0 for a in alphas):
+            raise bad("alpha", "in (0, 1]", self.alpha)
+        if self.feedback_step not in FEEDBACK_STEP_KINDS:
+            raise bad("feedback-step", " or ".join(FEEDBACK_STEP_KINDS), self.feedback_step)
+        if self.areas not in AREA_KINDS:
+            raise bad("areas", " or ".join(AREA_KINDS), self.areas)
+        if not 0.0 < self.sigma_max < 1.0:
+            raise bad("sigma-max", "in (0, 1)", self.sigma_max)
+        try:
+            feedback_step_of(self.feedback_step, self.guarantee).check_rates(
+                isinstance(self.alpha, tuple) or self.learn_timescales)
+        except ValueError:
+            raise UsageError(f"per-area --alpha and --learn-timescales need --feedback-step cayley: add "
+                             f"--no-learn-timescales (or --no-guarantee) for the {self.feedback_step} step, whose "
+                             "feedback budget assumes one alpha") from None
+        if self.learn_timescales and not all(a < 1.0 for a in alphas):
+            raise bad("alpha", "below 1 with --learn-timescales (alpha_i = sigmoid(theta_i) starts there)", self.alpha)
+        if AREA_KINDS[self.areas].equal_sizes_only and self.model == "gw" and \
+                self.workspace_size not in (None, self.area_size):
+            raise UsageError(f"--areas {self.areas} needs areas of equal size: --workspace-size {self.workspace_size} "
+                             f"differs from --area-size {self.area_size}")
+        if not 0.0 < self.gamma < 1.0:
+            raise bad("gamma", "in (0, 1)", self.gamma)
+        if not 0.0 < self.density <= 1.0:
+            raise bad("density", "in (0, 1]", self.density)
+        if not 0.0 <= self.feedback_sparsity < 1.0:
+            raise bad("feedback-sparsity", "in [0, 1)", self.feedback_sparsity)
+        if self.form not in FORMS:
+            raise bad("form", " or ".join(sorted(FORMS)), self.form)
+        if self.nonlinearity not in NONLINEARITIES:
+            raise bad("nonlinearity", ", ".join(NONLINEARITIES[:-1]) + " or " + NONLINEARITIES[-1],
+                      self.nonlinearity)
+        if self.dtype not in ("float32", "float64"):
+            raise bad("dtype", "float32 or float64", self.dtype)
+        if self.model == "gw":
+            if self.topology not in (None, "gw"):
+                raise UsageError(f"--topology applies to --model scn; the gw net is a star, got {self.topology!r}")
+            if self.num_areas < 2:
+                raise UsageError(f"--num-areas must be at least 2 for --model gw (areas and a workspace), "
+                                 f"got {self.num_areas}")
+        if self.model == "scn":
+            try:
+                spec = "all" if self.topology is None else self.topology
+                topo.resolve(spec, self.num_areas, torch.Generator().manual_seed(0))
+            except (ValueError, TypeError) as e:
+                raise UsageError(f"--topology {self.topology!r}: {e}") from None
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise bad("device", "cpu, cuda or cuda:N", self.device)
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {self.device}: this torch ({torch.__version__}) sees no CUDA device")
+        if self.backend is not None:
+            try:
+                resolve_backend(self.backend, torch.device(self.device.split(":")[0]), op="the model")
+            except (ValueError, RuntimeError) as e:
+                raise UsageError(f"--backend {self.backend}: {e}") from None
+
+    def run_settings(self) -> Dict[str, Any]:
+        """The settings saved in a run's config.json: everything but where the run lives."""
+        return {k: v for k, v in asdict(self).items() if k != "out"}
+
+
+# Steps per sequence of each task, for the memory estimate before anything is built or loaded.
+TASK_STEPS = {"row-digits": 8, "seq-digits": 64, "mnist1d": 40, "smnist-5k": 784, "psmnist-5k": 784, "smnist": 784,
+              "psmnist": 784, "scifar10": 1024}
+
+
+def memory_estimate(cfg: "TrainConfig") -> float:
+    """Bytes a training step needs, roughly from above: weights with gradients and Adam's two
+    moments, and the states the backward keeps (a few [T, B, hidden] tensors)."""
+    size = 8 if cfg.dtype == "float64" else 4
+    if cfg.model in ("gru", "lstm"):
+        hidden = cfg.hidden_size or 512
+        weights = (4 if cfg.model == "lstm" else 3) * hidden * (hidden + 8)
+    else:
+        p, n = cfg.num_areas, max(cfg.area_size, cfg.workspace_size or 0)
+        pairs = 2 * (p - 1) if cfg.model == "gw" else p * (p - 1)
+        hidden = p * n
+        weights = (p + pairs) * n * n + hidden * 8
+    states = 6 * TASK_STEPS.get(cfg.task, 1024) * max(cfg.batch_size, 512) * hidden
+    return float(size) * (4 * weights + states)
+
+
+def check_memory(cfg: "TrainConfig") -> None:
+    """A UsageError naming the size flags when a run cannot fit in this machine's memory."""
+    sizes = (f"--hidden-size {cfg.hidden_size}" if cfg.model in ("gru", "lstm")
+             else f"--num-areas {cfg.num_areas} x --area-size {cfg.area_size}")
+    check_fits(memory_estimate(cfg), f"{sizes} with --batch-size {cfg.batch_size} on {cfg.task}")
+
+
+# Settings that may differ when a run is resumed: how long it goes on, how it reports, where
+# its data lie and how many threads it uses. Any other setting given with --resume must match
+# the run's config.json.
+RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
+
+
+LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False)
+
+
+def _config_field_types() -> Dict[str, Tuple[type, ...]]:
+    """The JSON types each TrainConfig setting may have in a config.json."""
+    d = TrainConfig()
+    out: Dict[str, Tuple[type, ...]] = {}
+    for f in fields(TrainConfig):
+        default = getattr(d, f.name)
+        if f.name == "alpha":
+            out[f.name] = (int, float, list)
+        elif isinstance(default, bool):
+            out[f.name] = (bool,)
+        elif isinstance(default, int):
+            out[f.name] = (int,)
+        elif isinstance(default, float):
+            out[f.name] = (int, float)
+        elif isinstance(default, str):
+            out[f.name] = (str,)
+        else:  # None by default: the optional settings
+            kind = {"topology": str, "backend": str, "data_dir": str, "out": str}.get(f.name, int)
+            out[f.name] = (kind, type(None))
+    return out
+
+
+def read_run_config(out_dir: str) -> TrainConfig:
+    """The settings of the run in out_dir (its config.json), with out = out_dir: a run folder
+    may be moved or copied, and its files are found relative to where it is now. A setting of
+    the wrong type or value is a RunError naming config.json and the key."""
+    path = os.path.join(out_dir, "config.json")
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{path} is missing")
+    saved = read_json(path)
+    if not isinstance(saved, dict):
+        raise RunError(f"{path} is not the config.json of a training run (expected a JSON object)")
+    saved.pop("out", None)  # written by earlier releases: where the run was, not where it is
+    for name, value in LEGACY_SETTINGS.items():  # a run from before a setting existed ran without it
+        saved.setdefault(name, value)
+    types = _config_field_types()
+    for key, value in saved.items():
+        if key not in types:
+            raise RunError(f"{path}: unknown setting {key!r}; is it the config.json of a training run?")
+        ok = isinstance(value, types[key]) and not (isinstance(value, bool) and bool not in types[key])
+        if key == "alpha" and isinstance(value, list):
+            ok = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in value)
+        if not ok:
+            want = " or ".join("null" if t is type(None) else {"int": "an integer", "float": "a number",
+                               "str": "a string", "bool": "true/false", "list": "a list"}[t.__name__]
+                               for t in types[key])
+            raise RunError(f"{path}: {key!r} must be {want}, got {json.dumps(value)}")
+    if isinstance(saved.get("alpha"), list):
+        saved["alpha"] = tuple(saved["alpha"])
+    cfg = TrainConfig(**saved, out=out_dir)
+    try:  # the values, wherever the run may go on (the device is checked where it runs)
+        replace(cfg, device="cpu", backend=None, threads=None).validate()
+    except UsageError as e:
+        msg = re.sub(r"--([a-z][a-z-]*)", lambda m: repr(m.group(1).replace("-", "_")), str(e))
+        raise RunError(f"{path}: {msg}") from None
+    return cfg
