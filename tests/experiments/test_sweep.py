@@ -15,7 +15,7 @@ from rnnofrnns.experiments.errors import UsageError
 from rnnofrnns.experiments.training.config import TrainConfig
 from rnnofrnns.experiments.training.sweep import sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = replace(TrainConfig(), num_areas=4, area_size=8, progress=False, threads=1)
 ROW_KEYS = {"topology", "feedback_sparsity", "seed", "run", "test_accuracy", "trainable_parameters",
             "feedback_parameters", "certificate", "ablation_test_accuracy", "mean_drop", "worst_drop",

@@ -153,7 +153,7 @@ def test_the_assembly_experiment_runs(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "assembly.py"
+    path = Path(__file__).resolve().parents[2] / "examples" / "assembly.py"
     spec = importlib.util.spec_from_file_location("assembly_example", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
