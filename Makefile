@@ -34,7 +34,7 @@ deps: $(VENV)/.deps-stamp
 # compiled in place, their objects kept in build/ (ninja), so that a rebuild after an edit and the
 # wheel test (tests/test_install.py) recompile only what changed; the editable install then only
 # links the package into the venv.
-$(VENV)/.install-stamp: $(VENV)/.deps-stamp setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*/*.h)
+$(VENV)/.install-stamp: $(VENV)/.deps-stamp setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*/*.cpp csrc/*/*.h csrc/*/*/*.h)
 	$(PY) setup.py -q build_ext --inplace
 	RNNOFRNNS_NO_EXT=1 $(PIP) install --disable-pip-version-check --no-build-isolation --no-deps -e .
 	$(PY) -c "import rnnofrnns; assert rnnofrnns.cpu_extension_available(), 'rnnofrnns._C did not load'"

@@ -46,7 +46,7 @@ def _extensions():
     # -g0: debug info tripled the compile time of the ensemble kernels.
     cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp", "-fno-math-errno"]
     extra = os.environ.get("RNNOFRNNS_EXTRA_CXXFLAGS", "").split()
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/cpu/*/*.cpp"))
     exts = [
         CppExtension(
             name=f"rnnofrnns._C_{cap}",

@@ -1,4 +1,4 @@
-// The register-blocked product of modular_rnn's kernels (csrc/cpu/modular_rnn.cpp), in a
+// The register-blocked product of modular_rnn's kernels (csrc/cpu/modular_rnn/), in a
 // header so that bench/micro/rows_matmul.cpp times the same code.
 #pragma once
 

@@ -1,0 +1,315 @@
+// The backward kernel of the modular recurrence (see common.h): backpropagation through time
+// from the saved states, the weight gradients fused into the loop (staged rows applied as
+// rank-kStage updates to per-chunk accumulators), summed over the chunks in a fixed order.
+#include "common.h"
+
+namespace rnnofrnns {
+// Hidden: every CPU build (avx512, avx2, default) is its own module with these same names.
+namespace __attribute__((visibility("hidden"))) modular_rnn_cpu {
+
+// The layout of the backward's per-chunk accumulators: nW area blocks, nL feedback blocks,
+// nS star blocks (S_inv's gradient, then sum gr s^T), each np x np, then p alpha sums.
+struct Accumulators {
+  int64_t nchunks, size, nW, nL, nS, blk, np;
+};
+
+// The weight gradients from the chunks' accumulators, summed in chunk order (so that they do
+// not depend on the thread count), the padding dropped.
+template <typename T>
+void reduce_gradients(const std::vector<T>& partial, const Accumulators& acc, const T* Lb, const int64_t* Lidx,
+                      const T* alpha, const Shape& s, const Feedback& fb, T* grad_W, T* grad_L, T* grad_alpha,
+                      T* grad_S) {
+  const int64_t nchunks = acc.nchunks, acc_size = acc.size, nW = acc.nW, nL = acc.nL, nS = acc.nS;
+  const int64_t blk = acc.blk, np = acc.np;
+  const bool star = fb.step == Step::Star;
+  auto reduce = [&](T* out, int64_t count, int64_t offset, auto scale_of) {
+    for (int64_t b = 0; b < count; ++b) {
+      const T scale = scale_of(b);
+      for (int64_t r = 0; r < s.n; ++r)
+        for (int64_t c = 0; c < s.n; ++c) {
+          T sum = T(0);
+          for (int64_t ch = 0; ch < nchunks; ++ch) sum += partial[ch * acc_size + offset + b * blk + r * np + c];
+          out[(b * s.n + r) * s.n + c] = scale * sum;
+        }
+    }
+  };
+  auto one = [](int64_t) { return T(1); };
+  if (grad_W) reduce(grad_W, s.p, 0, one);
+  if (grad_L) reduce(grad_L, s.k, nW * blk, [&](int64_t r) { return star && !fb.hub_row(Lidx, r) ? T(2) : T(1); });
+  if (star) reduce(grad_S, 1, (nW + nL) * blk, one);
+  if (nS == 2) {  // grad P_hj -= 2 (sum gr s^T) P_jh^T for every hub-row block with a leaf block back
+    std::vector<T> G(static_cast<size_t>(s.n * s.n));
+    reduce(G.data(), 1, (nW + nL + 1) * blk, one);
+    std::vector<int64_t> leaf_of(static_cast<size_t>(s.p), -1);
+    for (int64_t r = 0; r < s.k; ++r)
+      if (!fb.hub_row(Lidx, r)) leaf_of[Lidx[2 * r]] = r;
+    for (int64_t r = 0; r < s.k; ++r) {
+      if (!fb.hub_row(Lidx, r) || leaf_of[Lidx[2 * r + 1]] < 0) continue;
+      const T* Pjh = Lb + leaf_of[Lidx[2 * r + 1]] * s.n * s.n;
+      T* out = grad_L + r * s.n * s.n;
+      for (int64_t a = 0; a < s.n; ++a)
+        for (int64_t c = 0; c < s.n; ++c) {
+          T sum = T(0);
+          for (int64_t e = 0; e < s.n; ++e) sum += G[a * s.n + e] * Pjh[c * s.n + e];
+          out[a * s.n + c] -= T(2) * sum;
+        }
+    }
+  }
+  if (grad_alpha) {
+    for (int64_t i = 0; i < s.p; ++i) {
+      T sum = T(0);
+      for (int64_t ch = 0; ch < nchunks; ++ch) sum += partial[ch * acc_size + (nW + nL + nS) * blk + i];
+      grad_alpha[i] = sum / alpha[i];  // dx/da_i = (x - h_{t-1}) / a_i
+    }
+  }
+}
+
+// The Cayley star's transposed map, per group of rows in the padded layout (see common.h).
+template <typename T>
+struct StarBackward {
+  const Shape& s;
+  const Feedback& fb;
+  const int64_t* Lidx;
+  int64_t np;
+  const T* Lp;  // the packed blocks, untransposed (hub-row blocks P_hj, leaf blocks 2 P_jh)
+  const T* Sp;  // S_inv, untransposed
+  const T* Ln;  // the blocks transposed, times -1 (the leaves' -2 P_jh)
+
+  // x holds h_t: rebuild z_t in place from it and s_hub (sh): z_hub = 2 s - h_hub,
+  // z_j = h_j - 2 P_jh s.
+  void rebuild_z(int rows, T* x, const T* sh) const {
+    using Vec = Vectorized<T>;
+    const int64_t HP = s.p * np, blk = np * np;
+    T* xh = x + fb.hub * np;
+    for (int b = 0; b < rows; ++b)
+      for (int64_t j = 0; j < np; j += Vec::size())
+        (Vec(T(2)) * Vec::loadu(sh + b * np + j) - Vec::loadu(xh + b * HP + j)).store(xh + b * HP + j);
+    for (int64_t r = 0; r < s.k; ++r)
+      if (!fb.hub_row(Lidx, r)) matmul_acc(rows, x + Lidx[2 * r] * np, HP, sh, np, 1, Ln + r * blk, np, s.n, np);
+  }
+
+  // g = dLoss/dh_t through C^T: gs = dLoss/ds_hub = 2 g_hub + sum_j (2 P_jh)^T g_j (staged),
+  // gr = S^{-T} gs, gz = dLoss/dz_t (g, with gr - g_hub at the hub and P_hj^T gr added at the
+  // leaves); g's hub entries become gr (the X side of the blocks' outer products).
+  void transpose_step(int rows, T* g, T* gz, T* gs, T* gr) const {
+    using Vec = Vectorized<T>;
+    const int64_t HP = s.p * np, blk = np * np;
+    T* gh = g + fb.hub * np;
+    for (int b = 0; b < rows; ++b)
+      for (int64_t j = 0; j < np; j += Vec::size()) (Vec(T(2)) * Vec::loadu(gh + b * HP + j)).store(gs + b * np + j);
+    for (int64_t r = 0; r < s.k; ++r)
+      if (!fb.hub_row(Lidx, r)) matmul_acc(rows, gs, np, g + Lidx[2 * r] * np, HP, 1, Lp + r * blk, np, s.n, np);
+    std::fill(gr, gr + rows * np, T(0));
+    matmul_acc(rows, gr, np, gs, np, 1, Sp, np, s.n, np);
+    std::copy(g, g + rows * HP, gz);
+    for (int b = 0; b < rows; ++b)
+      for (int64_t j = 0; j < np; j += Vec::size()) {
+        const Vec grv = Vec::loadu(gr + b * np + j);
+        (grv - Vec::loadu(gh + b * HP + j)).store(gz + fb.hub * np + b * HP + j);
+        grv.store(gh + b * HP + j);
+      }
+    for (int64_t r = 0; r < s.k; ++r)
+      if (fb.hub_row(Lidx, r)) matmul_acc(rows, gz + Lidx[2 * r + 1] * np, HP, gr, np, 1, Lp + r * blk, np, s.n, np);
+  }
+};
+
+template <typename T>
+void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_t* Lidx, const T* h0,
+                     const T* alpha, const T* S_inv, const T* states, const T* pre, const T* zsave, const T* rsave,
+                     T* grad_drive, T* grad_h0, T* grad_W, T* grad_L, T* grad_alpha, T* grad_S, const Shape s,
+                     const Nonlinearity nl, const Form form, const Feedback fb) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H, Bn = s.B * s.n, blk = np * np;
+  const Layout lay{s.n, np, HP};
+  const bool hopfield = form == Form::Hopfield, euler = fb.step == Step::Euler, star = fb.step == Step::Star;
+  // Untransposed packed weights: the microkernel then computes x -> W^T x.
+  const std::vector<T> Wp = pack_areas<T>(W, s, np, /*transpose=*/false, alpha, hopfield);
+  std::vector<T> Lp, Sp;
+  pack_feedback<T>(Lb, Lidx, s, np, fb, alpha, /*transpose=*/false, Lp);
+  if (star) pack_blocks<T>(S_inv, 1, s.n, np, /*transpose=*/false, T(1), Sp);
+  // The star saves s_hub [T, B, n] rather than z [T, B, p*n]: the backward rebuilds
+  // z_hub = 2 s - h_hub and z_j = h_j - 2 P_jh s (Ln: the leaf blocks transposed, times -2).
+  std::vector<T> Ln;
+  if (star) {
+    pack_feedback<T>(Lb, Lidx, s, np, fb, alpha, /*transpose=*/true, Ln);
+    for (auto& v : Ln) v = -v;
+  }
+  const StarBackward<T> hub{s, fb, Lidx, np, Lp.data(), Sp.data(), Ln.data()};
+  const AreaRates<T> rates(alpha, s.p);
+  const int64_t groups = (s.B + kRows - 1) / kRows;
+  // The batch groups are split into chunks whose number depends on B only, never on the
+  // thread count. Each chunk stages and accumulates its own weight gradients [p + k (+ 1)
+  // blocks of np x np, then p alpha sums], and the chunks are summed in a fixed order, so
+  // the results are bitwise identical for any number of threads (a resumed run on another
+  // machine matches).
+  const int64_t nW = grad_W ? s.p : 0, nL = grad_L ? s.k : 0;
+  // Without alpha's gradient the star stages h_j instead of z_j = h_j - 2 P_jh s at the leaves
+  // (no rebuild of z: 15 fewer block products per step for 16 areas) and corrects the hub-row
+  // gradients at the end: sum gr z_j^T = sum gr h_j^T - 2 (sum gr s^T) P_jh^T.
+  const bool leaf_h = star && !grad_alpha;
+  const int64_t nS = star ? (leaf_h && grad_L ? 2 : 1) : 0;  // S_inv's gradient, then sum gr s^T
+  const int64_t acc_size = (nW + nL + nS) * blk + s.p;
+  const int64_t nchunks = std::min<int64_t>(groups, kChunks);
+  std::vector<T> partial(static_cast<size_t>(nchunks * acc_size), T(0));
+
+  auto run_chunk = [&](int64_t chunk) {
+    const int64_t g0 = chunk * groups / nchunks, g1 = (chunk + 1) * groups / nchunks;
+    T* accW = partial.data() + chunk * acc_size;
+    T* accL = accW + nW * blk;
+    T* accS = accL + nL * blk;
+    T* accA = accS + nS * blk;  // per area: sum of dLoss/dx * (x - h_{t-1}), x = h_t (Euler) or z_t
+    const int64_t ng = g1 - g0, gsz = kRows * HP, sst = kStage * HP;
+    std::vector<T> buf(static_cast<size_t>((ng + 4) * gsz + (euler ? 4 : 6) * sst + 2 * kStage * np + 2 * kRows * np),
+                       T(0));
+    T* carry_all = buf.data();       // per group: dLoss/dh_t through the steps after t
+    T* g = carry_all + ng * gsz;     // total gradient of h_t (Euler; the Cayley step stages it)
+    T* z = g + gsz;                  // pre-activation (rate form)
+    T* gz = z + gsz;                 // Cayley: gradient of z_t = C^T g
+    T* x = gz + gsz;                 // h_t, for alpha's gradient (Euler; the Cayley step stages z_t)
+    // Staged rows for the weight gradients: a*gz, h_{t-1}, the drive's gradient d (rate
+    // form), phi(h_{t-1}) (hopfield form), and for the Cayley feedback the two sides of
+    // every block's outer product (X at the target, Y at the source; the leaf blocks' factor
+    // 2 is applied in the final sum) and, in the star, the hub's gs = dLoss/ds_hub and r.
+    T* st_ag = x + gsz;
+    T* st_h = st_ag + sst;
+    T* st_d = st_h + sst;
+    T* st_f = st_d + sst;
+    T* st_X = euler ? st_ag : st_f + sst;
+    T* st_Y = euler ? st_h : st_f + 2 * sst;
+    T* st_gs = st_f + (euler ? 1 : 3) * sst;
+    T* st_r = st_gs + kStage * np;
+    T* gr = st_r + kStage * np;      // star: S^{-T} gs
+    T* sh = gr + kRows * np;         // star: s_hub of step t
+    auto flush = [&](int64_t nred) {
+      if (nred == 0) return;
+      if (grad_L)
+        for (int64_t r = 0; r < s.k; ++r)
+          lay.block_outer(accL + r * blk, st_X + Lidx[2 * r] * np, st_Y + Lidx[2 * r + 1] * np, nred);
+      if (grad_W)
+        for (int64_t i = 0; i < s.p; ++i)
+          lay.block_outer(accW + i * blk, (hopfield ? st_ag : st_d) + i * np, (hopfield ? st_f : st_h) + i * np, nred);
+      if (star) {
+        const Layout hub{s.n, np, np};
+        hub.block_outer(accS, st_gs, st_r, nred);
+        if (nS == 2) lay.block_outer(accS + blk, st_X + fb.hub * np, st_Y + fb.hub * np, nred);
+      }
+    };
+    int64_t slot = 0;
+    // As in the forward, all groups of the thread step together (contiguous slabs per step).
+    for (int64_t t = s.T - 1; t >= 0; --t) {
+      for (int64_t gi = g0; gi < g1; ++gi) {
+        const int64_t b0 = gi * kRows;
+        const int rows = static_cast<int>(std::min<int64_t>(kRows, s.B - b0));
+        const int64_t len = rows * HP;
+        T* carry = carry_all + (gi - g0) * gsz;
+        T* ag = st_ag + slot * HP;
+        T* h = st_h + slot * HP;
+        T* d = hopfield ? ag : st_d + slot * HP;
+        // g and x: for the Cayley step they are staged as they are (the two sides X, Y of the
+        // feedback blocks' outer products: g at the target, z at the source; in the star the
+        // hub's entries become gr and s_hub below)
+        T* gp = euler ? g : st_X + slot * HP;
+        T* xp = euler ? x : st_Y + slot * HP;
+        gather_rows(gp, grad_states + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        gather_rows(h, (t > 0 ? states + (t - 1) * BH : h0) + b0 * s.H, rows, s.p, s.n, np, s.H);
+        if (grad_alpha || !euler)
+          gather_rows(xp, (fb.step == Step::Dense ? zsave : states) + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        if (star)
+          for (int b = 0; b < rows; ++b) std::copy(zsave + t * Bn + (b0 + b) * s.n, zsave + t * Bn + (b0 + b + 1) * s.n, sh + b * np);
+        if (star && !leaf_h) hub.rebuild_z(rows, xp, sh);  // xp holds h_t
+        if (!hopfield) gather_rows(z, pre + t * BH + b0 * s.H, rows, s.p, s.n, np, s.H);
+        for (int64_t j = 0; j < len; j += V) (Vec::loadu(gp + j) + Vec::loadu(carry + j)).store(gp + j);
+        // gz: the gradient of the pre-feedback state (g itself for the Euler step)
+        T* gzp = euler ? gp : gz;
+        if (fb.step == Step::Dense) {
+          std::fill(gz, gz + len, T(0));
+          for (int64_t r = 0; r < s.k; ++r)
+            lay.block_step(rows, gz + Lidx[2 * r + 1] * np, gp + Lidx[2 * r] * np, Lp.data() + r * blk);
+        } else if (star) {
+          hub.transpose_step(rows, gp, gz, st_gs + slot * np, gr);
+          for (int b = 0; b < rows; ++b)
+            std::copy(rsave + t * Bn + (b0 + b) * s.n, rsave + t * Bn + (b0 + b + 1) * s.n, st_r + (slot + b) * np);
+        }
+        // the step before the feedback: x = (1-a) h + a F(h, u)
+        with_nonlinearity(nl, [&](auto tag) {
+          constexpr Nonlinearity NL = decltype(tag)::value;
+          for (int b = 0; b < rows; ++b)
+            for (int64_t i = 0; i < s.p; ++i) {
+              const Vec a = rates.a[i], oma = rates.one_minus_a[i];
+              Vec sa(T(0));
+              for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
+                const Vec gv = Vec::loadu(gzp + j);
+                if (grad_alpha) sa = at::vec::fmadd(gv, Vec::loadu(xp + j) - Vec::loadu(h + j), sa);
+                (a * gv).store(ag + j);
+                if (hopfield) {
+                  Vec(T(0)).store(carry + j);
+                  if (grad_W) phi<NL>(Vec::loadu(h + j)).store(st_f + slot * HP + j);
+                } else {
+                  dphi<NL>(Vec::loadu(z + j), a * gv).store(d + j);
+                  (oma * gv).store(carry + j);
+                }
+              }
+              T lanes[V];
+              sa.store(lanes);
+              for (int64_t l = 0; l < V; ++l) accA[i] += lanes[l];
+            }
+        });
+        if (star)  // Y at the hub: s_hub
+          for (int b = 0; b < rows; ++b) std::copy(sh + b * np, sh + (b + 1) * np, xp + fb.hub * np + b * HP);
+        scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
+        if (hopfield) {
+          // carry = (1-a) gz + phi'(h) * ((aW)^T gz)
+          for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, gzp + i * np, Wp.data() + i * blk);
+          with_nonlinearity(nl, [&](auto tag) {
+            constexpr Nonlinearity NL = decltype(tag)::value;
+            for (int b = 0; b < rows; ++b)
+              for (int64_t i = 0; i < s.p; ++i) {
+                const Vec oma = rates.one_minus_a[i];
+                for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
+                  at::vec::fmadd(oma, Vec::loadu(gzp + j), dphi<NL>(Vec::loadu(h + j), Vec::loadu(carry + j)))
+                      .store(carry + j);
+              }
+          });
+        } else {
+          // carry = (1-a) gz + W^T d
+          for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, d + i * np, Wp.data() + i * blk);
+        }
+        if (euler)  // carry += (aL)^T g
+          for (int64_t r = 0; r < s.k; ++r)
+            lay.block_step(rows, carry + Lidx[2 * r + 1] * np, g + Lidx[2 * r] * np, Lp.data() + r * blk);
+        slot += rows;
+        if (slot + kRows > kStage) {
+          flush(slot);
+          slot = 0;
+        }
+      }
+    }
+    flush(slot);
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const int64_t b0 = gi * kRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, s.B - b0));
+      scatter_rows(grad_h0 + b0 * s.H, carry_all + (gi - g0) * gsz, rows, s.p, s.n, np, s.H);
+    }
+  };
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    FlushDenormalGuard ftz;
+    for (int64_t chunk = c0; chunk < c1; ++chunk) run_chunk(chunk);
+  });
+
+  // Sum the chunks' accumulators in order and drop the padding.
+  const Accumulators acc{nchunks, acc_size, nW, nL, nS, blk, np};
+  reduce_gradients<T>(partial, acc, Lb, Lidx, alpha, s, fb, grad_W, grad_L, grad_alpha, grad_S);
+}
+
+template void backward_kernel<float>(const float* grad_states, const float* W, const float* Lb, const int64_t* Lidx, const float* h0,
+                     const float* alpha, const float* S_inv, const float* states, const float* pre, const float* zsave, const float* rsave,
+                     float* grad_drive, float* grad_h0, float* grad_W, float* grad_L, float* grad_alpha, float* grad_S, const Shape s,
+                     const Nonlinearity nl, const Form form, const Feedback fb);
+template void backward_kernel<double>(const double* grad_states, const double* W, const double* Lb, const int64_t* Lidx, const double* h0,
+                     const double* alpha, const double* S_inv, const double* states, const double* pre, const double* zsave, const double* rsave,
+                     double* grad_drive, double* grad_h0, double* grad_W, double* grad_L, double* grad_alpha, double* grad_S, const Shape s,
+                     const Nonlinearity nl, const Form form, const Feedback fb);
+
+}  // namespace modular_rnn_cpu
+}  // namespace rnnofrnns
