@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -54,6 +54,7 @@ __all__ = [
     "feedback_norm_bound",
     "rescaled_to_budget",
     "cayley_step_bound",
+    "non_finite_tensors",
     "certify",
 ]
 
@@ -309,20 +310,32 @@ class Certificate:
                 f"kappa {self.kappa:.4g}, omega {self.omega:.4g})")
 
 
+def non_finite_tensors(model: torch.nn.Module) -> List[str]:
+    """The names of the floating parameters and buffers of `model` that hold a NaN or an
+    infinity (a feedback_budget may be +inf: no budget needed). Checked before anything is
+    derived from them: a norm or a factorisation of a non-finite matrix raises or means nothing."""
+    tensors = [(name, t.detach()) for name, t in list(model.named_parameters()) + list(model.named_buffers())
+               if t.is_floating_point() and t.numel()]
+
+    def fine(name: str, t: torch.Tensor) -> torch.Tensor:
+        if name.rsplit(".", 1)[-1] == "feedback_budget":  # inf: no budget needed (cayley, per-area alpha)
+            return ~(torch.isnan(t) | (t < 0)).any()
+        return torch.isfinite(t).all()
+
+    if not tensors:
+        return []
+    ok = torch.stack([fine(name, t).to(tensors[0][1].device) for name, t in tensors])
+    if bool(ok.all()):  # one synchronisation when all is well
+        return []
+    return [name for (name, _), good in zip(tensors, ok.tolist()) if not good]
+
+
 def _non_finite_tensors(model: Any) -> Optional[Certificate]:
     """A failing certificate naming every parameter and buffer of `model` (an nn.Module) that
-    holds a NaN or an infinity, or None when all are finite. Checked before anything is derived
-    from them: a norm or a factorisation of a non-finite matrix raises or means nothing."""
+    holds a NaN or an infinity, or None when all are finite."""
     if not isinstance(model, torch.nn.Module):
         return None
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-
-    def broken(name: str, t: torch.Tensor) -> bool:
-        if name.rsplit(".", 1)[-1] == "feedback_budget":  # inf: no budget needed (cayley, per-area alpha)
-            return bool(torch.isnan(t).any() or (t < 0).any())
-        return not bool(torch.isfinite(t.detach()).all())
-
-    bad = [name for name, t in tensors if t.is_floating_point() and broken(name, t)]
+    bad = non_finite_tensors(model)
     if not bad:
         return None
     rnn = getattr(model, "rnn", model)

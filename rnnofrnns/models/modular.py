@@ -213,20 +213,13 @@ class ModularRNN(nn.Module):
             module.feedback_budget.copy_(module._budget())
 
     def _check_finite(self) -> None:
-        """A clear error instead of NaN outputs when a weight is not finite (one check per call)."""
+        """A clear error instead of NaN outputs when a parameter or buffer is not finite (one check
+        per call; the same check as certify's)."""
         if torch.compiler.is_compiling():
             return
-        named = [("B", self.B), ("input_weight", self.input_weight)]
-        named += [(name, getattr(self, name)) for name in self.areas.tensor_names]
-        if self.learn_timescales:
-            named.append(("timescale_logit", self.timescale_logit))
-        if self.feedback.uses_budget(self.per_area_alpha):
-            named.append(("feedback_budget", self.feedback_budget))
-        if self.input_bias is not None:
-            named.append(("input_bias", self.input_bias))
-        if bool(torch.stack([t.detach().isfinite().all() for _, t in named]).all()):
+        bad = stability.non_finite_tensors(self)
+        if not bad:
             return
-        bad = [name for name, t in named if not bool(t.detach().isfinite().all())]
         raise ValueError(f"{type(self).__name__}: the weights {', '.join(bad)} hold NaN or inf values; "
                          "the network cannot run (reload a checkpoint or lower the learning rate)")
 

@@ -178,10 +178,15 @@ def _tensors(model):
             if t.is_floating_point() and t.numel()]
 
 
+def own_name(name):
+    return __import__("re").escape(name.removeprefix("rnn."))
+
+
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_certify_never_raises_and_names_any_non_finite_tensor(kind):
     """A NaN or an infinity in any parameter or buffer (feedback_mask included) gives
-    holds=False naming that tensor; certify() itself never raises."""
+    holds=False naming that tensor, and forward the one-line error naming it (never a
+    LinAlgError or NaN outputs); certify() itself never raises."""
     build, kw = MODEL_KINDS[kind]
     names = [name for name, _ in _tensors(build(kw)) if name.startswith("rnn.")]  # the readout is not in the recurrence
     assert any("feedback_mask" in n for n in names) or "feedback_sparsity" not in kind
@@ -194,6 +199,8 @@ def test_certify_never_raises_and_names_any_non_finite_tensor(kind):
                 dict(_tensors(model))[name].view(-1)[0] = bad
             cert = model.certify()
             assert not cert.holds and not cert.discrete_holds, (name, bad)
+            with pytest.raises(ValueError, match=f"the weights .*{own_name(name)}.* hold NaN or inf values"):
+                model(torch.zeros(2, 3, model.rnn.input_size if hasattr(model, "rnn") else model.input_size))
             own = name.removeprefix("rnn.")  # the classifiers' certificate is their rnn's
             assert own in cert.reason.split(" hold")[0].split(", ") and "non-finite" in cert.reason, (name, cert.reason)
             assert "FAILS" in str(cert)
