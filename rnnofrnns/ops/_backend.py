@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from typing import Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -53,6 +53,35 @@ def triton_available() -> bool:
 
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# The implementations of every op, by backend: op name -> {backend name -> callable}. Each op
+# registers its backends in one place (ops/<op>/backends.py); `implementation` looks them up.
+_IMPLEMENTATIONS: Dict[str, Dict[str, Callable[..., Any]]] = {}
+
+
+def register(op: str, backend: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: the function is `op`'s implementation on `backend` (one of BACKENDS)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _IMPLEMENTATIONS.setdefault(op, {})[backend] = fn
+        return fn
+
+    return add
+
+
+def backends_of(op: str) -> Tuple[str, ...]:
+    """The backends that `op` has, in the order of BACKENDS."""
+    table = _IMPLEMENTATIONS.get(op, {})
+    return tuple(b for b in BACKENDS if b in table)
+
+
+def implementation(op: str, backend: Optional[str], device: torch.device) -> Callable[..., Any]:
+    """`op`'s implementation for tensors on `device`: the backend chosen by resolve_backend
+    among those the op has registered."""
+    return _IMPLEMENTATIONS[op][resolve_backend(backend, device, op=op, backends=backends_of(op))]
 
 
 def resolve_backend(backend: Optional[str], device: torch.device, *, op: str = "this op",

@@ -15,22 +15,15 @@ from typing import Optional
 
 import torch
 
-from .._backend import resolve_backend
+from .._backend import implementation
+from . import backends  # noqa: F401  (registers the backends)
 from .checks import check_ensemble_drive_args, check_ensemble_loss_args, check_ensemble_readout_loss_args
-from .reference import ensemble_drive_reference, ensemble_loss_reference, ensemble_readout_loss_reference
-
-
-def _resolve(backend: Optional[str], device: torch.device) -> str:
-    """There are no Triton kernels for the ensemble ops: on other devices the reference runs."""
-    return resolve_backend(backend, device, op="the ensemble ops", backends=("reference", "cpu"))
 
 
 def ensemble_drive(x: torch.Tensor, W_x: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
     """Each instance's input projection, laid out as one modular_rnn drive [T, B, I*n]."""
     check_ensemble_drive_args(x, W_x)
-    if _resolve(backend, x.device) == "reference":
-        return ensemble_drive_reference(x, W_x)
-    return torch.ops.rnnofrnns.ensemble_drive_fwd(x, W_x)
+    return implementation("ensemble_drive", backend, x.device)(x, W_x)
 
 
 def ensemble_readout_loss(h: torch.Tensor, W_y: torch.Tensor, b: torch.Tensor, y: torch.Tensor, relu: bool,
@@ -38,9 +31,7 @@ def ensemble_readout_loss(h: torch.Tensor, W_y: torch.Tensor, b: torch.Tensor, y
     """Per-instance mean squared error of the readout, [I]; the [I, B, T, F] output is
     never formed by the cpu backend. y is the target and must not require grad."""
     check_ensemble_readout_loss_args(h, W_y, b, y)
-    if _resolve(backend, h.device) == "reference":
-        return ensemble_readout_loss_reference(h, W_y, b, y, relu)
-    return torch.ops.rnnofrnns.ensemble_readout_loss(h, W_y, b, y, relu)[0]
+    return implementation("ensemble_readout_loss", backend, h.device)(h, W_y, b, y, relu)
 
 
 def ensemble_loss(x: torch.Tensor, W_x: torch.Tensor, W_h: torch.Tensor, W_y: torch.Tensor, b: torch.Tensor,
@@ -52,7 +43,4 @@ def ensemble_loss(x: torch.Tensor, W_x: torch.Tensor, W_h: torch.Tensor, W_y: to
     of a Hessenberg reduction of each W_h: the same function, fewer FMAs); x [I, B, T, F] may
     be an expanded view of shared data. x and y are data: they must not require grad."""
     check_ensemble_loss_args(x, W_x, W_h, W_y, b, y)
-    if _resolve(backend, y.device) == "reference":
-        return ensemble_loss_reference(x, W_x, W_h, W_y, b, y, relu_hidden, relu_out)
-    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (W_x, W_h, W_y, b))
-    return torch.ops.rnnofrnns.ensemble_loss(x, W_x, W_h, W_y, b, y, relu_hidden, relu_out, need_grad)[0]
+    return implementation("ensemble_loss", backend, y.device)(x, W_x, W_h, W_y, b, y, relu_hidden, relu_out)

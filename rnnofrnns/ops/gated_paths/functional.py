@@ -5,9 +5,9 @@ from typing import Optional
 
 import torch
 
-from .._backend import resolve_backend
+from .._backend import implementation
+from . import backends  # noqa: F401  (registers the backends)
 from .checks import check_gated_paths_args
-from .reference import gated_paths_reference
 
 
 def gated_paths(x: torch.Tensor, W: torch.Tensor, c: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
@@ -25,12 +25,4 @@ def gated_paths(x: torch.Tensor, W: torch.Tensor, c: torch.Tensor, backend: Opti
         y [B, D_out], differentiable in x, W and c (float32 or float64).
     """
     check_gated_paths_args(x, W, c)
-    name = resolve_backend(backend, x.device, op="gated_paths")
-    if name == "reference":
-        return gated_paths_reference(x, W, c)
-    if name == "cpu":
-        op = torch.ops.rnnofrnns.gated_paths_fwd
-    else:
-        op = torch.ops.rnnofrnns.gated_paths_fwd_triton
-    y, _ = op(x, W, c)
-    return y
+    return implementation("gated_paths", backend, x.device)(x, W, c)

@@ -5,22 +5,12 @@ from typing import Optional, Union
 
 import torch
 
-from .._backend import resolve_backend
-from .cayley import kernel_operands
-from .checks import check_block_index, check_modular_rnn_args
-from .reference import modular_rnn_reference
+from .._backend import implementation
+from . import backends  # noqa: F401  (registers the backends)
+from .checks import check_modular_rnn_args
 
 
 FEEDBACK_STEPS = ("euler", "cayley")
-
-
-def area_rates(alpha: Union[float, torch.Tensor], p: int, like: torch.Tensor) -> torch.Tensor:
-    """alpha as p per-area values [p] of like's dtype and device (a number or one value is
-    broadcast); differentiable when alpha is a tensor that requires grad."""
-    if not isinstance(alpha, torch.Tensor):
-        return torch.full((p,), float(alpha), dtype=like.dtype, device=like.device)
-    a = alpha.to(dtype=like.dtype, device=like.device)
-    return a.reshape(1).expand(p) if a.numel() == 1 else a
 
 
 def modular_rnn(
@@ -60,22 +50,7 @@ def modular_rnn(
     if feedback_step not in FEEDBACK_STEPS:
         raise ValueError(f"feedback_step must be one of {FEEDBACK_STEPS}, got {feedback_step!r}")
     check_modular_rnn_args(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form)
-    p = W.shape[0]
-    name = resolve_backend(backend, drive.device, op="modular_rnn")
+    run = implementation("modular_rnn", backend, drive.device)
     if drive.shape[1] == 0:  # an empty batch: empty states, still tied to the drive's graph
         return drive.clone()
-    if name == "reference":
-        if not torch.compiler.is_compiling():
-            check_block_index(L_index, p)
-        a = area_rates(alpha, p, drive) if isinstance(alpha, torch.Tensor) else float(alpha)
-        return modular_rnn_reference(drive, W, L_blocks, L_index, h0, alpha=a, nonlinearity=nonlinearity, form=form,
-                                     feedback_step=feedback_step)
-    if h0 is None:
-        h0 = drive.new_zeros(drive.shape[1], drive.shape[2])
-    a = area_rates(alpha, p, drive)
-    if feedback_step == "cayley":
-        check_block_index(L_index, p)  # the operands below read the index
-    step, hub, blocks, index, S_inv = kernel_operands(L_blocks, L_index, a, p, feedback_step)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (drive, W, blocks, h0, a, S_inv))
-    op = torch.ops.rnnofrnns.modular_rnn_fwd if name == "cpu" else torch.ops.rnnofrnns.modular_rnn_fwd_triton
-    return op(drive, W, blocks, index, h0, a, S_inv, nonlinearity, form, step, hub, needs_grad)[0]
+    return run(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, feedback_step)
