@@ -113,6 +113,75 @@ struct StarBackward {
   }
 };
 
+// The transpose of the areas' update x = (1-a) h + a F(h, u), per group of rows in the
+// padded layout (see common.h).
+template <typename T>
+struct AreaStepBackward {
+  const Layout& lay;
+  const Shape& s;
+  int64_t np;
+  const AreaRates<T>& rates;
+  Nonlinearity nl;
+  bool hopfield;
+  const T* Wp;  // the area blocks, packed untransposed (times alpha in the hopfield form)
+
+  // From gz = dLoss/dx: ag = a gz; the drive's gradient d (rate form: phi'(z) a gz; in the
+  // hopfield form d is ag); carry's (1-a) gz part (rate form; zero in the hopfield form, see
+  // carry); phi(h) into f (hopfield form, when W's gradient is asked for); and, when x is
+  // given, alpha's sums accA[i] += gz . (x - h) per area.
+  void update_transpose(int rows, const T* gz, const T* x, const T* h, const T* z, T* ag, T* d, T* carry, T* f,
+                        T* accA) const {
+    using Vec = Vectorized<T>;
+    constexpr int64_t V = Vec::size();
+    const int64_t HP = s.p * np;
+    with_nonlinearity(nl, [&](auto tag) {
+      constexpr Nonlinearity NL = decltype(tag)::value;
+      for (int b = 0; b < rows; ++b)
+        for (int64_t i = 0; i < s.p; ++i) {
+          const Vec a = rates.a[i], oma = rates.one_minus_a[i];
+          Vec sa(T(0));
+          for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
+            const Vec gv = Vec::loadu(gz + j);
+            if (x) sa = at::vec::fmadd(gv, Vec::loadu(x + j) - Vec::loadu(h + j), sa);
+            (a * gv).store(ag + j);
+            if (hopfield) {
+              Vec(T(0)).store(carry + j);
+              if (f) phi<NL>(Vec::loadu(h + j)).store(f + j);
+            } else {
+              dphi<NL>(Vec::loadu(z + j), a * gv).store(d + j);
+              (oma * gv).store(carry + j);
+            }
+          }
+          T lanes[V];
+          sa.store(lanes);
+          for (int64_t l = 0; l < V; ++l) accA[i] += lanes[l];
+        }
+    });
+  }
+
+  // carry = dLoss/dh_{t-1} through the areas: (1-a) gz + phi'(h) * ((aW)^T gz) (hopfield),
+  // (1-a) gz + W^T d (rate; update_transpose left (1-a) gz in carry).
+  void carry(int rows, T* carry, const T* gz, const T* h, const T* d) const {
+    using Vec = Vectorized<T>;
+    constexpr int64_t V = Vec::size();
+    const int64_t HP = s.p * np, blk = np * np;
+    if (!hopfield) {
+      for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, d + i * np, Wp + i * blk);
+      return;
+    }
+    for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, gz + i * np, Wp + i * blk);
+    with_nonlinearity(nl, [&](auto tag) {
+      constexpr Nonlinearity NL = decltype(tag)::value;
+      for (int b = 0; b < rows; ++b)
+        for (int64_t i = 0; i < s.p; ++i) {
+          const Vec oma = rates.one_minus_a[i];
+          for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
+            at::vec::fmadd(oma, Vec::loadu(gz + j), dphi<NL>(Vec::loadu(h + j), Vec::loadu(carry + j))).store(carry + j);
+        }
+    });
+  }
+};
+
 template <typename T>
 void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_t* Lidx, const T* h0,
                      const T* alpha, const T* S_inv, const T* states, const T* pre, const T* zsave, const T* rsave,
@@ -137,6 +206,7 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
   }
   const StarBackward<T> hub{s, fb, Lidx, np, Lp.data(), Sp.data(), Ln.data()};
   const AreaRates<T> rates(alpha, s.p);
+  const AreaStepBackward<T> areas{lay, s, np, rates, nl, hopfield, Wp.data()};
   const int64_t groups = (s.B + kRows - 1) / kRows;
   // The batch groups are split into chunks whose number depends on B only, never on the
   // thread count. Each chunk stages and accumulates its own weight gradients [p + k (+ 1)
@@ -232,49 +302,12 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
             std::copy(rsave + t * Bn + (b0 + b) * s.n, rsave + t * Bn + (b0 + b + 1) * s.n, st_r + (slot + b) * np);
         }
         // the step before the feedback: x = (1-a) h + a F(h, u)
-        with_nonlinearity(nl, [&](auto tag) {
-          constexpr Nonlinearity NL = decltype(tag)::value;
-          for (int b = 0; b < rows; ++b)
-            for (int64_t i = 0; i < s.p; ++i) {
-              const Vec a = rates.a[i], oma = rates.one_minus_a[i];
-              Vec sa(T(0));
-              for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
-                const Vec gv = Vec::loadu(gzp + j);
-                if (grad_alpha) sa = at::vec::fmadd(gv, Vec::loadu(xp + j) - Vec::loadu(h + j), sa);
-                (a * gv).store(ag + j);
-                if (hopfield) {
-                  Vec(T(0)).store(carry + j);
-                  if (grad_W) phi<NL>(Vec::loadu(h + j)).store(st_f + slot * HP + j);
-                } else {
-                  dphi<NL>(Vec::loadu(z + j), a * gv).store(d + j);
-                  (oma * gv).store(carry + j);
-                }
-              }
-              T lanes[V];
-              sa.store(lanes);
-              for (int64_t l = 0; l < V; ++l) accA[i] += lanes[l];
-            }
-        });
+        areas.update_transpose(rows, gzp, grad_alpha ? xp : nullptr, h, z, ag, d, carry,
+                               hopfield && grad_W ? st_f + slot * HP : nullptr, accA);
         if (star)  // Y at the hub: s_hub
           for (int b = 0; b < rows; ++b) std::copy(sh + b * np, sh + (b + 1) * np, xp + fb.hub * np + b * HP);
         scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
-        if (hopfield) {
-          // carry = (1-a) gz + phi'(h) * ((aW)^T gz)
-          for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, gzp + i * np, Wp.data() + i * blk);
-          with_nonlinearity(nl, [&](auto tag) {
-            constexpr Nonlinearity NL = decltype(tag)::value;
-            for (int b = 0; b < rows; ++b)
-              for (int64_t i = 0; i < s.p; ++i) {
-                const Vec oma = rates.one_minus_a[i];
-                for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
-                  at::vec::fmadd(oma, Vec::loadu(gzp + j), dphi<NL>(Vec::loadu(h + j), Vec::loadu(carry + j)))
-                      .store(carry + j);
-              }
-          });
-        } else {
-          // carry = (1-a) gz + W^T d
-          for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, d + i * np, Wp.data() + i * blk);
-        }
+        areas.carry(rows, carry, gzp, h, d);
         if (euler)  // carry += (aL)^T g
           for (int64_t r = 0; r < s.k; ++r)
             lay.block_step(rows, carry + Lidx[2 * r + 1] * np, g + Lidx[2 * r] * np, Lp.data() + r * blk);
