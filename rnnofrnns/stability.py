@@ -349,6 +349,41 @@ def _non_finite_tensors(model: Any) -> Optional[Certificate]:
         feedback_step=getattr(rnn, "feedback_step", "euler"))
 
 
+def _cayley_discrete(alphas: Optional[torch.Tensor], a: float, rate: float, kappas: torch.Tensor, omega: float,
+                     m: torch.Tensor, L: torch.Tensor, n: int, holds: bool) -> Tuple[float, float]:
+    """(step factor, max alpha) of the Cayley step: cayley_step_bound in N = M A^{-1}. C is
+    orthogonal in N only when L is skew in M: otherwise there is no discrete certificate."""
+    p = kappas.numel()
+    step = cayley_step_bound(alphas if alphas is not None else torch.full((p,), a), kappas) if holds else math.inf
+    return step, 1.0 if (holds and float(kappas.max()) < 1) else 0.0
+
+
+def _euler_discrete(alphas: Optional[torch.Tensor], a: float, rate: float, kappas: torch.Tensor, omega: float,
+                    m: torch.Tensor, L: torch.Tensor, n: int, holds: bool) -> Tuple[float, float]:
+    """(step factor, max alpha) of the Euler step: discrete_step_bound with one alpha, the
+    triangle bound in N = M A^{-1} with per-area alphas (module docstring)."""
+    kappa = float(kappas.max())
+    if alphas is None:
+        step = discrete_step_bound(a, rate, kappa, omega, skew=holds)
+    else:
+        au = alphas.repeat_interleave(n)
+        nm = m / au
+        SA = nm.sqrt()[:, None] * (au[:, None] * L) * nm.rsqrt()[None, :]
+        omega_a = float(torch.linalg.matrix_norm(SA, ord=2)) if SA.numel() else 0.0
+        step = cayley_step_bound(alphas, kappas) + omega_a if holds else math.inf
+    if kappa + omega < 1:
+        max_alpha = 1.0
+    elif holds:
+        max_alpha = min(1.0, 2 * rate / ((kappa + omega) ** 2 - 1 + 2 * rate))
+    else:
+        max_alpha = 0.0
+    return step, max_alpha
+
+
+# The discrete bound of each feedback step (the op's names), for certify.
+DISCRETE_BOUNDS = {"euler": _euler_discrete, "cayley": _cayley_discrete}
+
+
 def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certificate:
     """Check contraction from the weights a model would actually use.
 
@@ -372,7 +407,7 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
     if missing:
         raise ValueError(f"certify: missing {sorted(missing)}")
     step_kind = inputs.get("feedback_step", "euler")
-    if step_kind not in ("euler", "cayley"):
+    if step_kind not in DISCRETE_BOUNDS:
         raise ValueError(f"feedback_step must be 'euler' or 'cayley', got {step_kind!r}")
     raw = alpha if alpha is not None else inputs.get("alpha", 1.0)
     p_areas = inputs["W"].shape[0]
@@ -427,26 +462,7 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
             omega = float(torch.linalg.matrix_norm(S, ord=2)) if S.numel() else 0.0
         else:
             omega = math.inf
-        if step_kind == "cayley":
-            # C is orthogonal in M A^{-1} only when L is skew in M: otherwise no discrete certificate
-            step = cayley_step_bound(alphas if alphas is not None else torch.full((p,), a), kappas) if holds \
-                else math.inf
-            max_alpha = 1.0 if (holds and kappa < 1) else 0.0
-        else:
-            if alphas is None:
-                step = discrete_step_bound(a, rate, kappa, omega, skew=holds)
-            else:  # the triangle bound in N = M A^{-1}
-                au = alphas.repeat_interleave(n)
-                nm = m / au
-                SA = nm.sqrt()[:, None] * (au[:, None] * L) * nm.rsqrt()[None, :]
-                omega_a = float(torch.linalg.matrix_norm(SA, ord=2)) if SA.numel() else 0.0
-                step = cayley_step_bound(alphas, kappas) + omega_a if holds else math.inf
-            if kappa + omega < 1:
-                max_alpha = 1.0
-            elif holds:
-                max_alpha = min(1.0, 2 * rate / ((kappa + omega) ** 2 - 1 + 2 * rate))
-            else:
-                max_alpha = 0.0
+        step, max_alpha = DISCRETE_BOUNDS[step_kind](alphas, a, rate, kappas, omega, m, L, n, holds)
     return Certificate(
         holds=holds, rate=rate, metric=metric.to(inputs["metric"].dtype), worst_skew=worst_skew,
         discrete_holds=bool(step < 1.0), step_factor=step, max_alpha=max_alpha, alpha=a,

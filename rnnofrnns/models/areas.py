@@ -22,6 +22,7 @@ class Areas:
     """The interface of an area kind (see the module docstring)."""
 
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # a few words, for the CLI's help
     tensor_names: ClassVar[Tuple[str, ...]] = ()
     trainable_names: ClassVar[Tuple[str, ...]] = ()  # held by combine(freeze=True)
     equal_sizes_only: ClassVar[bool] = False
@@ -65,6 +66,7 @@ class SparseAreas(Areas):
     scale: float = 1.0
 
     name: ClassVar[str] = "sparse"
+    summary: ClassVar[str] = "fixed sparse areas"
     tensor_names: ClassVar[Tuple[str, ...]] = ("W", "M")
 
     def build(self, net, sizes, generator, dtype):
@@ -106,6 +108,7 @@ class SVDAreas(Areas):
     sigma_max: float = 0.99
 
     name: ClassVar[str] = "svd"
+    summary: ClassVar[str] = "trainable SVD Combo Net areas"
     tensor_names: ClassVar[Tuple[str, ...]] = ("area_rotation_u", "area_rotation_v", "area_singular_logit",
                                                "area_log_metric")
     trainable_names: ClassVar[Tuple[str, ...]] = tensor_names

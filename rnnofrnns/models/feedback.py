@@ -21,6 +21,7 @@ class FeedbackStep:
     """The interface of a feedback step (see the module docstring)."""
 
     op_name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # a few words, for the CLI's help
     guarantee: bool = True
 
     def check_rates(self, per_area: bool) -> None:
@@ -49,6 +50,7 @@ class EulerStep(FeedbackStep):
     margin: float = 0.95
 
     op_name: ClassVar[str] = "euler"
+    summary: ClassVar[str] = "h + a (F + L h)"
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.margin) <= 1.0:
@@ -88,6 +90,7 @@ class CayleyStep(FeedbackStep):
     rates are certified too."""
 
     op_name: ClassVar[str] = "cayley"
+    summary: ClassVar[str] = "C ((1-a) h + a F), certified for any feedback"
 
 
 FEEDBACK_STEP_KINDS: Dict[str, Type[FeedbackStep]] = {step.op_name: step for step in (EulerStep, CayleyStep)}

@@ -7,6 +7,9 @@ from dataclasses import fields, replace
 
 from ..errors import RunError, UsageError
 from .data import TASKS
+from ...models.areas import AREA_KINDS
+from ...models.feedback import FEEDBACK_STEP_KINDS
+from ...ops._common import FORMS, NONLINEARITIES
 from .._limits import check_threads, run_threads_here
 from .config import MODELS, RESUMABLE, TrainConfig, read_run_config
 from .evaluation import evaluate
@@ -19,12 +22,12 @@ TRAIN_HELP = {
     "weight_decay": "Adam weight decay", "clip": "gradient-norm clipping (0: off)",
     "num_areas": "number of areas (scn/gw)", "area_size": "units per area (scn/gw)",
     "topology": "scn topology: all, gw, none, random:<density>", "workspace_size": "gw: size of the workspace area",
-    "feedback_sparsity": "fraction of inter-area weights fixed at 0 (0/1 mask)", "form": "hopfield or rate",
-    "nonlinearity": "relu, tanh or identity",
+    "feedback_sparsity": "fraction of inter-area weights fixed at 0 (0/1 mask)", "form": " or ".join(sorted(FORMS)),
+    "nonlinearity": ", ".join(NONLINEARITIES[:-1]) + " or " + NONLINEARITIES[-1],
     "alpha": "step dt/tau in (0, 1]: one value, or --num-areas comma-separated values (one per area; "
              "the last is the gw workspace)",
-    "feedback_step": "euler (h + a (F + L h)) or cayley (C ((1-a) h + a F), certified for any feedback)",
-    "areas": "sparse (fixed sparse areas) or svd (trainable SVD Combo Net areas)",
+    "feedback_step": " or ".join(f"{name} ({kind.summary})" for name, kind in FEEDBACK_STEP_KINDS.items()),
+    "areas": " or ".join(f"{name} ({kind.summary})" for name, kind in AREA_KINDS.items()),
     "sigma_max": "svd areas: largest singular value (< 1)",
     "gamma": "Perron root of |W| of every area (< 1)", "density": "density of the intra-area matrices",
     "hidden_size": "gru/lstm hidden size (default: the GW net's trainable-parameter count)",
