@@ -4,16 +4,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .readouts import make_readout
+
 
 class RNNClassifier(nn.Module):
-    """torch.nn.GRU / LSTM baseline with a linear readout of the last state."""
+    """torch.nn.GRU / LSTM baseline with a readout of its states ("last", "mean" or "glu", as the
+    certified classifiers; rnnofrnns.models.readouts)."""
 
-    def __init__(self, kind: str, input_size: int, hidden_size: int, num_classes: int) -> None:
+    def __init__(self, kind: str, input_size: int, hidden_size: int, num_classes: int, readout: str = "last") -> None:
         super().__init__()
         cell = nn.GRU if kind == "gru" else nn.LSTM
         self.rnn = cell(input_size, hidden_size, batch_first=True)
-        self.readout = nn.Linear(hidden_size, num_classes)
+        self.readout = make_readout(readout, hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)
-        return self.readout(out[:, -1])
+        return self.readout(out)

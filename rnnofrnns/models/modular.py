@@ -14,7 +14,7 @@ from . import assembly
 from ._dtype import input_in_model_dtype, without_autocast
 from .areas import Areas, SVDAreas, area_kind
 from .feedback import CayleyStep, FeedbackStep, feedback_step_of
-from .readouts import LastStateReadout
+from .readouts import make_readout
 from ..ops import modular_rnn
 from ..ops._common import FORMS, NONLINEARITIES
 from ..ops.modular_rnn.reference import dense_feedback
@@ -434,21 +434,23 @@ class ModularRNN(nn.Module):
 
 
 class SparseComboNet(nn.Module):
-    """ModularRNN plus a readout, by default a linear map of the last state (Kozachkov et al. 2022;
-    rnnofrnns.models.readouts).
+    """ModularRNN plus a readout (Kozachkov et al. 2022): `readout` "last" (a linear map of the
+    last state, the default), "mean" (of the mean state) or "glu" (of the mean over time of a
+    gated linear unit of the states), or any module called as readout(output, h_n)
+    (rnnofrnns.models.readouts). The readout is outside the recurrence: the certificate is the rnn's.
 
     forward(x, h0=None) -> logits [B, output_size]. Extra keyword arguments go to ModularRNN.
     """
 
     def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
-                 topology: topo.Topology = "all", **kwargs) -> None:
+                 topology: topo.Topology = "all", readout: Union[str, nn.Module] = "last", **kwargs) -> None:
         super().__init__()
         if not isinstance(output_size, int) or output_size < 1:
             raise ValueError(f"output_size must be a positive integer, got {output_size!r}")
         sizes = kwargs.pop("area_sizes", (num_areas, area_size))
         self.rnn = ModularRNN(input_size, sizes, topology=topology, **kwargs)
-        self.readout = LastStateReadout(self.rnn.hidden_size, output_size, generator=kwargs.get("generator"),
-                                        dtype=kwargs.get("dtype"))
+        self.readout = make_readout(readout, self.rnn.hidden_size, output_size, generator=kwargs.get("generator"),
+                                    dtype=kwargs.get("dtype"))
 
     def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
         output, h_n = self.rnn(x, h0)

@@ -1,19 +1,36 @@
 """Readouts: the map from a recurrent network's states to its outputs. They sit outside the
 recurrence, so no certificate depends on them. A readout is an nn.Module called as
-readout(output, h_n) with output [B, T, hidden_size] (batch first) and h_n [1, B, hidden_size]."""
+readout(output, h_n) with output [B, T, hidden_size] (batch first) and h_n [1, B, hidden_size]
+(or None: the last step of output).
+
+- "last" (LastStateReadout): a linear map of the last state h_T;
+- "mean" (MeanStateReadout): a linear map of the mean state (1/T) sum_t h_t;
+- "glu" (GLUPoolReadout): a linear map of the mean over t of a gated linear unit of h_t,
+  (1/T) sum_t (A h_t + a) * sigmoid(G h_t + g), of `width` units: a nonlinear, pooled readout.
+
+`make_readout(name, hidden_size, output_size)` builds one; `readout_parameters` counts its
+parameters without building it (for the equal-parameter comparison with GRU and LSTM).
+"""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import ClassVar, Dict, Optional, Type, Union
 
 import torch
 from torch import nn
+
+
+def _uniform_(t: torch.Tensor, bound: float, generator: Optional[torch.Generator]) -> None:
+    with torch.no_grad():
+        t.copy_((2 * torch.rand(t.shape, generator=generator, dtype=torch.float64) - 1) * bound)
 
 
 class LastStateReadout(nn.Linear):
     """A linear map of the last state h_T (its parameters are those of nn.Linear: the state-dict
     keys `weight` and `bias`). With a generator the weights are drawn from it, uniformly in
     +-1/sqrt(hidden_size) as nn.Linear draws them."""
+
+    summary: ClassVar[str] = "linear in the last state"
 
     def __init__(self, hidden_size: int, output_size: int, generator: Optional[torch.Generator] = None,
                  dtype: Optional[torch.dtype] = None) -> None:
@@ -24,6 +41,68 @@ class LastStateReadout(nn.Linear):
                 self.weight.copy_((2 * torch.rand(self.weight.shape, generator=generator) - 1) * bound)
                 self.bias.copy_((2 * torch.rand(output_size, generator=generator) - 1) * bound)
 
+    @staticmethod
+    def num_parameters(hidden_size: int, output_size: int) -> int:
+        return hidden_size * output_size + output_size
+
     def forward(self, output: torch.Tensor, h_n: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
-        last = output[:, -1] if h_n is None else h_n[0]
+        last = output[:, -1] if h_n is None else h_n[-1]
         return super().forward(last)
+
+
+class MeanStateReadout(LastStateReadout):
+    """A linear map of the mean state over time, (1/T) sum_t h_t."""
+
+    summary: ClassVar[str] = "linear in the mean state"
+
+    def forward(self, output: torch.Tensor, h_n: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
+        return nn.Linear.forward(self, output.mean(1))
+
+
+class GLUPoolReadout(nn.Module):
+    """A linear map of the mean over t of a gated linear unit of h_t:
+    (1/T) sum_t (A h_t + a) * sigmoid(G h_t + g), with A and G [width, hidden_size] (one
+    Linear `unit` of 2 * width outputs), then `out` [output_size, width]."""
+
+    summary: ClassVar[str] = "linear in the mean of a gated linear unit of the states"
+
+    def __init__(self, hidden_size: int, output_size: int, generator: Optional[torch.Generator] = None,
+                 dtype: Optional[torch.dtype] = None, width: int = 32) -> None:
+        super().__init__()
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive integer, got {width!r}")
+        self.width = width
+        self.unit = nn.Linear(hidden_size, 2 * width, dtype=dtype)
+        self.out = nn.Linear(width, output_size, dtype=dtype)
+        if generator is not None:
+            for layer, fan_in in ((self.unit, hidden_size), (self.out, width)):
+                _uniform_(layer.weight, 1.0 / math.sqrt(fan_in), generator)
+                _uniform_(layer.bias, 1.0 / math.sqrt(fan_in), generator)
+
+    @staticmethod
+    def num_parameters(hidden_size: int, output_size: int, width: int = 32) -> int:
+        return 2 * width * (hidden_size + 1) + output_size * (width + 1)
+
+    def forward(self, output: torch.Tensor, h_n: Optional[torch.Tensor] = None) -> torch.Tensor:
+        value, gate = self.unit(output).chunk(2, dim=-1)
+        return self.out((value * torch.sigmoid(gate)).mean(1))
+
+
+READOUTS: Dict[str, Type[nn.Module]] = {"last": LastStateReadout, "mean": MeanStateReadout, "glu": GLUPoolReadout}
+
+
+def make_readout(readout: Union[str, nn.Module], hidden_size: int, output_size: int,
+                 generator: Optional[torch.Generator] = None, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """The readout of a name in READOUTS (drawn from `generator`), or a module as it is."""
+    if isinstance(readout, nn.Module):
+        return readout
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {tuple(READOUTS)} or an nn.Module, got {readout!r}")
+    return READOUTS[readout](hidden_size, output_size, generator=generator, dtype=dtype)
+
+
+def readout_parameters(readout: str, hidden_size: int, output_size: int) -> int:
+    """Trainable parameters of the readout of a name, without building it."""
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {tuple(READOUTS)}, got {readout!r}")
+    return READOUTS[readout].num_parameters(hidden_size, output_size)

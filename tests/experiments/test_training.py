@@ -236,6 +236,7 @@ def test_config_of_a_run_from_before_the_cayley_step_reads_as_it_ran(tmp_path):
     cfg.validate()
     model = build_model(cfg, 8, 10)
     assert model.rnn.feedback_step == "euler" and model.rnn.area_kind == "sparse"
+    assert cfg.readout == "last" and type(model.readout).__name__ == "LastStateReadout"
 
 
 def test_per_area_alpha_round_trips_through_config_json(tmp_path):
@@ -255,3 +256,29 @@ def test_the_default_gw_net_is_the_certified_configuration_of_the_study():
     assert (rnn.area_kind, rnn.feedback_step, rnn.learn_timescales, rnn.sigma_max) == ("svd", "cayley", True, 0.999)
     cert = model.certify()
     assert cert.holds and cert.discrete_holds
+
+
+@pytest.mark.parametrize("model", ["gw", "gru"])
+def test_a_run_with_a_pooled_readout_trains_and_evaluates(tmp_path, model):
+    out = tmp_path / "run"
+    res = cli("train", "--model", model, "--task", "row-digits", "--epochs", "1", "--readout", "glu", *SMALL,
+              "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["readout"] == "glu"
+    res = cli("evaluate", str(out), "--threads", "1")
+    assert res.returncode == 0 and "matches metrics.json: True" in res.stdout, res.stdout + res.stderr
+
+
+def test_the_baselines_budget_counts_the_readout():
+    """The GRU/LSTM of the equal-parameter comparison get the certified net's readout, and its
+    parameters count against the same budget."""
+    for readout in ("last", "mean", "glu"):
+        cfg = TrainConfig(model="gw", num_areas=4, area_size=8, readout=readout)
+        budget = trainable_parameters(build_model(cfg, 1, 10))
+        for kind in ("gru", "lstm"):
+            net = build_model(TrainConfig(model=kind, num_areas=4, area_size=8, readout=readout), 1, 10)
+            h = net.rnn.hidden_size
+            assert type(net.readout) is type(build_model(cfg, 1, 10).readout)
+            assert trainable_parameters(net) <= budget < trainable_parameters(
+                type(net)(kind, 1, h + 1, 10, readout=readout))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ...models import GlobalWorkspaceNet, RNNClassifier, SparseComboNet
+from ...models.readouts import readout_parameters
 from .config import TrainConfig
 
 
@@ -28,12 +29,13 @@ def effective_trainable_parameters(model: nn.Module) -> int:
     return count
 
 
-def baseline_hidden_size(kind: str, input_size: int, num_classes: int, budget: int) -> int:
-    """Largest hidden size whose GRU/LSTM classifier has at most `budget` trainable parameters."""
+def baseline_hidden_size(kind: str, input_size: int, num_classes: int, budget: int, readout: str = "last") -> int:
+    """Largest hidden size whose GRU/LSTM classifier (readout included) has at most `budget`
+    trainable parameters."""
     gates = 3 if kind == "gru" else 4
 
     def count(h):
-        return gates * (h * input_size + h * h + 2 * h) + h * num_classes + num_classes
+        return gates * (h * input_size + h * h + 2 * h) + readout_parameters(readout, h, num_classes)
 
     h = 1
     while count(h + 1) <= budget:
@@ -54,16 +56,17 @@ def build_model(cfg: TrainConfig, input_size: int, num_classes: int) -> nn.Modul
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.model == "gw":
         return GlobalWorkspaceNet(input_size, num_classes, cfg.num_areas, cfg.area_size,
-                                  workspace_size=cfg.workspace_size, **modular_kwargs(cfg, gen, dtype))
+                                  workspace_size=cfg.workspace_size, readout=cfg.readout,
+                                  **modular_kwargs(cfg, gen, dtype))
     if cfg.model == "scn":
         topology = "all" if cfg.topology is None else cfg.topology
         return SparseComboNet(input_size, num_classes, cfg.num_areas, cfg.area_size, topology=topology,
-                              **modular_kwargs(cfg, gen, dtype))
+                              readout=cfg.readout, **modular_kwargs(cfg, gen, dtype))
     hidden = cfg.hidden_size
     if hidden is None:
         budget = trainable_parameters(GlobalWorkspaceNet(
             input_size, num_classes, cfg.num_areas, cfg.area_size, workspace_size=cfg.workspace_size,
-            **modular_kwargs(cfg, torch.Generator().manual_seed(cfg.seed), dtype)))
-        hidden = baseline_hidden_size(cfg.model, input_size, num_classes, budget)
+            readout=cfg.readout, **modular_kwargs(cfg, torch.Generator().manual_seed(cfg.seed), dtype)))
+        hidden = baseline_hidden_size(cfg.model, input_size, num_classes, budget, cfg.readout)
     torch.manual_seed(cfg.seed)
-    return RNNClassifier(cfg.model, input_size, hidden, num_classes).to(dtype)
+    return RNNClassifier(cfg.model, input_size, hidden, num_classes, readout=cfg.readout).to(dtype)

@@ -9,6 +9,7 @@ from ..errors import RunError, UsageError
 from .data import TASKS
 from ...models.areas import AREA_KINDS
 from ...models.feedback import FEEDBACK_STEP_KINDS
+from ...models.readouts import READOUTS
 from ...ops._common import FORMS, NONLINEARITIES
 from .._limits import check_threads, run_threads_here
 from .config import MODELS, RESUMABLE, TrainConfig, read_run_config
@@ -29,6 +30,7 @@ TRAIN_HELP = {
     "feedback_step": " or ".join(f"{name} ({kind.summary})" for name, kind in FEEDBACK_STEP_KINDS.items()),
     "areas": " or ".join(f"{name} ({kind.summary})" for name, kind in AREA_KINDS.items()),
     "sigma_max": "svd areas: largest singular value (< 1)",
+    "readout": "every model: " + " or ".join(f"{name} ({kind.summary})" for name, kind in READOUTS.items()),
     "gamma": "Perron root of |W| of every area (< 1)", "density": "density of the intra-area matrices",
     "hidden_size": "gru/lstm hidden size (default: the GW net's trainable-parameter count)",
     "seed": "random seed (data split, initialisation, batch order)", "device": "cpu or cuda",

@@ -14,6 +14,7 @@ import torch
 
 from ... import topology as topo
 from ...models.areas import AREA_KINDS
+from ...models.readouts import READOUTS
 from ...models.feedback import FEEDBACK_STEP_KINDS, feedback_step_of
 from ...ops._common import FORMS, NONLINEARITIES
 from ...ops._backend import resolve_backend
@@ -54,6 +55,7 @@ class TrainConfig:
     areas: str = "svd"
     sigma_max: float = 0.999
     learn_timescales: bool = True
+    readout: str = "last"                   # every model: last, mean or glu (models/readouts.py)
     hidden_size: Optional[int] = None       # gru/lstm; default: match the GW net's trainable parameters
     seed: int = 0
     device: str = "cpu"
@@ -97,6 +99,8 @@ class TrainConfig:
             raise bad("alpha", "in (0, 1]", self.alpha)
         if self.feedback_step not in FEEDBACK_STEP_KINDS:
             raise bad("feedback-step", " or ".join(FEEDBACK_STEP_KINDS), self.feedback_step)
+        if self.readout not in READOUTS:
+            raise bad("readout", " or ".join(READOUTS), self.readout)
         if self.areas not in AREA_KINDS:
             raise bad("areas", " or ".join(AREA_KINDS), self.areas)
         if not 0.0 < self.sigma_max < 1.0:
@@ -188,7 +192,7 @@ def check_memory(cfg: "TrainConfig") -> None:
 RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
 
 
-LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False)
+LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False, readout="last")
 
 
 def _config_field_types() -> Dict[str, Tuple[type, ...]]:
