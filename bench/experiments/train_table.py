@@ -30,8 +30,11 @@ ROWS = {
     "gw-svd-cayley": ("gw", ["--no-learn-timescales"]),
     "gw-free": ("gw", ["--feedback-step", "euler", "--areas", "sparse", "--gamma", "0.99", "--alpha", "0.2",
                        "--no-guarantee", "--no-learn-timescales"]),  # uncertified in discrete time
+    "gw-mean": ("gw", ["--readout", "mean"]),  # the default with a readout of the mean state
+    "gw-glu": ("gw", ["--readout", "glu"]),    # the default with a pooled gated-linear-unit readout
     "gru": ("gru", []),
     "lstm": ("lstm", []),
+    "gru-glu": ("gru", ["--readout", "glu"]),
 }
 TASKS = {"row-digits": 100, "seq-digits": 60, "mnist1d": 60, "psmnist-5k": 20}
 
