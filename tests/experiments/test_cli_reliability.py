@@ -142,6 +142,7 @@ def test_bad_train_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, ca
 
 @pytest.mark.parametrize("argv,match", [
     (["train", "--seed", "-1"], "--seed must be an integer >= 0"),
+    (["train", "--lr-schedule", "linear"], "--lr-schedule must be none or cosine or step, got 'linear'"),
     (["train", "--model", "scn", "--topology", ""], "--topology ''"),
     (["train", "--num-areas", "10000000"], "--num-areas 10000000 x --area-size 32 with --batch-size"),
     (["train", "--batch-size", "10000000000"], "--batch-size 10000000000 on row-digits needs about"),

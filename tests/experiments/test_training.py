@@ -15,6 +15,7 @@ import torch
 from rnnofrnns.experiments.training import data as rdata
 from rnnofrnns.experiments.training.build import baseline_hidden_size, build_model, trainable_parameters
 from rnnofrnns.experiments.training.config import TrainConfig
+from rnnofrnns.experiments.training.loop import lr_at
 from rnnofrnns.models import RNNClassifier
 
 SMALL = ["--num-areas", "4", "--area-size", "8", "--no-progress", "--threads", "1"]
@@ -179,8 +180,9 @@ def test_baseline_run(tmp_path):
     assert m["certificate"] is None and m["ablation_test_accuracy"] == []
 
 
-def test_resume_continues_exactly(tmp_path):
-    common = ["train", "--model", "gw", "--task", "row-digits", "--epochs", "3", *SMALL]
+@pytest.mark.parametrize("schedule", ["none", "cosine"])
+def test_resume_continues_exactly(tmp_path, schedule):
+    common = ["train", "--model", "gw", "--task", "row-digits", "--epochs", "3", "--lr-schedule", schedule, *SMALL]
     a, b = tmp_path / "straight", tmp_path / "interrupted"
     assert cli(*common, "--out", str(a)).returncode == 0
     res = cli(*common, "--out", str(b), "--stop-after", "1")
@@ -196,6 +198,16 @@ def test_resume_continues_exactly(tmp_path):
     assert strip(sa["history"]) == strip(sb["history"])
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert ma["test_accuracy"] == mb["test_accuracy"]
+    assert [e["lr"] for e in sb["history"]] == [lr_at(0.01, schedule, e, 3) for e in range(3)]
+
+
+def test_learning_rate_schedules():
+    assert [lr_at(0.1, "none", e, 4) for e in range(4)] == [0.1] * 4
+    assert lr_at(0.1, "cosine", 0, 4) == 0.1 and abs(lr_at(0.1, "cosine", 2, 4) - 0.05) < 1e-15
+    assert 0 < lr_at(0.1, "cosine", 3, 4) < 0.015
+    steps = [lr_at(1.0, "step", e, 9) for e in range(9)]
+    assert steps[:3] == [1.0] * 3 and all(abs(v - 0.1) < 1e-15 for v in steps[3:6])
+    assert all(abs(v - 0.01) < 1e-15 for v in steps[6:])
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):

@@ -20,7 +20,8 @@ from .run_folder import is_run_folder
 
 TRAIN_HELP = {
     "epochs": "number of epochs", "batch_size": "global batch size", "lr": "Adam learning rate",
-    "weight_decay": "Adam weight decay", "clip": "gradient-norm clipping (0: off)",
+    "weight_decay": "Adam weight decay",
+    "lr_schedule": "none, cosine (lr (1 + cos(pi e / E)) / 2 at epoch e of E) or step (/10 after each third)", "clip": "gradient-norm clipping (0: off)",
     "num_areas": "number of areas (scn/gw)", "area_size": "units per area (scn/gw)",
     "topology": "scn topology: all, gw, none, random:<density>", "workspace_size": "gw: size of the workspace area",
     "feedback_sparsity": "fraction of inter-area weights fixed at 0 (0/1 mask)", "form": " or ".join(sorted(FORMS)),

@@ -25,6 +25,7 @@ from .data import TASKS
 
 
 MODELS = ("gw", "scn", "gru", "lstm")
+LR_SCHEDULES = ("none", "cosine", "step")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class TrainConfig:
     lr: float = 0.01
     weight_decay: float = 0.0
     clip: float = 1.0
+    lr_schedule: str = "none"               # none, cosine or step (loop.lr_at), for every model
     num_areas: int = 16
     area_size: int = 32
     topology: Optional[str] = None          # scn: default "all"
@@ -99,6 +101,8 @@ class TrainConfig:
             raise bad("alpha", "in (0, 1]", self.alpha)
         if self.feedback_step not in FEEDBACK_STEP_KINDS:
             raise bad("feedback-step", " or ".join(FEEDBACK_STEP_KINDS), self.feedback_step)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad("lr-schedule", " or ".join(LR_SCHEDULES), self.lr_schedule)
         if self.readout not in READOUTS:
             raise bad("readout", " or ".join(READOUTS), self.readout)
         if self.areas not in AREA_KINDS:
@@ -192,7 +196,8 @@ def check_memory(cfg: "TrainConfig") -> None:
 RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
 
 
-LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False, readout="last")
+LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False, readout="last",
+                       lr_schedule="none")
 
 
 def _config_field_types() -> Dict[str, Tuple[type, ...]]:

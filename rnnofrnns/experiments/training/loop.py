@@ -10,6 +10,7 @@ writes the checkpoints.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -154,6 +155,17 @@ def _write_stop(cfg: TrainConfig, e: BaseException, kept: bool, why: str) -> Non
                       os.path.join(cfg.out, "metrics.json"))
 
 
+def lr_at(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate of an epoch (counted from 0) of a run of `epochs`: "none" keeps lr;
+    "cosine" is lr (1 + cos(pi epoch / epochs)) / 2; "step" divides it by 10 after each third
+    of the run. A function of the epoch only, so a resumed run follows the same schedule."""
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if schedule == "step":
+        return lr * 0.1 ** (3 * epoch // epochs)
+    return lr
+
+
 def _epochs(cfg: TrainConfig, data: TaskData, model: nn.Module, net: nn.Module, opt, dist_info: "Dist",
             start_epoch: int, history: List[Dict[str, float]], best_val: float, wall_before: float, t_start: float,
             log) -> Dict[str, Any]:
@@ -165,6 +177,9 @@ def _epochs(cfg: TrainConfig, data: TaskData, model: nn.Module, net: nn.Module, 
     steps = len(y_train) // G + (1 if len(y_train) % G >= dist_info.world else 0)
     run_epochs = 0
     for epoch in range(start_epoch, cfg.epochs):
+        lr = lr_at(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
+        for group in opt.param_groups:
+            group["lr"] = lr
         order = epoch_order(len(y_train), cfg.seed, epoch)
         t0 = time.perf_counter()
         bar = None
@@ -208,7 +223,7 @@ def _epochs(cfg: TrainConfig, data: TaskData, model: nn.Module, net: nn.Module, 
         epoch_time = time.perf_counter() - t0
         val_loss, val_acc = evaluate_split(model, data.x_val.to(dtype), data.y_val, 512, cfg.device)
         history.append(dict(epoch=epoch + 1, train_loss=tot_loss / max(seen, 1), train_acc=tot_correct / max(seen, 1),
-                            val_loss=val_loss, val_acc=val_acc, seconds=epoch_time))
+                            val_loss=val_loss, val_acc=val_acc, seconds=epoch_time, lr=lr))
         run_epochs += 1
         if dist_info.main:
             log(f"epoch {epoch + 1:3d}/{cfg.epochs}: loss {history[-1]['train_loss']:.4f} "
