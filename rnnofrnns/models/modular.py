@@ -102,10 +102,10 @@ class ModularRNN(nn.Module):
         sigma_max: Optional[float] = None,
         learn_timescales: bool = False,
         alpha_max: float = 1.0,
-        feedback: Union[str, FeedbackStep, None] = None,
         generator: Optional[torch.Generator] = None,
         backend: Optional[str] = None,
         dtype: Optional[torch.dtype] = None,
+        feedback: Union[str, FeedbackStep, None] = None,
     ) -> None:
         super().__init__()
         if not isinstance(input_size, int) or input_size < 1:
