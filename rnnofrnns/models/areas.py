@@ -9,6 +9,7 @@ feedback budget needs (the maths is in rnnofrnns.stability); `copy_part` and
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Dict, Optional, Sequence, Tuple, Type, Union
 
@@ -18,8 +19,9 @@ from torch import nn
 from .. import stability
 
 
-class Areas:
-    """The interface of an area kind (see the module docstring)."""
+class Areas(ABC):
+    """The interface of an area kind (see the module docstring); a kind implements the abstract
+    methods."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # a few words, for the CLI's help
@@ -31,28 +33,31 @@ class Areas:
         if self.equal_sizes_only and len(set(sizes)) != 1:
             raise ValueError(f"areas={self.name!r} needs areas of equal size, got area_sizes {list(sizes)}")
 
+    @abstractmethod
     def build(self, net: nn.Module, sizes: Sequence[int], generator: Optional[torch.Generator],
               dtype: torch.dtype) -> None:
-        raise NotImplementedError
+        """Create the kind's parameters and buffers on `net`, under `tensor_names`."""
 
+    @abstractmethod
     def weights(self, net: nn.Module) -> torch.Tensor:
-        raise NotImplementedError
+        """W [p, n, n] as the network runs it."""
 
+    @abstractmethod
     def metric(self, net: nn.Module) -> torch.Tensor:
-        raise NotImplementedError
+        """The diagonal of the contraction metric, [p, n]."""
 
+    @abstractmethod
     def bounds(self, net: nn.Module) -> Tuple[float, float]:
         """(rate, kappa) of the areas as they are, for the Euler step's feedback budget."""
-        raise NotImplementedError
 
     def bounds_defined(self, net: nn.Module) -> bool:
         """Whether `bounds` can be computed (its inputs are finite)."""
         return True
 
+    @abstractmethod
     def copy_part(self, whole: nn.Module, areas: slice, part: nn.Module) -> None:
         """Copy a part's areas into `areas` of the combined network, their metric rescaled by a
         number (stability.metric_on_common_scale)."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

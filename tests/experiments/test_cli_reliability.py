@@ -22,15 +22,6 @@ def one_line_error(res, code):
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory):
-    """A gw run stopped after 1 of 2 epochs (as if interrupted)."""
-    out = tmp_path_factory.mktemp("runs") / "a"
-    res = cli(*RUN, "--epochs", "2", "--stop-after", "1", "--out", str(out))
-    assert res.returncode == 0, res.stderr
-    return out
-
-
 def test_a_copied_run_resumes_in_its_own_folder(stopped_run, tmp_path):
     before = {f: (stopped_run / f).read_bytes() for f in os.listdir(stopped_run)}
     copy = tmp_path / "b"

@@ -17,7 +17,7 @@ from rnnofrnns.experiments.training.config import TrainConfig
 from rnnofrnns.experiments.training.loop import train
 from rnnofrnns.experiments.training.run_folder import prepare_out
 from test_cli_reliability import RUN, one_line_error
-from test_training import SMALL, cli
+from test_training import cli
 
 TS = ["task-switching", "--blocks", "2", "--block-length", "0.002", "--no-progress", "--threads", "1"]
 SUP = ["superposition", "--hidden", "2", "--features", "1", "--delay", "1", "--sparsities", "0.5", "--seeds", "1",

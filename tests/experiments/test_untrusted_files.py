@@ -13,7 +13,7 @@ import torch
 
 from rnnofrnns.experiments._files import safe_torch_load
 from rnnofrnns.experiments.training import data as rdata
-from test_cli_reliability import RUN, one_line_error
+from test_cli_reliability import one_line_error
 from test_training import SMALL, cli
 
 
@@ -34,14 +34,6 @@ def _write_cifar(folder, n=4, seed=1):
         x = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
         with open(folder / name, "wb") as f:
             pickle.dump({b"data": x, b"labels": [i % 10 for i in range(n)], b"batch_label": b"x"}, f)
-
-
-@pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "a"
-    res = cli(*RUN, "--epochs", "2", "--stop-after", "1", "--out", str(out))
-    assert res.returncode == 0, res.stderr
-    return out
 
 
 def test_new_checkpoints_hold_only_what_weights_only_loads(stopped_run):
