@@ -8,7 +8,8 @@ barrier separates the writes of step t from the reads of step t+1 inside the pro
 through CSR lists (by target for the forward, by source for the backward), so
 only the non-zero blocks are touched.
 
-alpha is one value per area. The Cayley feedback step (STEP 1 "star", 2 "dense"; see
+alpha, the areas' rate, is one value per area or one per step, row and area (PER_STEP,
+[T, B, p]: input-driven timescales; the Euler step's L h is scaled by the same rate). The Cayley feedback step (STEP 1 "star", 2 "dense"; see
 rnnofrnns/ops/modular_rnn/cayley.py) first writes z_t for every area, then, after a barrier,
 applies C: the dense map as one more pass over the blocks (C's p*p blocks), the star as the
 hub's solve s = S^{-1}(z_hub + sum_j P_hj z_j) and, after another barrier, the leaves
@@ -89,11 +90,21 @@ def _csr_row_dot(acc, rowptr_ptr, key, other_ptr, l_ptr, blk, x_ptr, row, N, m2,
 
 
 @triton.jit
+def _rate(alpha_ptr, t, i, rb, B, P, PER_STEP: tl.constexpr):
+    """The rate of area i at step t: a scalar, or per step a [BLOCK_B, 1] column of this program's rows."""
+    if PER_STEP:
+        return tl.load(alpha_ptr + (t * B + rb) * P + i, mask=rb < B, other=1.0)[:, None]
+    else:
+        return tl.load(alpha_ptr + i)
+
+
+@triton.jit
 def _modular_rnn_fwd_kernel(
     drive_ptr, w_ptr, l_ptr, tgt_rowptr_ptr, src_ptr, h0_ptr, states_ptr, pre_ptr, z_ptr, r_ptr, s_ptr,
     sinv_ptr, T, B, H, P, N, alpha_ptr, HUB, Z_TSTRIDE, R_TSTRIDE, S_TSTRIDE,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
     HOPFIELD: tl.constexpr, SAVE_PRE: tl.constexpr, STEP: tl.constexpr, PRECISION: tl.constexpr,
+    PER_STEP: tl.constexpr,
 ):
     # alpha arrives as a [p] tensor of the data's dtype: a Python float argument would be
     # rounded to float32 on the GPU (and not in the interpreter).
@@ -107,7 +118,7 @@ def _modular_rnn_fwd_kernel(
     pz_ptr = pre_ptr
     for t in range(T):
         for i in range(P):
-            alpha = tl.load(alpha_ptr + i)
+            alpha = _rate(alpha_ptr, t, i, rb, B, P, PER_STEP)
             h_i = tl.load(prev_ptr + row + i * N, mask=m2, other=0.0)
             u = tl.load(u_ptr + row + i * N, mask=m2, other=0.0)
             wt = tl.load(w_ptr + i * N * N + w_t, mask=mw, other=0.0)
@@ -171,7 +182,7 @@ def _modular_rnn_bwd_kernel(
     gs_ptr, gr_ptr, sinv_ptr, src_rowptr_ptr, tgt_ptr,
     T, B, H, P, N, alpha_ptr, HUB,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NONLIN: tl.constexpr,
-    HOPFIELD: tl.constexpr, STEP: tl.constexpr, PRECISION: tl.constexpr,
+    HOPFIELD: tl.constexpr, STEP: tl.constexpr, PRECISION: tl.constexpr, PER_STEP: tl.constexpr,
 ):
     rn, row, m2, mw = _tile(B, H, N, BLOCK_B, BLOCK_N)
     w_n = rn[:, None] * N + rn[None, :]  # loads a block as is: x @ M computes (M^T x^T)^T
@@ -191,6 +202,7 @@ def _modular_rnn_bwd_kernel(
     gst_ptr = gs_ptr + (T - 1) * BN
     grt_ptr = gr_ptr + (T - 1) * BN
     for step in range(T):
+        t = T - 1 - step
         # phase 0: total gradient of h_t, and for the Cayley step gz = C^T g
         for i in range(P):
             off = row + i * N
@@ -224,7 +236,7 @@ def _modular_rnn_bwd_kernel(
         tl.debug_barrier()
         # phase 1: the drive's gradient d
         for i in range(P):
-            alpha = tl.load(alpha_ptr + i)
+            alpha = _rate(alpha_ptr, t, i, rb, B, P, PER_STEP)
             off = row + i * N
             g = tl.load(gzt_ptr + off, mask=m2, other=0.0)
             if HOPFIELD:
@@ -235,7 +247,7 @@ def _modular_rnn_bwd_kernel(
         tl.debug_barrier()
         # phase 2: gradient flowing into h_{t-1}, area by area (as the source of every block)
         for j in range(P):
-            alpha = tl.load(alpha_ptr + j)
+            alpha = _rate(alpha_ptr, t, j, rb, B, P, PER_STEP)
             off = row + j * N
             g = tl.load(gzt_ptr + off, mask=m2, other=0.0)
             d = tl.load(d_ptr + off, mask=m2, other=0.0)
@@ -256,7 +268,8 @@ def _modular_rnn_bwd_kernel(
                     # the launcher sorted the blocks by source: block r's target is tgt[r]
                     tgt_i = tl.load(tgt_ptr + r)
                     lb = tl.load(l_ptr + r * N * N + w_n, mask=mw, other=0.0)
-                    ag = tl.load(alpha_ptr + tgt_i) * tl.load(gzt_ptr + row + tgt_i * N, mask=m2, other=0.0)
+                    ag = _rate(alpha_ptr, t, tgt_i, rb, B, P, PER_STEP) * tl.load(gzt_ptr + row + tgt_i * N, mask=m2,
+                                                                                   other=0.0)
                     acc += tl.dot(ag, lb, input_precision=PRECISION)
             tl.store(cout_ptr + off, acc, mask=m2)
         tl.debug_barrier()
@@ -325,7 +338,7 @@ def forward(drive, W, L_blocks, L_index, h0, alpha, S_inv, nonlinearity, form, s
         z if cayley else states, r if star else states, s if star else states, S_inv if star else W,
         T, B, H, p, n, alpha, hub, B * H if keep_z else 0, B * n if keep_rs else 0, B * n if keep_rs else 0,
         NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=form == "hopfield", SAVE_PRE=keep_pre,
-        STEP=STEP_CODES[step], **_launch_config(n),
+        STEP=STEP_CODES[step], PER_STEP=alpha.dim() == 3, **_launch_config(n),
     )
     if keep_rs:
         return states, pre, s, r
@@ -368,7 +381,7 @@ def backward(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z
         grad_drive, g, gz, carry, grad_h0, gs if star else states, gr if star else states, S_inv if star else W,
         rowptr, tgt, T, B, H, p, n, alpha, hub,
         NONLIN=NONLINEARITY_CODES[nonlinearity], HOPFIELD=hopfield, STEP=STEP_CODES[step],
-        **_launch_config(n),
+        PER_STEP=alpha.dim() == 3, **_launch_config(n),
     )
     # The weight and alpha gradients are reductions over all (t, b): one GEMM per block.
     hprev = torch.cat([h0[None], states[:-1]]).view(T * B, p, n)
@@ -382,8 +395,11 @@ def backward(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z
     else:
         x = (z if cayley else states).view(T * B, p, n)
     gzv = gz.view(T * B, p, n)
+    # the rates as [1, p] (one per area) or [T * B, p] (per step)
+    a_rows = alpha.view(T * B, p) if alpha.dim() == 3 else alpha[None]
     if need_alpha_grad:
-        grad_alpha = (gzv * (x - hprev)).sum((0, 2)) / alpha  # dx/da_i = (x - h_{t-1}) / a_i
+        per_row = (gzv * (x - hprev)).sum(2) / a_rows  # dx/da_i = (x - h_{t-1}) / a_i
+        grad_alpha = per_row.view(T, B, p) if alpha.dim() == 3 else per_row.sum(0)
     else:
         grad_alpha = torch.zeros_like(alpha)
     # Weight gradients that are not asked for are returned as zeros.
@@ -401,7 +417,7 @@ def backward(grad_states, W, L_blocks, L_index, h0, alpha, S_inv, states, pre, z
             torch.mm(d[:, i].T, xin[:, i], out=grad_W[i])
     if need_L_grad:
         if step == "euler":
-            left, right = gzv * alpha[None, :, None], hprev
+            left, right = gzv * a_rows[:, :, None], hprev
         elif step == "dense":
             left, right = g.view(T * B, p, n), x
         else:  # star: X = (gr at the hub, 2 g_j at leaf j), Y = (s_hub = (h_hub + z_hub) / 2, z_j)

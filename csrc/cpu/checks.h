@@ -59,7 +59,7 @@ inline Form parse_form(c10::string_view s) {
   TORCH_CHECK_VALUE(false, "modular_rnn: form must be 'rate' or 'hopfield', got '", s, "'");
 }
 
-// Shapes, dtypes, devices, alpha ([p] values in (0, 1]), S_inv and every block index (in range,
+// Shapes, dtypes, devices, alpha ([p] or [T, B, p] values in (0, 1]), S_inv and every block index (in range,
 // listed once, off the diagonal except for the dense Cayley map, touching the hub in the star).
 inline void check_modular_rnn_inputs(const at::Tensor& drive, const at::Tensor& W, const at::Tensor& L_blocks,
                                      const at::Tensor& L_index, const at::Tensor& h0, const at::Tensor& alpha,
@@ -87,15 +87,17 @@ inline void check_modular_rnn_inputs(const at::Tensor& drive, const at::Tensor& 
                    L_index.scalar_type());
   TORCH_CHECK_VALUE(L_index.device().type() == device, "modular_rnn: L_index must be on ", device, ", got one on ",
                     L_index.device());
-  TORCH_CHECK_VALUE(alpha.dim() == 1 && alpha.size(0) == p, "modular_rnn: alpha must be [p] = [", p,
-                    "] (one value per area), got shape ", alpha.sizes());
+  TORCH_CHECK_VALUE((alpha.dim() == 1 && alpha.size(0) == p) ||
+                        (alpha.dim() == 3 && alpha.size(0) == T && alpha.size(1) == B && alpha.size(2) == p),
+                    "modular_rnn: alpha must be [p] = [", p, "] (one value per area) or [T, B, p] = [", T, ", ", B,
+                    ", ", p, "] (one per step, row and area), got shape ", alpha.sizes());
   check_float_tensors("modular_rnn", {{"drive", &drive}, {"alpha", &alpha}}, device);
   if (device == at::kCPU) {
     const at::Tensor a = alpha.to(at::kDouble).contiguous();
     const double* av = a.const_data_ptr<double>();
-    for (int64_t i = 0; i < p; ++i)
+    for (int64_t i = 0; i < a.numel(); ++i)
       TORCH_CHECK_VALUE(std::isfinite(av[i]) && av[i] > 0.0 && av[i] <= 1.0, "modular_rnn: alpha[", i,
-                        "] must be in (0, 1], got ", av[i]);
+                        alpha.dim() == 3 ? "] (flat index)" : "]", " must be in (0, 1], got ", av[i]);
   }
   if (step == Step::Star) {
     TORCH_CHECK_VALUE(hub >= 0 && hub < p, "modular_rnn: hub must be an area in [0, ", p, ") for step 'star', got ",

@@ -17,7 +17,7 @@ struct Accumulators {
 // not depend on the thread count), the padding dropped.
 template <typename T>
 void reduce_gradients(const std::vector<T>& partial, const Accumulators& acc, const T* Lb, const int64_t* Lidx,
-                      const T* alpha, const Shape& s, const Feedback& fb, T* grad_W, T* grad_L, T* grad_alpha,
+                      const AreaRates<T>& rates, const Shape& s, const Feedback& fb, T* grad_W, T* grad_L, T* grad_alpha,
                       T* grad_S) {
   const int64_t nchunks = acc.nchunks, acc_size = acc.size, nW = acc.nW, nL = acc.nL, nS = acc.nS;
   const int64_t blk = acc.blk, np = acc.np;
@@ -55,11 +55,11 @@ void reduce_gradients(const std::vector<T>& partial, const Accumulators& acc, co
         }
     }
   }
-  if (grad_alpha) {
+  if (grad_alpha && !rates.per_step) {  // (per step: written by the steps themselves)
     for (int64_t i = 0; i < s.p; ++i) {
       T sum = T(0);
       for (int64_t ch = 0; ch < nchunks; ++ch) sum += partial[ch * acc_size + (nW + nL + nS) * blk + i];
-      grad_alpha[i] = sum / alpha[i];  // dx/da_i = (x - h_{t-1}) / a_i
+      grad_alpha[i] = sum / rates.alpha[i];  // dx/da_i = (x - h_{t-1}) / a_i
     }
   }
 }
@@ -123,14 +123,16 @@ struct AreaStepBackward {
   const AreaRates<T>& rates;
   Nonlinearity nl;
   bool hopfield;
-  const T* Wp;  // the area blocks, packed untransposed (times alpha in the hopfield form)
+  const T* Wp;  // the area blocks, packed untransposed
 
-  // From gz = dLoss/dx: ag = a gz; the drive's gradient d (rate form: phi'(z) a gz; in the
-  // hopfield form d is ag); carry's (1-a) gz part (rate form; zero in the hopfield form, see
-  // carry); phi(h) into f (hopfield form, when W's gradient is asked for); and, when x is
-  // given, alpha's sums accA[i] += gz . (x - h) per area.
-  void update_transpose(int rows, const T* gz, const T* x, const T* h, const T* z, T* ag, T* d, T* carry, T* f,
-                        T* accA) const {
+  // Step t of rows b0.. . From gz = dLoss/dx: ag = a gz; the drive's gradient d (rate form:
+  // phi'(z) a gz; in the hopfield form d is ag); carry's (1-a) gz part (rate form; zero in the
+  // hopfield form, see carry); phi(h) into f (hopfield form, when W's gradient is asked for);
+  // and, when x is given, alpha's part gz . (x - h): summed per area into accA[i] (one rate per
+  // area; divided by a_i at the end) or, with rates per step, divided by a and written to
+  // grad_rates[t, b, i] (dx/da = (x - h) / a).
+  void update_transpose(int rows, int64_t t, int64_t b0, const T* gz, const T* x, const T* h, const T* z, T* ag,
+                        T* d, T* carry, T* f, T* accA, T* grad_rates) const {
     using Vec = Vectorized<T>;
     constexpr int64_t V = Vec::size();
     const int64_t HP = s.p * np;
@@ -138,7 +140,8 @@ struct AreaStepBackward {
       constexpr Nonlinearity NL = decltype(tag)::value;
       for (int b = 0; b < rows; ++b)
         for (int64_t i = 0; i < s.p; ++i) {
-          const Vec a = rates.a[i], oma = rates.one_minus_a[i];
+          const T av = rates.at(t, b0 + b, i);
+          const Vec a(av), oma(T(1) - av);
           Vec sa(T(0));
           for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
             const Vec gv = Vec::loadu(gz + j);
@@ -152,16 +155,22 @@ struct AreaStepBackward {
               (oma * gv).store(carry + j);
             }
           }
+          if (!x) continue;
           T lanes[V];
           sa.store(lanes);
-          for (int64_t l = 0; l < V; ++l) accA[i] += lanes[l];
+          T sum = T(0);
+          for (int64_t l = 0; l < V; ++l) sum += lanes[l];
+          if (rates.per_step)
+            grad_rates[((t * s.B) + b0 + b) * s.p + i] = sum / av;
+          else
+            accA[i] += sum;
         }
     });
   }
 
-  // carry = dLoss/dh_{t-1} through the areas: (1-a) gz + phi'(h) * ((aW)^T gz) (hopfield),
-  // (1-a) gz + W^T d (rate; update_transpose left (1-a) gz in carry).
-  void carry(int rows, T* carry, const T* gz, const T* h, const T* d) const {
+  // carry = dLoss/dh_{t-1} through the areas: (1-a) gz + phi'(h) * (W^T (a gz)) (hopfield, where
+  // d is a gz), (1-a) gz + W^T d (rate; update_transpose left (1-a) gz in carry).
+  void carry(int rows, int64_t t, int64_t b0, T* carry, const T* gz, const T* h, const T* d) const {
     using Vec = Vectorized<T>;
     constexpr int64_t V = Vec::size();
     const int64_t HP = s.p * np, blk = np * np;
@@ -169,12 +178,12 @@ struct AreaStepBackward {
       for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, d + i * np, Wp + i * blk);
       return;
     }
-    for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, gz + i * np, Wp + i * blk);
+    for (int64_t i = 0; i < s.p; ++i) lay.block_step(rows, carry + i * np, d + i * np, Wp + i * blk);
     with_nonlinearity(nl, [&](auto tag) {
       constexpr Nonlinearity NL = decltype(tag)::value;
       for (int b = 0; b < rows; ++b)
         for (int64_t i = 0; i < s.p; ++i) {
-          const Vec oma = rates.one_minus_a[i];
+          const Vec oma(T(1) - rates.at(t, b0 + b, i));
           for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
             at::vec::fmadd(oma, Vec::loadu(gz + j), dphi<NL>(Vec::loadu(h + j), Vec::loadu(carry + j))).store(carry + j);
         }
@@ -184,7 +193,7 @@ struct AreaStepBackward {
 
 template <typename T>
 void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_t* Lidx, const T* h0,
-                     const T* alpha, const T* S_inv, const T* states, const T* pre, const T* zsave, const T* rsave,
+                     const AreaRates<T> rates, const T* S_inv, const T* states, const T* pre, const T* zsave, const T* rsave,
                      T* grad_drive, T* grad_h0, T* grad_W, T* grad_L, T* grad_alpha, T* grad_S, const Shape s,
                      const Nonlinearity nl, const Form form, const Feedback fb) {
   using Vec = Vectorized<T>;
@@ -192,20 +201,20 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
   const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H, Bn = s.B * s.n, blk = np * np;
   const Layout lay{s.n, np, HP};
   const bool hopfield = form == Form::Hopfield, euler = fb.step == Step::Euler, star = fb.step == Step::Star;
-  // Untransposed packed weights: the microkernel then computes x -> W^T x.
-  const std::vector<T> Wp = pack_areas<T>(W, s, np, /*transpose=*/false, alpha, hopfield);
+  // Untransposed packed weights: the microkernel then computes x -> W^T x. The Euler step's
+  // rates are applied to the gradient (carry += L^T (a g)), not folded into L.
+  const std::vector<T> Wp = pack_areas<T>(W, s, np, /*transpose=*/false);
   std::vector<T> Lp, Sp;
-  pack_feedback<T>(Lb, Lidx, s, np, fb, alpha, /*transpose=*/false, Lp);
+  pack_feedback<T>(Lb, Lidx, s, np, fb, nullptr, /*transpose=*/false, Lp);
   if (star) pack_blocks<T>(S_inv, 1, s.n, np, /*transpose=*/false, T(1), Sp);
   // The star saves s_hub [T, B, n] rather than z [T, B, p*n]: the backward rebuilds
   // z_hub = 2 s - h_hub and z_j = h_j - 2 P_jh s (Ln: the leaf blocks transposed, times -2).
   std::vector<T> Ln;
   if (star) {
-    pack_feedback<T>(Lb, Lidx, s, np, fb, alpha, /*transpose=*/true, Ln);
+    pack_feedback<T>(Lb, Lidx, s, np, fb, nullptr, /*transpose=*/true, Ln);
     for (auto& v : Ln) v = -v;
   }
   const StarBackward<T> hub{s, fb, Lidx, np, Lp.data(), Sp.data(), Ln.data()};
-  const AreaRates<T> rates(alpha, s.p);
   const AreaStepBackward<T> areas{lay, s, np, rates, nl, hopfield, Wp.data()};
   const int64_t groups = (s.B + kRows - 1) / kRows;
   // The batch groups are split into chunks whose number depends on B only, never on the
@@ -302,15 +311,15 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
             std::copy(rsave + t * Bn + (b0 + b) * s.n, rsave + t * Bn + (b0 + b + 1) * s.n, st_r + (slot + b) * np);
         }
         // the step before the feedback: x = (1-a) h + a F(h, u)
-        areas.update_transpose(rows, gzp, grad_alpha ? xp : nullptr, h, z, ag, d, carry,
-                               hopfield && grad_W ? st_f + slot * HP : nullptr, accA);
+        areas.update_transpose(rows, t, b0, gzp, grad_alpha ? xp : nullptr, h, z, ag, d, carry,
+                               hopfield && grad_W ? st_f + slot * HP : nullptr, accA, grad_alpha);
         if (star)  // Y at the hub: s_hub
           for (int b = 0; b < rows; ++b) std::copy(sh + b * np, sh + (b + 1) * np, xp + fb.hub * np + b * HP);
         scatter_rows(grad_drive + t * BH + b0 * s.H, d, rows, s.p, s.n, np, s.H);
-        areas.carry(rows, carry, gzp, h, d);
-        if (euler)  // carry += (aL)^T g
+        areas.carry(rows, t, b0, carry, gzp, h, d);
+        if (euler)  // carry += L^T (a g)
           for (int64_t r = 0; r < s.k; ++r)
-            lay.block_step(rows, carry + Lidx[2 * r + 1] * np, g + Lidx[2 * r] * np, Lp.data() + r * blk);
+            lay.block_step(rows, carry + Lidx[2 * r + 1] * np, ag + Lidx[2 * r] * np, Lp.data() + r * blk);
         slot += rows;
         if (slot + kRows > kStage) {
           flush(slot);
@@ -332,15 +341,15 @@ void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_
 
   // Sum the chunks' accumulators in order and drop the padding.
   const Accumulators acc{nchunks, acc_size, nW, nL, nS, blk, np};
-  reduce_gradients<T>(partial, acc, Lb, Lidx, alpha, s, fb, grad_W, grad_L, grad_alpha, grad_S);
+  reduce_gradients<T>(partial, acc, Lb, Lidx, rates, s, fb, grad_W, grad_L, grad_alpha, grad_S);
 }
 
 template void backward_kernel<float>(const float* grad_states, const float* W, const float* Lb, const int64_t* Lidx, const float* h0,
-                     const float* alpha, const float* S_inv, const float* states, const float* pre, const float* zsave, const float* rsave,
+                     const AreaRates<float> rates, const float* S_inv, const float* states, const float* pre, const float* zsave, const float* rsave,
                      float* grad_drive, float* grad_h0, float* grad_W, float* grad_L, float* grad_alpha, float* grad_S, const Shape s,
                      const Nonlinearity nl, const Form form, const Feedback fb);
 template void backward_kernel<double>(const double* grad_states, const double* W, const double* Lb, const int64_t* Lidx, const double* h0,
-                     const double* alpha, const double* S_inv, const double* states, const double* pre, const double* zsave, const double* rsave,
+                     const AreaRates<double> rates, const double* S_inv, const double* states, const double* pre, const double* zsave, const double* rsave,
                      double* grad_drive, double* grad_h0, double* grad_W, double* grad_L, double* grad_alpha, double* grad_S, const Shape s,
                      const Nonlinearity nl, const Form form, const Feedback fb);
 

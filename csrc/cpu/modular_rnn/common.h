@@ -6,7 +6,7 @@
 //   hopfield: h_t = (1-a) h_{t-1} + a (W phi(h_{t-1}) + L h_{t-1} + u_t)
 //   rate:     h_t = (1-a) h_{t-1} + a (phi(W h_{t-1} + u_t) + L h_{t-1})
 // Cayley feedback step: the same without the L term gives z_t, then h_t = C z_t with
-// C = (I - A L/2)^{-1} (I + A L/2). The caller (rnnofrnns/ops/modular_rnn/cayley.py) passes
+// C = (I - A L/2)^{-1} (I + A L/2), A = diag(the feedback rates, constant per area). The caller (rnnofrnns/ops/modular_rnn/cayley.py) passes
 // C in one of two factored forms, with differentiable torch ops in front:
 //   step "star":  blocks P = (a_target/2) L of a star through area `hub` and S_inv, the
 //                 inverse of the Schur complement S = I - sum_j P_hj P_jh. Per step:
@@ -20,12 +20,15 @@
 // its state in a padded per-area layout (n rounded up to the SIMD width) so that
 // the inner product loops are plain vector FMAs over whole registers.
 //
+// The areas' rates are one value per area [p] or one per step, row and area [T, B, p]
+// (input-driven timescales); the Euler step's feedback is scaled by the same rate.
+//
 // Forward returns the states [T, B, p*n] (h_1..h_T) and, when a backward pass will
 // follow: the rate form's pre-activations W h_{t-1} + u_t, the Cayley step's z_t and
 // the star's r_t. Backward runs backpropagation through time from h_0 and the saved
 // states and returns the gradients of the drive, W, the feedback blocks, h_0, alpha
-// (the part through the (1-a) h + a F update; the torch ops in front of a Cayley call
-// add the part through P and S_inv) and S_inv. The weight gradients are reductions
+// (the part through the (1-a) h + a F update, [p] or [T, B, p] as alpha; the torch ops in front
+// of a Cayley call add the part through P and S_inv) and S_inv. The weight gradients are reductions
 // over all (t, b) of outer products; they are fused into the backward loop: every
 // kStage (t, b) rows are staged in a small buffer and applied to per-thread
 // accumulators (which stay in cache) as one rank-kStage update.
@@ -171,9 +174,10 @@ struct Feedback {
   bool hub_row(const int64_t* Lidx, int64_t r) const { return Lidx[2 * r] == hub; }
 };
 
-// Pack the feedback blocks with the scale each step applies: alpha of the target area for
-// the Euler step (L enters as a_i L_ij); 1 for hub-row and 2 for leaf blocks of the Cayley
-// star (h_j = z_j + 2 P_jh s_h); 1 for the dense Cayley map.
+// Pack the feedback blocks with the scale each step applies: for the Euler step alpha of the
+// target area when `alpha` is given (L enters as a_i L_ij; null: 1, the rate applied by the
+// caller); 1 for hub-row and 2 for leaf blocks of the Cayley star (h_j = z_j + 2 P_jh s_h); 1
+// for the dense Cayley map.
 template <typename T>
 void pack_feedback(const T* Lb, const int64_t* Lidx, const Shape& s, int64_t np, const Feedback& fb,
                    const T* alpha, bool transpose, std::vector<T>& dst) {
@@ -182,32 +186,29 @@ void pack_feedback(const T* Lb, const int64_t* Lidx, const Shape& s, int64_t np,
   std::vector<T> one;
   for (int64_t r = 0; r < s.k; ++r) {
     T scale = T(1);
-    if (fb.step == Step::Euler) scale = alpha[Lidx[2 * r]];
+    if (fb.step == Step::Euler && alpha) scale = alpha[Lidx[2 * r]];
     if (fb.step == Step::Star && !fb.hub_row(Lidx, r)) scale = T(2);
     pack_blocks<T>(Lb + r * nn, 1, s.n, np, transpose, scale, one);
     std::copy(one.begin(), one.begin() + blk, dst.begin() + r * blk);
   }
 }
 
-// Per-area vectors of alpha and 1 - alpha.
+// The areas' rates a (the update x = (1-a) h + a F): one value per area ([p], `per_step`
+// false) or one per step, batch row and area ([T, B, p], input-driven timescales).
 template <typename T>
 struct AreaRates {
-  std::vector<Vectorized<T>> a, one_minus_a;
-  AreaRates(const T* alpha, int64_t p) {
-    for (int64_t i = 0; i < p; ++i) {
-      a.emplace_back(alpha[i]);
-      one_minus_a.emplace_back(T(1) - alpha[i]);
-    }
-  }
+  const T* alpha;
+  bool per_step;
+  int64_t B, p;
+  T at(int64_t t, int64_t b, int64_t i) const { return per_step ? alpha[(t * B + b) * p + i] : alpha[i]; }
 };
 
-// The p area blocks of W packed (np x np each, zero padded), optionally transposed; in the
-// hopfield form each area's alpha is folded into its block (the update adds a_i W_i phi(h)).
+// The p area blocks of W packed (np x np each, zero padded), optionally transposed.
 template <typename T>
-std::vector<T> pack_areas(const T* W, const Shape& s, int64_t np, bool transpose, const T* alpha, bool hopfield) {
+std::vector<T> pack_areas(const T* W, const Shape& s, int64_t np, bool transpose) {
   std::vector<T> packed(static_cast<size_t>(s.p * np * np), T(0)), one;
   for (int64_t i = 0; i < s.p; ++i) {
-    pack_blocks<T>(W + i * s.n * s.n, 1, s.n, np, transpose, hopfield ? alpha[i] : T(1), one);
+    pack_blocks<T>(W + i * s.n * s.n, 1, s.n, np, transpose, T(1), one);
     std::copy(one.begin(), one.begin() + np * np, packed.begin() + i * np * np);
   }
   return packed;
@@ -215,13 +216,13 @@ std::vector<T> pack_areas(const T* W, const Shape& s, int64_t np, bool transpose
 
 // The kernels (forward.cpp, backward.cpp), instantiated for float and double.
 template <typename T>
-void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, const T* alpha,
+void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, const AreaRates<T> rates,
                     const T* S_inv, T* states, T* pre, T* zsave, T* rsave, const Shape s, const Nonlinearity nl,
                     const Form form, const Feedback fb);
 
 template <typename T>
 void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_t* Lidx, const T* h0,
-                     const T* alpha, const T* S_inv, const T* states, const T* pre, const T* zsave, const T* rsave,
+                     const AreaRates<T> rates, const T* S_inv, const T* states, const T* pre, const T* zsave, const T* rsave,
                      T* grad_drive, T* grad_h0, T* grad_W, T* grad_L, T* grad_alpha, T* grad_S, const Shape s,
                      const Nonlinearity nl, const Form form, const Feedback fb);
 

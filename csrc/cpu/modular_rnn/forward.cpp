@@ -7,7 +7,7 @@ namespace rnnofrnns {
 namespace __attribute__((visibility("hidden"))) modular_rnn_cpu {
 
 template <typename T>
-void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, const T* alpha,
+void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, const AreaRates<T> rates,
                     const T* S_inv, T* states, T* pre, T* zsave, T* rsave, const Shape s, const Nonlinearity nl,
                     const Form form, const Feedback fb) {
   using Vec = Vectorized<T>;
@@ -15,13 +15,13 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
   const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H, Bn = s.B * s.n;
   const Layout lay{s.n, np, HP};
   const bool hopfield = form == Form::Hopfield;
-  // Packed weights, transposed for the row-times-matrix microkernel. In the hopfield form
-  // each area's alpha is folded into its W block.
-  const std::vector<T> Wt = pack_areas<T>(W, s, np, /*transpose=*/true, alpha, hopfield);
+  // Packed weights, transposed for the row-times-matrix microkernel. With one rate per area the
+  // Euler step's rate is folded into its feedback blocks; rates per step are applied to L h.
+  const std::vector<T> Wt = pack_areas<T>(W, s, np, /*transpose=*/true);
+  const bool scaled_feedback = fb.step == Step::Euler && rates.per_step;
   std::vector<T> Lt, St;
-  pack_feedback<T>(Lb, Lidx, s, np, fb, alpha, /*transpose=*/true, Lt);
+  pack_feedback<T>(Lb, Lidx, s, np, fb, rates.per_step ? nullptr : rates.alpha, /*transpose=*/true, Lt);
   if (fb.step == Step::Star) pack_blocks<T>(S_inv, 1, s.n, np, /*transpose=*/true, T(1), St);
-  const AreaRates<T> rates(alpha, s.p);
   const int64_t groups = (s.B + kRows - 1) / kRows;
   // When n is a multiple of the vector width the padded layout is the tensors' own: the steps
   // then read h_{t-1} from h0 / the states written the step before, write h_t straight into
@@ -39,7 +39,7 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
     T* hn_all = hp_all + ng * gsz; // h_t of every group (copied layout only)
     T* u = hn_all + ng * gsz;
     T* tmp = u + gsz;
-    T* cz = tmp + gsz;             // dense Cayley: C z
+    T* cz = tmp + gsz;             // dense Cayley: C z; Euler with rates per step: L h
     T* rb = cz + gsz;              // star: r = z_hub + sum_j P_hj z_j
     T* sb = rb + kRows * np;       // star: s_hub = S^{-1} r
     auto rows_of = [&](int64_t g) { return static_cast<int>(std::min<int64_t>(kRows, s.B - g * kRows)); };
@@ -61,15 +61,17 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
             __builtin_prefetch(drive_t + BH + e, 0, 2);
         const T* uin = direct && hopfield ? drive_t : u;
         if (hopfield) {
-          // hn = (1-a) h + a u + (aW) phi(h)  [+ (aL) h below for the Euler step]
+          // hn = (1-a) h + a u + W (a phi(h))  [+ (aL) h below for the Euler step]; W is block
+          // diagonal, so a W phi(h) = W (a phi(h)) for a rate per row and area
           with_nonlinearity(nl, [&](auto tag) {
             constexpr Nonlinearity NL = decltype(tag)::value;
             for (int b = 0; b < rows; ++b)
               for (int64_t i = 0; i < s.p; ++i) {
-                const Vec a = rates.a[i], oma = rates.one_minus_a[i];
+                const T av = rates.at(t, b0 + b, i);
+                const Vec a(av), oma(T(1) - av);
                 for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V) {
                   const Vec h = Vec::loadu(hp + j);
-                  phi<NL>(h).store(tmp + j);
+                  (a * phi<NL>(h)).store(tmp + j);
                   at::vec::fmadd(oma, h, a * Vec::loadu(uin + j)).store(hn + j);
                 }
               }
@@ -83,13 +85,24 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
             constexpr Nonlinearity NL = decltype(tag)::value;
             for (int b = 0; b < rows; ++b)
               for (int64_t i = 0; i < s.p; ++i) {
-                const Vec a = rates.a[i], oma = rates.one_minus_a[i];
+                const T av = rates.at(t, b0 + b, i);
+                const Vec a(av), oma(T(1) - av);
                 for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
                   at::vec::fmadd(oma, Vec::loadu(hp + j), a * phi<NL>(Vec::loadu(u + j))).store(hn + j);
               }
           });
         }
-        if (fb.step == Step::Euler) {
+        if (scaled_feedback && s.k > 0) {  // hn += a (L h), a per row and area
+          std::fill(cz, cz + rows * HP, T(0));
+          for (int64_t r = 0; r < s.k; ++r)
+            lay.block_step(rows, cz + Lidx[2 * r] * np, hp + Lidx[2 * r + 1] * np, Lt.data() + r * np * np);
+          for (int b = 0; b < rows; ++b)
+            for (int64_t i = 0; i < s.p; ++i) {
+              const Vec a(rates.at(t, b0 + b, i));
+              for (int64_t j = b * HP + i * np, e = j + np; j < e; j += V)
+                at::vec::fmadd(a, Vec::loadu(cz + j), Vec::loadu(hn + j)).store(hn + j);
+            }
+        } else if (fb.step == Step::Euler) {
           for (int64_t r = 0; r < s.k; ++r)
             lay.block_step(rows, hn + Lidx[2 * r] * np, hp + Lidx[2 * r + 1] * np, Lt.data() + r * np * np);
         } else {
@@ -127,10 +140,10 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
   });
 }
 
-template void forward_kernel<float>(const float* drive, const float* W, const float* Lb, const int64_t* Lidx, const float* h0, const float* alpha,
+template void forward_kernel<float>(const float* drive, const float* W, const float* Lb, const int64_t* Lidx, const float* h0, const AreaRates<float> rates,
                     const float* S_inv, float* states, float* pre, float* zsave, float* rsave, const Shape s, const Nonlinearity nl,
                     const Form form, const Feedback fb);
-template void forward_kernel<double>(const double* drive, const double* W, const double* Lb, const int64_t* Lidx, const double* h0, const double* alpha,
+template void forward_kernel<double>(const double* drive, const double* W, const double* Lb, const int64_t* Lidx, const double* h0, const AreaRates<double> rates,
                     const double* S_inv, double* states, double* pre, double* zsave, double* rsave, const Shape s, const Nonlinearity nl,
                     const Form form, const Feedback fb);
 

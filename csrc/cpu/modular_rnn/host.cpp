@@ -10,7 +10,8 @@ Shape shape_of(const at::Tensor& drive, const at::Tensor& W, const at::Tensor& L
   return Shape{drive.size(0), drive.size(1), W.size(0), W.size(1), L_blocks.size(0), drive.size(2)};
 }
 
-// alpha as the data's dtype, contiguous, on the CPU (checked by check_modular_rnn_inputs).
+// alpha ([p] or [T, B, p]) as the data's dtype, contiguous, on the CPU (checked by
+// check_modular_rnn_inputs).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_fwd(
     const at::Tensor& drive_in, const at::Tensor& W_in, const at::Tensor& L_in, const at::Tensor& idx_in,
     const at::Tensor& h0_in, const at::Tensor& alpha_in, const at::Tensor& S_in, c10::string_view nonlinearity,
@@ -35,7 +36,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_fwd(
   AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "modular_rnn_fwd", [&] {
     forward_kernel<scalar_t>(drive.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                              Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
-                             h0.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(),
+                             h0.const_data_ptr<scalar_t>(),
+                             AreaRates<scalar_t>{alpha.const_data_ptr<scalar_t>(), alpha.dim() == 3, s.B, s.p},
                              fb.step == Step::Star ? S_inv.const_data_ptr<scalar_t>() : nullptr,
                              states.mutable_data_ptr<scalar_t>(),
                              keep_pre ? pre.mutable_data_ptr<scalar_t>() : nullptr,
@@ -95,7 +97,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "modular_rnn_bwd", [&] {
     backward_kernel<scalar_t>(grad_states.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(),
                               Lb.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
-                              h0.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(),
+                              h0.const_data_ptr<scalar_t>(),
+                              AreaRates<scalar_t>{alpha.const_data_ptr<scalar_t>(), alpha.dim() == 3, s.B, s.p},
                               fb.step == Step::Star ? S_inv.const_data_ptr<scalar_t>() : nullptr,
                               states.const_data_ptr<scalar_t>(),
                               fm == Form::Rate ? pre.const_data_ptr<scalar_t>() : nullptr,

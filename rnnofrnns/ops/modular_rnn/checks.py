@@ -2,7 +2,7 @@
 twins are in csrc/cpu/checks.h): every error names the argument, what was expected and what was given."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -18,6 +18,8 @@ def check_modular_rnn_args(
     alpha: Union[float, torch.Tensor],
     nonlinearity: str,
     form: str,
+    feedback_step: str = "euler",
+    feedback_alpha: Union[float, torch.Tensor, None] = None,
 ) -> None:
     """Raise ValueError/TypeError naming the argument, what was expected and what was given.
 
@@ -52,28 +54,47 @@ def check_modular_rnn_args(
         tensors.append(h0)
     check_float_dtypes(names, tensors)
     check_same_device(names + ["L_index"], tensors + [L_index])
-    check_alpha(alpha, p)
+    check_alpha(alpha, p, (T, B))
+    per_step = isinstance(alpha, torch.Tensor) and alpha.dim() == 3
+    if feedback_alpha is not None:
+        if feedback_step != "cayley":
+            raise ValueError("feedback_alpha sets the rates of the cayley step's map; the euler step scales L h by "
+                             f"alpha, got feedback_alpha={feedback_alpha!r} with feedback_step={feedback_step!r}")
+        if isinstance(feedback_alpha, torch.Tensor) and feedback_alpha.dim() == 3:
+            raise ValueError("feedback_alpha must be a number or p per-area values (the cayley map's rates are "
+                             f"constant in time), got a tensor of shape {tuple(feedback_alpha.shape)}")
+        check_alpha(feedback_alpha, p, None, "feedback_alpha")
+    elif per_step and feedback_step == "cayley":
+        raise ValueError("alpha per step [T, B, p] with the cayley step needs feedback_alpha (p constant rates of its "
+                         "map: a map whose rates change in time is orthogonal in no fixed metric)")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
 
 
-def check_alpha(alpha: Union[float, torch.Tensor], p: int) -> None:
-    """A number in (0, 1], or a tensor of one or p values in (0, 1] (values read outside tracing)."""
+def check_alpha(alpha: Union[float, torch.Tensor], p: int, steps: Optional[Tuple[int, int]] = None,
+                name: str = "alpha") -> None:
+    """A number in (0, 1], or a tensor of one or p values in (0, 1], or (steps = (T, B) given)
+    [T, B, p] values per step (values read outside tracing)."""
     if isinstance(alpha, torch.Tensor):
-        if not (alpha.dim() == 0 or tuple(alpha.shape) in ((1,), (p,))):
-            raise ValueError(f"alpha must be a number, a one-element tensor or a tensor of p = {p} per-area values, "
-                             f"got a tensor of shape {tuple(alpha.shape)}")
+        per_step = steps is not None and tuple(alpha.shape) == (*steps, p)
+        if not (alpha.dim() == 0 or tuple(alpha.shape) in ((1,), (p,)) or per_step):
+            also = f" or [T, B, p] = [{steps[0]}, {steps[1]}, {p}] values per step" if steps is not None else ""
+            raise ValueError(f"{name} must be a number, a one-element tensor or a tensor of p = {p} per-area values"
+                             f"{also}, got a tensor of shape {tuple(alpha.shape)}")
         if not alpha.is_floating_point():
-            raise TypeError(f"alpha must be a floating-point tensor, got {alpha.dtype}")
+            raise TypeError(f"{name} must be a floating-point tensor, got {alpha.dtype}")
         if not torch.compiler.is_compiling():
             a = alpha.detach()
-            if not bool(((a > 0) & (a <= 1)).all()):
-                raise ValueError(f"alpha must lie in (0, 1], got {a.cpu().tolist()}")
+            ok = (a > 0) & (a <= 1)
+            if not bool(ok.all()):
+                bad = a[~ok]
+                raise ValueError(f"{name} must lie in (0, 1], got {bad.numel()} values outside, e.g. "
+                                 f"{bad[:4].cpu().tolist()}")
         return
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not (0.0 < float(alpha) <= 1.0):
-        raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
+        raise ValueError(f"{name} must be a number in (0, 1], got {alpha!r}")
 
 
 def check_block_index(L_index: torch.Tensor, p: int) -> None:

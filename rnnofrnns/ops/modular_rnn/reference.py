@@ -16,9 +16,10 @@ def dense_feedback(L_blocks: torch.Tensor, L_index: torch.Tensor, p: int) -> tor
 
 
 def unit_rates(alpha: Union[float, torch.Tensor], p: int, n: int) -> Union[float, torch.Tensor]:
-    """alpha per unit: a number stays a number; p per-area values become [p*n]."""
-    if isinstance(alpha, torch.Tensor) and alpha.dim() == 1:
-        return alpha.repeat_interleave(n)
+    """alpha per unit: a number stays a number; p per-area values become [p*n]; rates per
+    step [T, B, p] become [T, B, p*n]."""
+    if isinstance(alpha, torch.Tensor) and alpha.dim() in (1, 3):
+        return alpha.repeat_interleave(n, dim=-1)
     return float(alpha)
 
 
@@ -40,6 +41,7 @@ def modular_rnn_reference(
     nonlinearity: str = "tanh",
     form: str = "rate",
     feedback_step: str = "euler",
+    feedback_alpha: Union[float, torch.Tensor, None] = None,
 ) -> torch.Tensor:
     """Materialise W (block diagonal) and L densely and loop over time in PyTorch.
 
@@ -47,31 +49,39 @@ def modular_rnn_reference(
       hopfield: h_t = (1-a) h_{t-1} + a (W phi(h_{t-1}) + L h_{t-1} + u_t)
       rate:     h_t = (1-a) h_{t-1} + a (phi(W h_{t-1} + u_t) + L h_{t-1})
     cayley step: z_t = the same without the L term, h_t = C z_t with
-      C = (I - A L/2)^{-1} (I + A L/2), A = diag(a) (formed densely by torch.linalg.solve).
-    alpha is a number or p per-area values. Returns the states h_1..h_T, [T, B, p*n].
-    Differentiable by autograd (alpha included).
+      C = (I - A L/2)^{-1} (I + A L/2), A = diag(feedback_alpha) (formed densely by
+    torch.linalg.solve; feedback_alpha defaults to alpha).
+    alpha (the areas' rates a) is a number, p per-area values or [T, B, p] values per step
+    (input-driven timescales; then a_t scales the Euler step's L h as well, and the Cayley step
+    needs feedback_alpha). Returns the states h_1..h_T, [T, B, p*n].
+    Differentiable by autograd (alpha and feedback_alpha included).
     """
     phi = activation(nonlinearity)
     B, H = drive.shape[1:]
     p, n = W.shape[0], W.shape[1]
     a = unit_rates(alpha, p, n)
+    per_step = isinstance(a, torch.Tensor) and a.dim() == 3
     Wd = torch.block_diag(*W)
     Ld = dense_feedback(L_blocks, L_index, p)
     if feedback_step == "cayley":
-        C = cayley_map(Ld, a)
+        fa = unit_rates(alpha if feedback_alpha is None else feedback_alpha, p, n)
+        if isinstance(fa, torch.Tensor) and fa.dim() != 1:
+            raise ValueError("the cayley step's rates are constant: give feedback_alpha (p values) with alpha per step")
+        C = cayley_map(Ld, fa)
     elif feedback_step != "euler":
         raise ValueError(f"feedback_step must be 'euler' or 'cayley', got {feedback_step!r}")
     h = drive.new_zeros(B, H) if h0 is None else h0
     out = []
     # unbind once: indexing drive[t] per step would make autograd build a full-size
     # zero gradient per step (O(T^2) memory traffic in the backward pass)
-    for u in drive.unbind(0):
+    rates = a.unbind(0) if per_step else [a] * drive.shape[0]
+    for u, a_t in zip(drive.unbind(0), rates):
         if form == "hopfield":
-            z = (1 - a) * h + a * (phi(h) @ Wd.T + u)
+            z = (1 - a_t) * h + a_t * (phi(h) @ Wd.T + u)
         elif form == "rate":
-            z = (1 - a) * h + a * phi(h @ Wd.T + u)
+            z = (1 - a_t) * h + a_t * phi(h @ Wd.T + u)
         else:
             raise ValueError(f"form must be 'rate' or 'hopfield', got {form!r}")
-        h = z @ C.T if feedback_step == "cayley" else z + a * (h @ Ld.T)
+        h = z @ C.T if feedback_step == "cayley" else z + a_t * (h @ Ld.T)
         out.append(h)
     return torch.stack(out)
