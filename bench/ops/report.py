@@ -14,7 +14,7 @@ from collections import defaultdict
 
 
 def contender(name: str) -> str:
-    m = re.search(r"\[(.+?)-", name)
+    m = re.search(r"\[(.+?)[-\]]", name)
     return m.group(1) if m else name
 
 
@@ -75,6 +75,14 @@ def main(path: str) -> int:
                 ratios[(group, name)] = t / t_c
                 print(f"| {group} | {name} | {t * 1e3:.1f} | - | {t / t_c:.2f}x |")
 
+    rows = groups.get("input rates forward+backward star B=64 relu", {})
+    if "constant_rates" in rows and "input_rates" in rows:
+        t_c = rows["constant_rates"]["stats"]["median"]
+        for name in ("constant_rates", "input_rates"):
+            t = rows[name]["stats"]["median"]
+            ratios[("input rates", name)] = t / t_c
+            print(f"| input rates forward+backward star B=64 relu | {name} | {t * 1e3:.1f} | - | {t / t_c:.2f}x |")
+
     if any(g.startswith("gpu ") for g in groups):
         return 0  # the targets below are the CPU backend's
     print("\nTargets (GW star, T=784):")
@@ -92,6 +100,9 @@ def main(path: str) -> int:
         ("cayley fwd+bwd B=64 relu vs its reference >= 5x",
          ratios.get(("cayley forward+backward star B=64 relu", "reference_cayley")), 5.0),
     ]
+    per_step = ratios.get(("input rates", "input_rates"))
+    checks.append(("input rates fwd+bwd B=64 relu: time vs constant rates <= 1.25x (as constant/input >= 1/1.25)",
+                   1 / per_step if per_step else None, 1 / 1.25))
     gf = ratios.get(("forward star B=64 relu", "cpu_gflops"))
     if gf and mm_step:
         checks.append((f"fwd B=64 relu GFLOP/s ({gf:.1f}) vs torch.mm 64x512x512 ({mm_step:.1f}) >= 60%", gf / mm_step, 0.6))

@@ -124,3 +124,28 @@ def test_cayley_forward_backward(benchmark, contender, topo):
         torch.autograd.grad(out, (drive, L), torch.ones_like(out))
 
     benchmark.pedantic(step, rounds=3 if contender.startswith("reference") else 10, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("contender", ["constant_rates", "input_rates"])
+def test_input_rates_forward_backward(benchmark, contender):
+    """Input-driven timescales: the areas' rates per step, row and area ([T, B, p]) against one
+    rate per area ([p]); the Cayley star as the certified default runs it (hopfield, relu, B=64),
+    a training step with the gradients of the drive, W, the feedback blocks and both rates."""
+    drive, W, L, idx = problem("star", 64)
+    for t in (drive, W, L):
+        t.requires_grad_(True)
+    g = torch.Generator().manual_seed(1)
+    if contender == "input_rates":
+        alpha = (0.05 + 0.9 * torch.rand(T, 64, P, generator=g)).requires_grad_(True)
+    else:
+        alpha = (0.05 + 0.9 * torch.rand(P, generator=g)).requires_grad_(True)
+    feedback_alpha = (0.05 + 0.9 * torch.rand(P, generator=g)).requires_grad_(True)
+    benchmark.group = "input rates forward+backward star B=64 relu"
+    benchmark.extra_info.update(flops=flops("star", 64, True), topology="star", B=64, T=T, nonlinearity="relu")
+
+    def step():
+        out = modular_rnn(drive, W, L, idx, alpha=alpha, feedback_alpha=feedback_alpha, nonlinearity="relu", form=FORM,
+                          feedback_step="cayley", backend="cpu")
+        torch.autograd.grad(out, (drive, W, L, alpha, feedback_alpha), torch.ones_like(out))
+
+    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
