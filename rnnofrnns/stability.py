@@ -28,6 +28,13 @@ Per-area steps A = diag(a_i) (a_i = dt / tau_i). A L is skew in the metric N = M
   Cayley: G = C ((1-A) + A W D) with C = (I - A L/2)^{-1} (I + A L/2) N-orthogonal, so
           ||G||_N <= max_i (1-a_i) + a_i kappa_i < 1 whatever the feedback.
 With one alpha the metric N is M up to a constant; the Euler bound above is then the refined one.
+
+Input-driven rates (the areas' rates a_{i,t} in [a_min, a_max], read from the input only; the
+Cayley map keeps constant rates A): G_t = C X_t with X_t = (1 - A_t) + A_t W D block diagonal.
+A block-diagonal operator's norm does not change when each block's metric is scaled, so
+||X_t||_N = max_i ||X_{i,t}||_{M_i} <= max_i 1 - a_{i,t} (1 - kappa_i), and with C N-orthogonal
+  ||G_t||_N <= max over a in {a_min, a_max} of max_i (1 - a) + a kappa_i   (at a_min when kappa < 1).
+A gate that read the state, or a Cayley map whose rates changed in time, would break this.
 """
 from __future__ import annotations
 
@@ -298,6 +305,8 @@ class Certificate:
     reason: str = ""  # why it fails, where that is not a number (non-finite weights)
     feedback_step: str = "euler"
     alphas: Optional[torch.Tensor] = field(default=None, repr=False)  # per-area steps, when not one alpha
+    # input-driven rates: the range (a_min, a_max) of the areas' rates; alpha(s) are then the Cayley map's
+    area_rate_range: Optional[Tuple[float, float]] = None
 
     def __str__(self) -> str:
         if self.reason:
@@ -306,7 +315,9 @@ class Certificate:
                 f"worst skew {self.worst_skew:.2e}; discrete {'holds' if self.discrete_holds else 'FAILS'}: "
                 f"{self.feedback_step} step factor {self.step_factor:.4g} at alpha "
                 f"{self.alpha:g}{' (largest of the areas)' if self.alphas is not None else ''}, "
-                f"max alpha {self.max_alpha:.4g}; "
+                + (f"input-driven area rates in [{self.area_rate_range[0]:g}, {self.area_rate_range[1]:g}] "
+                   "(metric M A^{-1}, A the map's rates), " if self.area_rate_range else "")
+                + f"max alpha {self.max_alpha:.4g}; "
                 f"kappa {self.kappa:.4g}, omega {self.omega:.4g})")
 
 
@@ -409,6 +420,12 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
     step_kind = inputs.get("feedback_step", "euler")
     if step_kind not in DISCRETE_BOUNDS:
         raise ValueError(f"feedback_step must be 'euler' or 'cayley', got {step_kind!r}")
+    rate_range = inputs.get("area_rate_range")
+    if rate_range is not None:
+        lo, hi = (float(v) for v in rate_range)
+        if step_kind != "cayley" or not 0.0 < lo <= hi <= 1.0:
+            raise ValueError("area_rate_range (input-driven rates) must be (a_min, a_max) with 0 < a_min <= a_max <= 1 "
+                             f"and the cayley step, got {rate_range!r} with {step_kind!r}")
     raw = alpha if alpha is not None else inputs.get("alpha", 1.0)
     p_areas = inputs["W"].shape[0]
     if isinstance(raw, torch.Tensor) and raw.numel() > 1:
@@ -463,8 +480,11 @@ def certify(model_or_matrices: Any, *, alpha: Optional[float] = None) -> Certifi
         else:
             omega = math.inf
         step, max_alpha = DISCRETE_BOUNDS[step_kind](alphas, a, rate, kappas, omega, m, L, n, holds)
+        if rate_range is not None and holds:  # the areas' rates anywhere in [a_min, a_max]
+            step = max(cayley_step_bound(torch.full((p,), v, dtype=torch.float64), kappas) for v in (lo, hi))
     return Certificate(
         holds=holds, rate=rate, metric=metric.to(inputs["metric"].dtype), worst_skew=worst_skew,
         discrete_holds=bool(step < 1.0), step_factor=step, max_alpha=max_alpha, alpha=a,
         kappa=kappa, omega=omega, area_rates=rates, feedback_step=step_kind, alphas=alphas,
+        area_rate_range=(lo, hi) if rate_range is not None else None,
     )

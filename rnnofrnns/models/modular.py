@@ -74,6 +74,13 @@ class ModularRNN(nn.Module):
     alpha_i = alpha_max * sigmoid(theta_i) trainable (initialised at `alpha`). Per-area rates
     with guarantee=True need the cayley step.
 
+    input_timescales=True (cayley step): every area's rate follows the input, as a GRU's update
+    gate does, a_{i,t} = alpha_min + (alpha_max - alpha_min) sigmoid(g_i . x_t + c_i) (read from
+    x_t only, never from the state; starting at alpha: g = 0), while the Cayley map keeps the
+    constant per-area rates alpha_i above. Certified: C is orthogonal in N = M A^{-1} and the
+    areas' update is block diagonal, so ||G_t||_N <= max_i 1 - a_{i,t} (1 - kappa_i) <=
+    max_i 1 - alpha_min (1 - kappa_i) < 1 at every step (`certify()` states it).
+
     forward(x, h0=None) -> (output, h_n): x [B, T, input_size] (batch_first) or [T, B, input_size];
     output [B, T, hidden_size] (or [T, B, hidden_size]); h_n [1, B, hidden_size]. hidden_size is
     sum(area_sizes); areas of unequal size are padded internally to the largest, and the
@@ -106,6 +113,8 @@ class ModularRNN(nn.Module):
         backend: Optional[str] = None,
         dtype: Optional[torch.dtype] = None,
         feedback: Union[str, FeedbackStep, None] = None,
+        input_timescales: bool = False,
+        alpha_min: float = 0.02,
     ) -> None:
         super().__init__()
         if not isinstance(input_size, int) or input_size < 1:
@@ -126,9 +135,18 @@ class ModularRNN(nn.Module):
         p, n = len(sizes), max(sizes)
         self.areas.check_sizes(sizes)
         alphas = _rates(alpha, p)
-        per_area = learn_timescales or not isinstance(alpha, (int, float))
+        per_area = learn_timescales or input_timescales or not isinstance(alpha, (int, float))
         if learn_timescales and not bool((alphas < float(alpha_max)).all()):
             raise ValueError(f"learn_timescales=True needs alpha below alpha_max = {alpha_max}, got {alphas.tolist()}")
+        if input_timescales:
+            if self.feedback.op_name != "cayley":
+                raise ValueError("input_timescales=True needs the cayley feedback step (its map keeps constant rates "
+                                 f"while the areas' rates follow the input), got feedback={self.feedback!r}")
+            if not (isinstance(alpha_min, (int, float)) and 0.0 < float(alpha_min) < float(alpha_max)):
+                raise ValueError(f"alpha_min must be in (0, alpha_max = {alpha_max}), got {alpha_min!r}")
+            if not bool(((alphas > float(alpha_min)) & (alphas < float(alpha_max))).all()):
+                raise ValueError(f"input_timescales=True starts every area's rate at alpha, which must lie in "
+                                 f"(alpha_min, alpha_max) = ({alpha_min}, {alpha_max}), got {alphas.tolist()}")
         self.feedback.check_rates(per_area)
         self.input_size, self.area_sizes = input_size, sizes
         self.num_areas, self.area_size = p, n
@@ -136,6 +154,7 @@ class ModularRNN(nn.Module):
         self.form, self.nonlinearity = form, nonlinearity
         self.alpha: Union[float, Tuple[float, ...]] = tuple(alphas.tolist()) if per_area else float(alpha)
         self.per_area_alpha, self.learn_timescales, self.alpha_max = per_area, learn_timescales, float(alpha_max)
+        self.input_timescales, self.alpha_min = bool(input_timescales), float(alpha_min)
         self.batch_first, self.backend = batch_first, backend
         self.feedback_sparsity = float(feedback_sparsity)
 
@@ -172,6 +191,10 @@ class ModularRNN(nn.Module):
             self.input_bias = nn.Parameter((b * live_f.reshape(-1)).to(dtype))
         else:
             self.register_parameter("input_bias", None)
+        if input_timescales:  # the rate gate: a_t = alpha at first (g = 0)
+            self.rate_gate_weight = nn.Parameter(torch.zeros(p, input_size, dtype=dtype))
+            start = (alphas - self.alpha_min) / (self.alpha_max - self.alpha_min)
+            self.rate_gate_bias = nn.Parameter(torch.logit(start).to(dtype))
         self._silenced: Tuple[int, ...] = ()
         # Parameters with entries held at stored values (combine(freeze=True)): name -> buffers
         # frozen_mask_<name>, frozen_value_<name>; see _param.
@@ -275,6 +298,21 @@ class ModularRNN(nn.Module):
     def _op_alpha(self) -> Union[float, torch.Tensor]:
         return self.area_alpha() if self.per_area_alpha else self.alpha
 
+    def input_rates(self, x_tbf: torch.Tensor) -> torch.Tensor:
+        """The areas' rates of input_timescales=True for every step, [T, B, p]:
+        a_t = alpha_min + (alpha_max - alpha_min) sigmoid(G x_t + c), from the input only."""
+        if not self.input_timescales:
+            raise ValueError("input_rates: this network has constant rates (input_timescales=False)")
+        gate = torch.sigmoid(F.linear(x_tbf, self._param("rate_gate_weight"), self._param("rate_gate_bias")))
+        # within [alpha_min, alpha_max] after rounding as well
+        return (self.alpha_min + (self.alpha_max - self.alpha_min) * gate).clamp(self.alpha_min, self.alpha_max)
+
+    def _op_rates(self, x_tbf: torch.Tensor) -> dict:
+        """The op's alpha and feedback_alpha for the input x_tbf [T, B, input_size]."""
+        if self.input_timescales:
+            return dict(alpha=self.input_rates(x_tbf), feedback_alpha=self.area_alpha())
+        return dict(alpha=self._op_alpha())
+
     def raw_feedback_blocks(self, metric: Optional[torch.Tensor] = None) -> torch.Tensor:
         """L = B - M^{-1} B^T M on the connected pairs, before the guarantee's rescaling."""
         M = self.area_metric() if metric is None else metric
@@ -360,7 +398,7 @@ class ModularRNN(nn.Module):
         # float32 and float64 only.
         with without_autocast(x):
             states = modular_rnn(self.drive(x_t).contiguous(), self.area_weights(), self._feedback_in_use(),
-                                 self.L_index, h0, alpha=self._op_alpha(), nonlinearity=self.nonlinearity,
+                                 self.L_index, h0, **self._op_rates(x_t), nonlinearity=self.nonlinearity,
                                  form=self.form, feedback_step=self.feedback_step, backend=self.backend)
         states = self._unpad(states)
         h_n = states[-1].unsqueeze(0)
@@ -373,7 +411,7 @@ class ModularRNN(nn.Module):
         torch.func, e.g. for Jacobians)."""
         u = self.drive(x_t.unsqueeze(0))
         out = modular_rnn(u, self.area_weights(), self._feedback_in_use(), self.L_index, self._pad(h),
-                          alpha=self._op_alpha(), nonlinearity=self.nonlinearity, form=self.form,
+                          **self._op_rates(x_t.unsqueeze(0)), nonlinearity=self.nonlinearity, form=self.form,
                           feedback_step=self.feedback_step, backend="reference")
         return self._unpad(out[0])
 
@@ -405,7 +443,10 @@ class ModularRNN(nn.Module):
             # no SVD): it is reported as NaN, and certify() fails saying so
             L = self._feedback_in_use() if finite else torch.full_like(self.raw_feedback_blocks(M), math.nan)
         alpha = a if self.per_area_alpha else self.alpha
-        return dict(W=W, L_blocks=L, L_index=self.L_index, metric=M, alpha=alpha, feedback_step=self.feedback_step)
+        inputs = dict(W=W, L_blocks=L, L_index=self.L_index, metric=M, alpha=alpha, feedback_step=self.feedback_step)
+        if self.input_timescales:  # the areas' rates move within this range; alpha is the map's
+            inputs["area_rate_range"] = (self.alpha_min, self.alpha_max)
+        return inputs
 
     def certify(self) -> stability.Certificate:
         """Contraction certificate of the network as it runs now (see rnnofrnns.stability)."""
@@ -430,7 +471,8 @@ class ModularRNN(nn.Module):
         return (f"input_size={self.input_size}, area_sizes={self.area_sizes}, pairs={len(self.pairs)}, "
                 f"form={self.form!r}, nonlinearity={self.nonlinearity!r}, alpha={self.alpha}, "
                 f"areas={self.areas!r}, feedback={self.feedback!r}"
-                + (", learn_timescales=True" if self.learn_timescales else ""))
+                + (", learn_timescales=True" if self.learn_timescales else "")
+                + (f", input_timescales=True, alpha_min={self.alpha_min}" if self.input_timescales else ""))
 
 
 class SparseComboNet(nn.Module):

@@ -29,6 +29,9 @@ CONFIGS = {
     "svd-cayley": dict(areas="svd", feedback_step="cayley"),
     "svd-cayley-timescales": dict(areas="svd", feedback_step="cayley", learn_timescales=True,
                                   alpha=[0.1, 0.3, 0.6, 0.2, 0.05]),
+    "svd-cayley-input-timescales": dict(areas="svd", feedback_step="cayley", learn_timescales=True,
+                                        input_timescales=True, alpha=[0.1, 0.3, 0.6, 0.2, 0.05]),
+    "sparse-cayley-input-timescales": dict(feedback_step="cayley", input_timescales=True, alpha_min=0.1),
     "svd-euler": dict(areas="svd", feedback_step="euler"),
     "sparse-euler-per-area-uncertified": dict(alpha=[0.2, 0.4, 0.6, 0.8, 0.3], guarantee=False),
 }
@@ -43,13 +46,16 @@ def test_certificate_bounds_the_jacobian_of_the_step(name, form, nonlinearity):
                      dtype=torch.float64, **kw)
     with torch.no_grad():  # strong feedback: the cayley step is certified whatever its strength
         rnn.B.mul_(30.0 if rnn.feedback_step == "cayley" else 1.0)
+        if rnn.input_timescales:  # rates that move over their whole range with the input
+            rnn.rate_gate_weight.copy_(3.0 * torch.randn(rnn.rate_gate_weight.shape, generator=gen(2),
+                                                         dtype=torch.float64))
     cert = rnn.certify()
     assert cert.feedback_step == rnn.feedback_step
     if "uncertified" not in name:
         assert cert.holds and cert.discrete_holds, cert
     g = gen(1)
     for _ in range(5):
-        x, h = torch.randn(1, 3, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
+        x, h = 2 * torch.randn(1, 3, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
         norm = step_norm_in_certificate_metric(rnn, x, h)
         assert norm <= cert.step_factor + 1e-9, (norm, cert)
 
