@@ -196,6 +196,9 @@ GOOD = [["--seed", "3"], ["--epochs", "2"], ["--no-guarantee"], ["--form", "rate
     (["--alpha", "1"], "--alpha must be below 1 with --learn-timescales"),
     (["--feedback-step", "euler", "--no-learn-timescales", "--alpha", "0.2,0.3,0.4", "--num-areas", "3"],
      "per-area --alpha and --learn-timescales need --feedback-step cayley"),
+    (["--input-timescales", "--feedback-step", "euler", "--no-learn-timescales", "--alpha", "0.5"],
+     "--input-timescales needs --feedback-step cayley"),
+    (["--input-timescales", "--alpha-min", "0.5"], "--alpha-min must be in (0, --alpha = 0.3) with --input-timescales"),
 ])
 def test_settings_that_clash_with_the_defaults(tmp_path, capsys, argv, message):
     assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 2

@@ -270,6 +270,22 @@ def test_the_default_gw_net_is_the_certified_configuration_of_the_study():
     assert cert.holds and cert.discrete_holds
 
 
+def test_a_run_with_input_timescales_trains_evaluates_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    res = cli("train", "--model", "gw", "--task", "row-digits", "--epochs", "2", "--stop-after", "1",
+              "--input-timescales", "--alpha-min", "0.05", *SMALL, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["input_timescales"] is True and saved["alpha_min"] == 0.05
+    res = cli("train", "--out", str(out), "--resume", "--epochs", "2")
+    assert res.returncode == 0, res.stderr
+    assert "input-driven area rates in [0.05, 1]" in res.stdout, res.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["certificate"]["discrete_holds"] and metrics["certificate"]["area_rate_range"] == [0.05, 1.0]
+    res = cli("evaluate", str(out), "--threads", "1")
+    assert res.returncode == 0 and "matches metrics.json: True" in res.stdout, res.stdout + res.stderr
+
+
 @pytest.mark.parametrize("model", ["gw", "gru"])
 def test_a_run_with_a_pooled_readout_trains_and_evaluates(tmp_path, model):
     out = tmp_path / "run"

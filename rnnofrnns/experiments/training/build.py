@@ -47,7 +47,8 @@ def modular_kwargs(cfg: TrainConfig, generator: torch.Generator, dtype: torch.dt
     return dict(form=cfg.form, nonlinearity=cfg.nonlinearity, alpha=cfg.alpha, gamma=cfg.gamma,
                 density=cfg.density, guarantee=cfg.guarantee, feedback_sparsity=cfg.feedback_sparsity,
                 feedback_step=cfg.feedback_step, areas=cfg.areas, sigma_max=cfg.sigma_max,
-                learn_timescales=cfg.learn_timescales, backend=cfg.backend, generator=generator, dtype=dtype)
+                learn_timescales=cfg.learn_timescales, input_timescales=cfg.input_timescales,
+                alpha_min=cfg.alpha_min, backend=cfg.backend, generator=generator, dtype=dtype)
 
 
 def build_model(cfg: TrainConfig, input_size: int, num_classes: int) -> nn.Module:

@@ -28,6 +28,8 @@ TRAIN_HELP = {
     "nonlinearity": ", ".join(NONLINEARITIES[:-1]) + " or " + NONLINEARITIES[-1],
     "alpha": "step dt/tau in (0, 1]: one value, or --num-areas comma-separated values (one per area; "
              "the last is the gw workspace)",
+    "alpha_min": "with --input-timescales: the slowest rate an area may take (the certificate's step factor is "
+                 "1 - alpha_min (1 - kappa))",
     "feedback_step": " or ".join(f"{name} ({kind.summary})" for name, kind in FEEDBACK_STEP_KINDS.items()),
     "areas": " or ".join(f"{name} ({kind.summary})" for name, kind in AREA_KINDS.items()),
     "sigma_max": "svd areas: largest singular value (< 1)",
@@ -48,7 +50,7 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
     parser.add_argument("--out", default=d(defaults.out),
                         help="run folder: checkpoints, config.json, metrics.json, plots (default: runs/MODEL-TASK)")
     for f in fields(defaults):
-        if f.name in ("model", "task", "out", "guarantee", "progress", "learn_timescales"):
+        if f.name in ("model", "task", "out", "guarantee", "progress", "learn_timescales", "input_timescales"):
             continue
         default = getattr(defaults, f.name)
         kind = {int: int, float: float}.get(type(default), str)
@@ -63,6 +65,11 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
     parser.add_argument("--learn-timescales", action=argparse.BooleanOptionalAction,
                         default=d(defaults.learn_timescales),
                         help="train alpha_i = sigmoid(theta_i) per area, starting at --alpha (needs --feedback-step cayley)")
+    parser.add_argument("--input-timescales", action=argparse.BooleanOptionalAction,
+                        default=d(defaults.input_timescales),
+                        help="gw/scn: every area's rate follows the input, a_t = alpha_min + (alpha_max - alpha_min) "
+                             "sigmoid(g . x_t + c), starting at --alpha; the map keeps the (learned) per-area rates "
+                             "(needs --feedback-step cayley; certified for rates down to --alpha-min)")
     parser.add_argument("--no-progress", help="no progress bar", **flag)
     parser.add_argument("--resume", help="continue the run in --out from its last checkpoint; only "
                         f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE if n != 'progress')} and "
@@ -83,6 +90,7 @@ def _config_from(args: argparse.Namespace, defaults):
     values = {f.name: getattr(args, f.name) for f in fields(defaults) if hasattr(args, f.name)}
     values["guarantee"] = not args.no_guarantee
     values["learn_timescales"] = bool(args.learn_timescales)
+    values["input_timescales"] = bool(args.input_timescales)
     values["progress"] = not args.no_progress
     return replace(defaults, **values)
 
@@ -105,8 +113,9 @@ def _as_flag(name: str, value) -> str:
     """How a TrainConfig setting is written on the command line."""
     if name == "guarantee":
         return "--no-guarantee"
-    if name == "learn_timescales":
-        return "--learn-timescales" if value else "--no-learn-timescales"
+    if name in ("learn_timescales", "input_timescales"):
+        flag = name.replace("_", "-")
+        return f"--{flag}" if value else f"--no-{flag}"
     if isinstance(value, tuple):
         value = ",".join(str(v) for v in value)
     return f"--{name.replace('_', '-')} {value}"

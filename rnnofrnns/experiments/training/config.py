@@ -57,6 +57,8 @@ class TrainConfig:
     areas: str = "svd"
     sigma_max: float = 0.999
     learn_timescales: bool = True
+    input_timescales: bool = False          # gw/scn: the areas' rates follow the input (cayley step)
+    alpha_min: float = 0.02                 # the slowest input-driven rate
     readout: str = "last"                   # every model: last, mean or glu (models/readouts.py)
     hidden_size: Optional[int] = None       # gru/lstm; default: match the GW net's trainable parameters
     seed: int = 0
@@ -116,6 +118,12 @@ class TrainConfig:
             raise UsageError(f"per-area --alpha and --learn-timescales need --feedback-step cayley: add "
                              f"--no-learn-timescales (or --no-guarantee) for the {self.feedback_step} step, whose "
                              "feedback budget assumes one alpha") from None
+        if self.input_timescales and self.model in ("gw", "scn"):
+            if self.feedback_step != "cayley":
+                raise UsageError(f"--input-timescales needs --feedback-step cayley (its map keeps constant rates while "
+                                 f"the areas' follow the input), got --feedback-step {self.feedback_step}")
+            if not 0.0 < self.alpha_min < min(alphas):
+                raise bad("alpha-min", f"in (0, --alpha = {min(alphas)}) with --input-timescales", self.alpha_min)
         if self.learn_timescales and not all(a < 1.0 for a in alphas):
             raise bad("alpha", "below 1 with --learn-timescales (alpha_i = sigmoid(theta_i) starts there)", self.alpha)
         if AREA_KINDS[self.areas].equal_sizes_only and self.model == "gw" and \
@@ -197,7 +205,7 @@ RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
 
 
 LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False, readout="last",
-                       lr_schedule="none")
+                       lr_schedule="none", input_timescales=False, alpha_min=0.02)
 
 
 def _config_field_types() -> Dict[str, Tuple[type, ...]]:

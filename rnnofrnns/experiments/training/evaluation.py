@@ -56,7 +56,8 @@ def certificate_summary(model: nn.Module) -> Optional[Dict[str, Any]]:
     c = model.certify()
     return dict(holds=c.holds, rate=c.rate, worst_skew=c.worst_skew, discrete_holds=c.discrete_holds,
                 step_factor=c.step_factor, max_alpha=c.max_alpha, alpha=c.alpha, kappa=c.kappa, omega=c.omega,
-                feedback_step=c.feedback_step, alphas=None if c.alphas is None else c.alphas.tolist())
+                feedback_step=c.feedback_step, alphas=None if c.alphas is None else c.alphas.tolist(),
+                area_rate_range=None if c.area_rate_range is None else list(c.area_rate_range))
 
 
 # The files a training run writes into its folder; --overwrite removes only a folder of these.
@@ -104,7 +105,9 @@ def summary_table(m: Dict[str, Any]) -> str:
         lines.append(f"{'certificate':<28}continuous {'holds' if c['holds'] else 'FAILS'} (rate {c['rate']:.4f}), "
                      f"discrete {'holds' if c['discrete_holds'] else 'FAILS'} "
                      f"({c.get('feedback_step', 'euler')} step factor {c['step_factor']:.4f} at alpha {c['alpha']:.4g}"
-                     f"{' (largest of the areas)' if c.get('alphas') else ''})")
+                     f"{' (largest of the areas)' if c.get('alphas') else ''}"
+                     + (", input-driven area rates in [{:g}, {:g}]".format(*c["area_rate_range"])
+                        if c.get("area_rate_range") else "") + ")")
     abl = m.get("ablation_test_accuracy") or []
     if abl:
         lines.append("ablation: test accuracy with one area silenced")
