@@ -32,6 +32,8 @@ ROWS = {
                        "--no-guarantee", "--no-learn-timescales"]),  # uncertified in discrete time
     "gw-mean": ("gw", ["--readout", "mean"]),  # the default with a readout of the mean state
     "gw-glu": ("gw", ["--readout", "glu"]),    # the default with a pooled gated-linear-unit readout
+    "gw-in": ("gw", ["--input-timescales"]),   # the default with input-driven timescales
+    "gw-glu-in": ("gw", ["--readout", "glu", "--input-timescales"]),  # both
     "gru": ("gru", []),
     "lstm": ("lstm", []),
     "gru-glu": ("gru", ["--readout", "glu"]),
