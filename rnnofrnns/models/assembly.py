@@ -61,6 +61,9 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
             raise ValueError(f"combine: part {k} is {part.B.dtype} on {part.B.device}, part 0 is "
                              f"{first.B.dtype} on {first.B.device}")
     for k, part in enumerate(parts):
+        if part.input_timescales or part.input_encoder or part.drive_scale != "none":
+            raise ValueError(f"combine: part {k} has input-driven timescales, an input encoder or a scaled drive; "
+                             "combine joins networks whose input path is one linear projection")
         if part.hidden_size != part.num_areas * part.area_size:
             raise ValueError(f"combine: part {k} has areas of unequal size {part.area_sizes}; combine needs equal sizes")
     if shared_input and len({p.input_size for p in parts}) != 1:

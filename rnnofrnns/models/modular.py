@@ -20,6 +20,7 @@ from ..ops._common import FORMS, NONLINEARITIES
 from ..ops.modular_rnn.reference import dense_feedback
 
 AreaSizes = Union[Sequence[int], Tuple[int, int]]
+DRIVE_SCALES = ("none", "rate")
 Rates = Union[float, Sequence[float], torch.Tensor]
 
 
@@ -81,6 +82,15 @@ class ModularRNN(nn.Module):
     areas' update is block diagonal, so ||G_t||_N <= max_i 1 - a_{i,t} (1 - kappa_i) <=
     max_i 1 - alpha_min (1 - kappa_i) < 1 at every step (`certify()` states it).
 
+    The input path (outside the recurrence: the certificate does not depend on it):
+    input_encoder=E > 0 passes x_t through a tanh layer of E features before the projection,
+    u_t = U tanh(V x_t + v) + b, so that a one-feature input drives the areas along more than one
+    direction (the rate gate then reads these features too); drive_scale="rate" multiplies each
+    area's drive by sqrt((2 - a) / a) for its rate a, so that a_i u enters with LRU's gain
+    sqrt(1 - (1 - a)^2) and a slow area is not starved of input; alpha_log_spread=(lo, hi)
+    starts the areas' rates spread geometrically from lo (area 0) to hi (the last area) instead
+    of at one alpha.
+
     forward(x, h0=None) -> (output, h_n): x [B, T, input_size] (batch_first) or [T, B, input_size];
     output [B, T, hidden_size] (or [T, B, hidden_size]); h_n [1, B, hidden_size]. hidden_size is
     sum(area_sizes); areas of unequal size are padded internally to the largest, and the
@@ -115,6 +125,9 @@ class ModularRNN(nn.Module):
         feedback: Union[str, FeedbackStep, None] = None,
         input_timescales: bool = False,
         alpha_min: float = 0.02,
+        input_encoder: int = 0,
+        drive_scale: str = "none",
+        alpha_log_spread: Optional[Tuple[float, float]] = None,
     ) -> None:
         super().__init__()
         if not isinstance(input_size, int) or input_size < 1:
@@ -134,6 +147,18 @@ class ModularRNN(nn.Module):
         sizes = _area_sizes(area_sizes)
         p, n = len(sizes), max(sizes)
         self.areas.check_sizes(sizes)
+        if not isinstance(input_encoder, int) or isinstance(input_encoder, bool) or input_encoder < 0:
+            raise ValueError(f"input_encoder must be a width >= 0 (0: none), got {input_encoder!r}")
+        if drive_scale not in DRIVE_SCALES:
+            raise ValueError(f"drive_scale must be one of {DRIVE_SCALES}, got {drive_scale!r}")
+        if alpha_log_spread is not None:
+            try:
+                lo, hi = (float(v) for v in alpha_log_spread)
+            except (TypeError, ValueError):
+                raise ValueError(f"alpha_log_spread must be (lo, hi), got {alpha_log_spread!r}") from None
+            if not 0.0 < lo <= hi <= 1.0:
+                raise ValueError(f"alpha_log_spread must be (lo, hi) with 0 < lo <= hi <= 1, got {alpha_log_spread!r}")
+            alpha = [lo * (hi / lo) ** (i / max(p - 1, 1)) for i in range(p)]
         alphas = _rates(alpha, p)
         per_area = learn_timescales or input_timescales or not isinstance(alpha, (int, float))
         if learn_timescales and not bool((alphas < float(alpha_max)).all()):
@@ -155,6 +180,8 @@ class ModularRNN(nn.Module):
         self.alpha: Union[float, Tuple[float, ...]] = tuple(alphas.tolist()) if per_area else float(alpha)
         self.per_area_alpha, self.learn_timescales, self.alpha_max = per_area, learn_timescales, float(alpha_max)
         self.input_timescales, self.alpha_min = bool(input_timescales), float(alpha_min)
+        self.input_encoder, self.drive_scale = input_encoder, drive_scale
+        self.alpha_log_spread = None if alpha_log_spread is None else (lo, hi)
         self.batch_first, self.backend = batch_first, backend
         self.feedback_sparsity = float(feedback_sparsity)
 
@@ -183,8 +210,14 @@ class ModularRNN(nn.Module):
 
         std = feedback_init / math.sqrt(n * max(1.0, 2.0 * m / p))
         self.B = nn.Parameter((torch.randn(m, n, n, generator=generator, dtype=torch.float64) * std * mask).to(dtype))
-        bound = 1.0 / math.sqrt(input_size)
-        u = (2 * torch.rand(p * n, input_size, generator=generator, dtype=torch.float64) - 1) * bound
+        if input_encoder:  # as nn.Linear initialises itself
+            bound = 1.0 / math.sqrt(input_size)
+            v = (2 * torch.rand(input_encoder, input_size + 1, generator=generator, dtype=torch.float64) - 1) * bound
+            self.encoder_weight = nn.Parameter(v[:, :-1].contiguous().to(dtype))
+            self.encoder_bias = nn.Parameter(v[:, -1].contiguous().to(dtype))
+        features = input_encoder or input_size
+        bound = 1.0 / math.sqrt(features)
+        u = (2 * torch.rand(p * n, features, generator=generator, dtype=torch.float64) - 1) * bound
         self.input_weight = nn.Parameter((u * live_f.reshape(-1, 1)).to(dtype))
         if bias:
             b = (2 * torch.rand(p * n, generator=generator, dtype=torch.float64) - 1) * bound
@@ -192,7 +225,7 @@ class ModularRNN(nn.Module):
         else:
             self.register_parameter("input_bias", None)
         if input_timescales:  # the rate gate: a_t = alpha at first (g = 0)
-            self.rate_gate_weight = nn.Parameter(torch.zeros(p, input_size, dtype=dtype))
+            self.rate_gate_weight = nn.Parameter(torch.zeros(p, features, dtype=dtype))
             start = (alphas - self.alpha_min) / (self.alpha_max - self.alpha_min)
             self.rate_gate_bias = nn.Parameter(torch.logit(start).to(dtype))
         self._silenced: Tuple[int, ...] = ()
@@ -298,20 +331,44 @@ class ModularRNN(nn.Module):
     def _op_alpha(self) -> Union[float, torch.Tensor]:
         return self.area_alpha() if self.per_area_alpha else self.alpha
 
+    def input_features(self, x_tbf: torch.Tensor) -> torch.Tensor:
+        """What the projection and the rate gate read: x_t, or tanh(V x_t + v) with an input encoder."""
+        if not self.input_encoder:
+            return x_tbf
+        return torch.tanh(F.linear(x_tbf, self._param("encoder_weight"), self._param("encoder_bias")))
+
     def input_rates(self, x_tbf: torch.Tensor) -> torch.Tensor:
         """The areas' rates of input_timescales=True for every step, [T, B, p]:
-        a_t = alpha_min + (alpha_max - alpha_min) sigmoid(G x_t + c), from the input only."""
+        a_t = alpha_min + (alpha_max - alpha_min) sigmoid(G f(x_t) + c), from the input only
+        (f: input_features)."""
+        return self._input_rates(self.input_features(x_tbf))
+
+    def _input_rates(self, features: torch.Tensor) -> torch.Tensor:
         if not self.input_timescales:
             raise ValueError("input_rates: this network has constant rates (input_timescales=False)")
-        gate = torch.sigmoid(F.linear(x_tbf, self._param("rate_gate_weight"), self._param("rate_gate_bias")))
+        gate = torch.sigmoid(F.linear(features, self._param("rate_gate_weight"), self._param("rate_gate_bias")))
         # within [alpha_min, alpha_max] after rounding as well
         return (self.alpha_min + (self.alpha_max - self.alpha_min) * gate).clamp(self.alpha_min, self.alpha_max)
 
-    def _op_rates(self, x_tbf: torch.Tensor) -> dict:
-        """The op's alpha and feedback_alpha for the input x_tbf [T, B, input_size]."""
+    def _inputs_of_the_op(self, x_tbf: torch.Tensor) -> Tuple[torch.Tensor, dict]:
+        """The drive [T, B, p*n] and the op's alpha (and feedback_alpha) for x_tbf [T, B, input_size]."""
+        features = self.input_features(x_tbf)
         if self.input_timescales:
-            return dict(alpha=self.input_rates(x_tbf), feedback_alpha=self.area_alpha())
-        return dict(alpha=self._op_alpha())
+            rates = dict(alpha=self._input_rates(features), feedback_alpha=self.area_alpha())
+        else:
+            rates = dict(alpha=self._op_alpha())
+        return self._drive_of(features, rates["alpha"]), rates
+
+    def _drive_of(self, features: torch.Tensor, alpha: Union[float, torch.Tensor]) -> torch.Tensor:
+        u = F.linear(features, self._param("input_weight"), self._param("input_bias"))
+        if self.drive_scale == "rate":  # a u then enters with gain sqrt(1 - (1 - a)^2) (LRU's normalisation)
+            a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=u.dtype, device=u.device)
+            gain = torch.sqrt((2 - a) / a)
+            u = u * (gain.repeat_interleave(self.area_size, dim=-1) if gain.dim() else gain)
+        gate = self._area_gate()
+        if gate is not None:
+            u = u * gate.repeat_interleave(self.area_size)
+        return u
 
     def raw_feedback_blocks(self, metric: Optional[torch.Tensor] = None) -> torch.Tensor:
         """L = B - M^{-1} B^T M on the connected pairs, before the guarantee's rescaling."""
@@ -348,12 +405,9 @@ class ModularRNN(nn.Module):
         return gate
 
     def drive(self, x_tbf: torch.Tensor) -> torch.Tensor:
-        """The projected input u_t = U x_t + b for every step: [T, B, p*n] (padded layout)."""
-        u = F.linear(x_tbf, self._param("input_weight"), self._param("input_bias"))
-        gate = self._area_gate()
-        if gate is not None:
-            u = u * gate.repeat_interleave(self.area_size)
-        return u
+        """The projected input u_t = U x_t + b (through the input encoder and the drive scale,
+        when set) for every step: [T, B, p*n] (padded layout)."""
+        return self._inputs_of_the_op(x_tbf)[0]
 
     def _feedback_in_use(self) -> torch.Tensor:
         L = self.feedback_blocks()
@@ -397,8 +451,9 @@ class ModularRNN(nn.Module):
         # CPU: the certificate speaks of the weights in that dtype, and the fused kernels take
         # float32 and float64 only.
         with without_autocast(x):
-            states = modular_rnn(self.drive(x_t).contiguous(), self.area_weights(), self._feedback_in_use(),
-                                 self.L_index, h0, **self._op_rates(x_t), nonlinearity=self.nonlinearity,
+            drive, rates = self._inputs_of_the_op(x_t)
+            states = modular_rnn(drive.contiguous(), self.area_weights(), self._feedback_in_use(),
+                                 self.L_index, h0, **rates, nonlinearity=self.nonlinearity,
                                  form=self.form, feedback_step=self.feedback_step, backend=self.backend)
         states = self._unpad(states)
         h_n = states[-1].unsqueeze(0)
@@ -409,9 +464,9 @@ class ModularRNN(nn.Module):
         """One step h_t = F(h_{t-1}, x_t) of the map that runs (euler or cayley) for x_t
         [B, input_size], h [B, hidden_size] (the reference backend: differentiable by
         torch.func, e.g. for Jacobians)."""
-        u = self.drive(x_t.unsqueeze(0))
+        u, rates = self._inputs_of_the_op(x_t.unsqueeze(0))
         out = modular_rnn(u, self.area_weights(), self._feedback_in_use(), self.L_index, self._pad(h),
-                          **self._op_rates(x_t.unsqueeze(0)), nonlinearity=self.nonlinearity, form=self.form,
+                          **rates, nonlinearity=self.nonlinearity, form=self.form,
                           feedback_step=self.feedback_step, backend="reference")
         return self._unpad(out[0])
 
@@ -472,7 +527,9 @@ class ModularRNN(nn.Module):
                 f"form={self.form!r}, nonlinearity={self.nonlinearity!r}, alpha={self.alpha}, "
                 f"areas={self.areas!r}, feedback={self.feedback!r}"
                 + (", learn_timescales=True" if self.learn_timescales else "")
-                + (f", input_timescales=True, alpha_min={self.alpha_min}" if self.input_timescales else ""))
+                + (f", input_timescales=True, alpha_min={self.alpha_min}" if self.input_timescales else "")
+                + (f", input_encoder={self.input_encoder}" if self.input_encoder else "")
+                + (f", drive_scale={self.drive_scale!r}" if self.drive_scale != "none" else ""))
 
 
 class SparseComboNet(nn.Module):

@@ -270,6 +270,17 @@ def test_the_default_gw_net_is_the_certified_configuration_of_the_study():
     assert cert.holds and cert.discrete_holds
 
 
+def test_a_run_with_the_input_path_options_trains_and_evaluates(tmp_path):
+    out = tmp_path / "run"
+    res = cli("train", "--model", "gw", "--task", "row-digits", "--epochs", "1", "--input-encoder", "4",
+              "--drive-scale", "rate", "--alpha-log-spread", "0.05,0.5", *SMALL, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["input_encoder"], saved["drive_scale"], saved["alpha_log_spread"]) == (4, "rate", [0.05, 0.5])
+    res = cli("evaluate", str(out), "--threads", "1")
+    assert res.returncode == 0 and "matches metrics.json: True" in res.stdout, res.stdout + res.stderr
+
+
 def test_a_run_with_input_timescales_trains_evaluates_and_resumes(tmp_path):
     out = tmp_path / "run"
     res = cli("train", "--model", "gw", "--task", "row-digits", "--epochs", "2", "--stop-after", "1",

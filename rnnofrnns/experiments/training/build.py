@@ -48,7 +48,8 @@ def modular_kwargs(cfg: TrainConfig, generator: torch.Generator, dtype: torch.dt
                 density=cfg.density, guarantee=cfg.guarantee, feedback_sparsity=cfg.feedback_sparsity,
                 feedback_step=cfg.feedback_step, areas=cfg.areas, sigma_max=cfg.sigma_max,
                 learn_timescales=cfg.learn_timescales, input_timescales=cfg.input_timescales,
-                alpha_min=cfg.alpha_min, backend=cfg.backend, generator=generator, dtype=dtype)
+                alpha_min=cfg.alpha_min, input_encoder=cfg.input_encoder, drive_scale=cfg.drive_scale,
+                alpha_log_spread=cfg.alpha_log_spread, backend=cfg.backend, generator=generator, dtype=dtype)
 
 
 def build_model(cfg: TrainConfig, input_size: int, num_classes: int) -> nn.Module:

@@ -28,6 +28,9 @@ TRAIN_HELP = {
     "nonlinearity": ", ".join(NONLINEARITIES[:-1]) + " or " + NONLINEARITIES[-1],
     "alpha": "step dt/tau in (0, 1]: one value, or --num-areas comma-separated values (one per area; "
              "the last is the gw workspace)",
+    "input_encoder": "gw/scn: a tanh layer of this many features in front of the input projection (0: none)",
+    "drive_scale": "gw/scn: none, or rate (each area's drive times sqrt((2 - a) / a), LRU's normalisation)",
+    "alpha_log_spread": "gw/scn: LO,HI: the areas' rates start spread geometrically from LO to HI (instead of --alpha)",
     "alpha_min": "with --input-timescales: the slowest rate an area may take (the certificate's step factor is "
                  "1 - alpha_min (1 - kappa))",
     "feedback_step": " or ".join(f"{name} ({kind.summary})" for name, kind in FEEDBACK_STEP_KINDS.items()),
@@ -58,6 +61,8 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
             kind = int
         if f.name == "alpha":
             kind = _alpha_arg
+        if f.name == "alpha_log_spread":
+            kind = _spread_arg
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=d(default),
                             help=TRAIN_HELP.get(f.name, ""))
     flag = dict(action="store_true") if not suppress else dict(action="store_true", default=argparse.SUPPRESS)
@@ -75,6 +80,17 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
                         f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE if n != 'progress')} and "
                         "--no-progress may differ from the run's settings", **flag)
     parser.add_argument("--overwrite", help="replace the run in --out (its files are removed first)", **flag)
+
+
+def _spread_arg(text: str):
+    """--alpha-log-spread: LO,HI."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"must be LO,HI (two numbers), got {text!r}")
+    return values
 
 
 def _alpha_arg(text: str):

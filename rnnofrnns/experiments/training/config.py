@@ -14,6 +14,7 @@ import torch
 
 from ... import topology as topo
 from ...models.areas import AREA_KINDS
+from ...models.modular import DRIVE_SCALES
 from ...models.readouts import READOUTS
 from ...models.feedback import FEEDBACK_STEP_KINDS, feedback_step_of
 from ...ops._common import FORMS, NONLINEARITIES
@@ -59,6 +60,9 @@ class TrainConfig:
     learn_timescales: bool = True
     input_timescales: bool = False          # gw/scn: the areas' rates follow the input (cayley step)
     alpha_min: float = 0.02                 # the slowest input-driven rate
+    input_encoder: int = 0                  # gw/scn: width of a tanh layer in front of the projection (0: none)
+    drive_scale: str = "none"               # gw/scn: none, or rate (each area's drive times sqrt((2 - a) / a))
+    alpha_log_spread: Optional[Tuple[float, float]] = None  # gw/scn: the areas' rates from lo to hi, geometric
     readout: str = "last"                   # every model: last, mean or glu (models/readouts.py)
     hidden_size: Optional[int] = None       # gru/lstm; default: match the GW net's trainable parameters
     seed: int = 0
@@ -118,6 +122,14 @@ class TrainConfig:
             raise UsageError(f"per-area --alpha and --learn-timescales need --feedback-step cayley: add "
                              f"--no-learn-timescales (or --no-guarantee) for the {self.feedback_step} step, whose "
                              "feedback budget assumes one alpha") from None
+        if self.input_encoder < 0:
+            raise bad("input-encoder", "a width >= 0 (0: none)", self.input_encoder)
+        if self.drive_scale not in DRIVE_SCALES:
+            raise bad("drive-scale", " or ".join(DRIVE_SCALES), self.drive_scale)
+        if self.alpha_log_spread is not None:
+            if len(self.alpha_log_spread) != 2 or not 0.0 < self.alpha_log_spread[0] <= self.alpha_log_spread[1] <= 1.0:
+                raise bad("alpha-log-spread", "LO,HI with 0 < LO <= HI <= 1", ",".join(map(str, self.alpha_log_spread)))
+            alphas = tuple(self.alpha_log_spread)  # the rates the areas start at span this range
         if self.input_timescales and self.model in ("gw", "scn"):
             if self.feedback_step != "cayley":
                 raise UsageError(f"--input-timescales needs --feedback-step cayley (its map keeps constant rates while "
@@ -205,7 +217,8 @@ RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
 
 
 LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False, readout="last",
-                       lr_schedule="none", input_timescales=False, alpha_min=0.02)
+                       lr_schedule="none", input_timescales=False, alpha_min=0.02, input_encoder=0, drive_scale="none",
+                       alpha_log_spread=None)
 
 
 def _config_field_types() -> Dict[str, Tuple[type, ...]]:
@@ -216,6 +229,8 @@ def _config_field_types() -> Dict[str, Tuple[type, ...]]:
         default = getattr(d, f.name)
         if f.name == "alpha":
             out[f.name] = (int, float, list)
+        elif f.name == "alpha_log_spread":
+            out[f.name] = (list, type(None))
         elif isinstance(default, bool):
             out[f.name] = (bool,)
         elif isinstance(default, int):
@@ -248,15 +263,16 @@ def read_run_config(out_dir: str) -> TrainConfig:
         if key not in types:
             raise RunError(f"{path}: unknown setting {key!r}; is it the config.json of a training run?")
         ok = isinstance(value, types[key]) and not (isinstance(value, bool) and bool not in types[key])
-        if key == "alpha" and isinstance(value, list):
+        if key in ("alpha", "alpha_log_spread") and isinstance(value, list):
             ok = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in value)
         if not ok:
             want = " or ".join("null" if t is type(None) else {"int": "an integer", "float": "a number",
                                "str": "a string", "bool": "true/false", "list": "a list"}[t.__name__]
                                for t in types[key])
             raise RunError(f"{path}: {key!r} must be {want}, got {json.dumps(value)}")
-    if isinstance(saved.get("alpha"), list):
-        saved["alpha"] = tuple(saved["alpha"])
+    for key in ("alpha", "alpha_log_spread"):
+        if isinstance(saved.get(key), list):
+            saved[key] = tuple(saved[key])
     cfg = TrainConfig(**saved, out=out_dir)
     try:  # the values, wherever the run may go on (the device is checked where it runs)
         replace(cfg, device="cpu", backend=None, threads=None).validate()
