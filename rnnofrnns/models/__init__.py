@@ -3,8 +3,10 @@ GlobalWorkspaceNet), the gated multi-path linear network, the small RNNs of the
 temporal-superposition toolkit and their fused ensemble, and the GRU/LSTM baseline."""
 from .baseline import RNNClassifier
 from .gated import GatedLinearNetwork, TwoLayerLinearNetwork
-from .modular import GlobalWorkspaceNet, ModularRNN, SparseComboNet, SVDComboNet
+from .classifiers import GlobalWorkspaceNet, SparseComboNet, SVDComboNet
+from .modular import ModularRNN
+from .stack import ModularRNNStack
 from .small_rnn import RNNEnsemble, SmallRNN
 
-__all__ = ["ModularRNN", "SparseComboNet", "SVDComboNet", "GlobalWorkspaceNet", "GatedLinearNetwork", "TwoLayerLinearNetwork", "SmallRNN", "RNNEnsemble",
+__all__ = ["ModularRNN", "ModularRNNStack", "SparseComboNet", "SVDComboNet", "GlobalWorkspaceNet", "GatedLinearNetwork", "TwoLayerLinearNetwork", "SmallRNN", "RNNEnsemble",
            "RNNClassifier"]

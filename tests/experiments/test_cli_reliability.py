@@ -185,7 +185,7 @@ BAD = [["--epochs", "0"], ["--batch-size", "-2"], ["--lr", "-1"], ["--lr", "nan"
        ["--device", "tpu"], ["--backend", "cuda-magic"], ["--threads", "0"], ["--weight-decay", "-1"],
        ["--feedback-step", "rk4"], ["--areas", "dense"], ["--sigma-max", "1"], ["--alpha", "0.1,0.2"],
        ["--alpha", "0.1,x"], ["--areas", "svd", "--workspace-size", "8"], ["--input-encoder", "-1"],
-       ["--drive-scale", "lru"], ["--alpha-log-spread", "0.5"], ["--alpha-log-spread", "0.5,0.1"]]
+       ["--drive-scale", "lru"], ["--num-layers", "0"], ["--between-layers", "relu"], ["--alpha-log-spread", "0.5"], ["--alpha-log-spread", "0.5,0.1"]]
 GOOD = [["--seed", "3"], ["--epochs", "2"], ["--no-guarantee"], ["--form", "rate"], ["--alpha", "0.3"],
         ["--model", "scn"], ["--num-areas", "3"], ["--no-progress"], ["--batch-size", "16"],
         ["--feedback-step", "euler", "--areas", "sparse", "--alpha", "0.5", "--no-learn-timescales"],

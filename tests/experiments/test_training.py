@@ -281,6 +281,19 @@ def test_a_run_with_the_input_path_options_trains_and_evaluates(tmp_path):
     assert res.returncode == 0 and "matches metrics.json: True" in res.stdout, res.stdout + res.stderr
 
 
+def test_a_run_with_stacked_layers_trains_and_evaluates(tmp_path):
+    out = tmp_path / "run"
+    res = cli("train", "--model", "gw", "--task", "row-digits", "--epochs", "1", "--num-layers", "2",
+              "--between-layers", "tanh", *SMALL, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "2 layers" in res.stdout and "ablation" in res.stdout, res.stdout
+    cert = json.loads((out / "metrics.json").read_text())["certificate"]
+    assert cert["discrete_holds"] and len(cert["layer_step_factors"]) == 2 and len(cert["coupling_gains"]) == 1
+    assert len(json.loads((out / "metrics.json").read_text())["ablation_test_accuracy"]) == 8
+    res = cli("evaluate", str(out), "--threads", "1")
+    assert res.returncode == 0 and "matches metrics.json: True" in res.stdout, res.stdout + res.stderr
+
+
 def test_a_run_with_input_timescales_trains_evaluates_and_resumes(tmp_path):
     out = tmp_path / "run"
     res = cli("train", "--model", "gw", "--task", "row-digits", "--epochs", "2", "--stop-after", "1",

@@ -49,7 +49,8 @@ def modular_kwargs(cfg: TrainConfig, generator: torch.Generator, dtype: torch.dt
                 feedback_step=cfg.feedback_step, areas=cfg.areas, sigma_max=cfg.sigma_max,
                 learn_timescales=cfg.learn_timescales, input_timescales=cfg.input_timescales,
                 alpha_min=cfg.alpha_min, input_encoder=cfg.input_encoder, drive_scale=cfg.drive_scale,
-                alpha_log_spread=cfg.alpha_log_spread, backend=cfg.backend, generator=generator, dtype=dtype)
+                alpha_log_spread=cfg.alpha_log_spread, num_layers=cfg.num_layers, between_layers=cfg.between_layers,
+                backend=cfg.backend, generator=generator, dtype=dtype)
 
 
 def build_model(cfg: TrainConfig, input_size: int, num_classes: int) -> nn.Module:

@@ -28,6 +28,8 @@ TRAIN_HELP = {
     "nonlinearity": ", ".join(NONLINEARITIES[:-1]) + " or " + NONLINEARITIES[-1],
     "alpha": "step dt/tau in (0, 1]: one value, or --num-areas comma-separated values (one per area; "
              "the last is the gw workspace)",
+    "num_layers": "gw/scn: stacked certified layers, each read by the next (the certificate is the stack's)",
+    "between_layers": "gw/scn: none or tanh between stacked layers",
     "input_encoder": "gw/scn: a tanh layer of this many features in front of the input projection (0: none)",
     "drive_scale": "gw/scn: none, or rate (each area's drive times sqrt((2 - a) / a), LRU's normalisation)",
     "alpha_log_spread": "gw/scn: LO,HI: the areas' rates start spread geometrically from LO to HI (instead of --alpha)",

@@ -15,6 +15,7 @@ import torch
 from ... import topology as topo
 from ...models.areas import AREA_KINDS
 from ...models.modular import DRIVE_SCALES
+from ...models.stack import BETWEEN_LAYERS
 from ...models.readouts import READOUTS
 from ...models.feedback import FEEDBACK_STEP_KINDS, feedback_step_of
 from ...ops._common import FORMS, NONLINEARITIES
@@ -63,6 +64,8 @@ class TrainConfig:
     input_encoder: int = 0                  # gw/scn: width of a tanh layer in front of the projection (0: none)
     drive_scale: str = "none"               # gw/scn: none, or rate (each area's drive times sqrt((2 - a) / a))
     alpha_log_spread: Optional[Tuple[float, float]] = None  # gw/scn: the areas' rates from lo to hi, geometric
+    num_layers: int = 1                     # gw/scn: stacked certified layers (ModularRNNStack)
+    between_layers: str = "none"            # gw/scn: none or tanh between stacked layers
     readout: str = "last"                   # every model: last, mean or glu (models/readouts.py)
     hidden_size: Optional[int] = None       # gru/lstm; default: match the GW net's trainable parameters
     seed: int = 0
@@ -83,7 +86,7 @@ class TrainConfig:
             raise bad("model", f"one of {', '.join(MODELS)}", self.model)
         if self.task not in TASKS:
             raise bad("task", f"one of {', '.join(TASKS)}", self.task)
-        for name in ("epochs", "batch_size", "num_areas", "area_size"):
+        for name in ("epochs", "batch_size", "num_areas", "area_size", "num_layers"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         for name in ("hidden_size", "workspace_size", "threads", "stop_after"):
@@ -122,6 +125,8 @@ class TrainConfig:
             raise UsageError(f"per-area --alpha and --learn-timescales need --feedback-step cayley: add "
                              f"--no-learn-timescales (or --no-guarantee) for the {self.feedback_step} step, whose "
                              "feedback budget assumes one alpha") from None
+        if self.between_layers not in BETWEEN_LAYERS:
+            raise bad("between-layers", " or ".join(BETWEEN_LAYERS), self.between_layers)
         if self.input_encoder < 0:
             raise bad("input-encoder", "a width >= 0 (0: none)", self.input_encoder)
         if self.drive_scale not in DRIVE_SCALES:
@@ -197,8 +202,8 @@ def memory_estimate(cfg: "TrainConfig") -> float:
     else:
         p, n = cfg.num_areas, max(cfg.area_size, cfg.workspace_size or 0)
         pairs = 2 * (p - 1) if cfg.model == "gw" else p * (p - 1)
-        hidden = p * n
-        weights = (p + pairs) * n * n + hidden * 8
+        hidden = p * n * cfg.num_layers  # every layer keeps its states
+        weights = cfg.num_layers * (p + pairs) * n * n + hidden * 8
     states = 6 * TASK_STEPS.get(cfg.task, 1024) * max(cfg.batch_size, 512) * hidden
     return float(size) * (4 * weights + states)
 
@@ -218,7 +223,7 @@ RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
 
 LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False, readout="last",
                        lr_schedule="none", input_timescales=False, alpha_min=0.02, input_encoder=0, drive_scale="none",
-                       alpha_log_spread=None)
+                       alpha_log_spread=None, num_layers=1, between_layers="none")
 
 
 def _config_field_types() -> Dict[str, Tuple[type, ...]]:

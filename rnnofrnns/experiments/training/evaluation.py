@@ -57,7 +57,10 @@ def certificate_summary(model: nn.Module) -> Optional[Dict[str, Any]]:
     return dict(holds=c.holds, rate=c.rate, worst_skew=c.worst_skew, discrete_holds=c.discrete_holds,
                 step_factor=c.step_factor, max_alpha=c.max_alpha, alpha=c.alpha, kappa=c.kappa, omega=c.omega,
                 feedback_step=c.feedback_step, alphas=None if c.alphas is None else c.alphas.tolist(),
-                area_rate_range=None if c.area_rate_range is None else list(c.area_rate_range))
+                area_rate_range=None if c.area_rate_range is None else list(c.area_rate_range),
+                **({} if not hasattr(c, "layers") else dict(
+                    layer_step_factors=[layer.step_factor for layer in c.layers],
+                    coupling_gains=c.coupling_gains, metric_weights=c.metric_weights)))
 
 
 # The files a training run writes into its folder; --overwrite removes only a folder of these.
@@ -107,7 +110,8 @@ def summary_table(m: Dict[str, Any]) -> str:
                      f"({c.get('feedback_step', 'euler')} step factor {c['step_factor']:.4f} at alpha {c['alpha']:.4g}"
                      f"{' (largest of the areas)' if c.get('alphas') else ''}"
                      + (", input-driven area rates in [{:g}, {:g}]".format(*c["area_rate_range"])
-                        if c.get("area_rate_range") else "") + ")")
+                        if c.get("area_rate_range") else "")
+                     + (f", {len(c['layer_step_factors'])} layers" if c.get("layer_step_factors") else "") + ")")
     abl = m.get("ablation_test_accuracy") or []
     if abl:
         lines.append("ablation: test accuracy with one area silenced")

@@ -1,0 +1,97 @@
+"""The classifiers built on ModularRNN (or a stack of them, num_layers > 1): SparseComboNet,
+GlobalWorkspaceNet and SVDComboNet, each a recurrent network plus a readout."""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+from .. import stability, topology as topo
+from .areas import SVDAreas, area_kind
+from .feedback import CayleyStep
+from .modular import ModularRNN
+from .readouts import make_readout
+from .stack import ModularRNNStack, StackCertificate
+
+
+class SparseComboNet(nn.Module):
+    """ModularRNN plus a readout (Kozachkov et al. 2022): `readout` "last" (a linear map of the
+    last state, the default), "mean" (of the mean state) or "glu" (of the mean over time of a
+    gated linear unit of the states), or any module called as readout(output, h_n)
+    (rnnofrnns.models.readouts). The readout is outside the recurrence: the certificate is the rnn's.
+
+    num_layers > 1 stacks certified layers (ModularRNNStack; between_layers "none" or "tanh"),
+    and the readout reads the last layer; the certificate is then the stack's.
+
+    forward(x, h0=None) -> logits [B, output_size]. Extra keyword arguments go to ModularRNN.
+    """
+
+    def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
+                 topology: topo.Topology = "all", readout: Union[str, nn.Module] = "last", num_layers: int = 1,
+                 between_layers: str = "none", **kwargs) -> None:
+        super().__init__()
+        if not isinstance(output_size, int) or output_size < 1:
+            raise ValueError(f"output_size must be a positive integer, got {output_size!r}")
+        sizes = kwargs.pop("area_sizes", (num_areas, area_size))
+        if num_layers == 1 and between_layers == "none":  # one layer: the ModularRNN itself (its state_dict keys)
+            self.rnn: Union[ModularRNN, ModularRNNStack] = ModularRNN(input_size, sizes, topology=topology, **kwargs)
+        else:
+            self.rnn = ModularRNNStack(input_size, sizes, num_layers, between_layers, topology=topology, **kwargs)
+        self.readout = make_readout(readout, self.rnn.hidden_size, output_size, generator=kwargs.get("generator"),
+                                    dtype=kwargs.get("dtype"))
+
+    def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
+        output, h_n = self.rnn(x, h0)
+        return self.readout(output if self.rnn.batch_first else output.transpose(0, 1), h_n)
+
+    def certify(self) -> Union[stability.Certificate, "StackCertificate"]:
+        return self.rnn.certify()
+
+    def certify_inputs(self) -> dict:
+        """The one layer's certificate inputs (a stack has none: its certify() combines the layers')."""
+        if not isinstance(self.rnn, ModularRNN):
+            raise TypeError("certify_inputs: a stack of layers has no single set; use certify() or rnn.layers[l]")
+        return self.rnn.certify_inputs()
+
+    def ablate(self, areas: Union[int, Iterable[int]]):
+        return self.rnn.ablate(areas)
+
+    def num_feedback_parameters(self) -> int:
+        return self.rnn.num_feedback_parameters()
+
+
+class GlobalWorkspaceNet(SparseComboNet):
+    """The global-workspace preset (Ennis et al. 2023): a star of feedback through one
+    workspace area (the last), optionally of a different size (`workspace_size`), with an
+    optional elementwise 0/1 sparsity of the inter-area weights (`feedback_sparsity`)."""
+
+    def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
+                 workspace_size: Optional[int] = None, **kwargs) -> None:
+        if not isinstance(num_areas, int) or num_areas < 2:
+            raise ValueError(f"a global workspace needs num_areas >= 2, got {num_areas!r}")
+        if "topology" in kwargs:
+            raise ValueError("GlobalWorkspaceNet fixes the topology (a star through the last area); "
+                             "use SparseComboNet for another one")
+        if workspace_size is None or workspace_size == area_size:
+            sizes = (num_areas, area_size)
+        else:
+            sizes = [area_size] * (num_areas - 1) + [workspace_size]
+        super().__init__(input_size, output_size, num_areas, area_size, topology="gw", area_sizes=sizes, **kwargs)
+
+
+class SVDComboNet(SparseComboNet):
+    """The SVD Combo Net (Kozachkov et al. 2022, Theorem 5, direct parameterisation): trainable
+    areas W_i = Phi_i^{-1} U_i Sigma_i V_i^T Phi_i that contract by construction
+    (areas="svd"), all-to-all negative feedback by default, and the cayley feedback step, so
+    that the discrete certificate holds whatever the areas and the feedback learn."""
+
+    def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
+                 topology: topo.Topology = "all", **kwargs) -> None:
+        kind = area_kind(kwargs.pop("areas", "svd"), sigma_max=kwargs.pop("sigma_max", None))
+        if not isinstance(kind, SVDAreas):
+            raise ValueError(f"SVDComboNet has areas='svd'; got areas={kind.name!r} (use SparseComboNet)")
+        kwargs["areas"] = kind
+        if kwargs.get("feedback") is None and kwargs.get("feedback_step") is None:
+            kwargs["feedback"] = CayleyStep()
+        super().__init__(input_size, output_size, num_areas, area_size, topology=topology, **kwargs)
