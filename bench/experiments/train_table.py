@@ -9,6 +9,9 @@ Each run is `python -m rnnofrnns train --model M --task T --epochs E --seed S --
 --overwrite`, plus the row's flags (ROWS). Every model of a task gets the same epoch budget;
 the GRU and LSTM are sized to the trainable-parameter count of the default GW net. Finished
 runs (a metrics.json with a test accuracy) are kept, so the script can be stopped and rerun.
+With --lrs the baseline rows (GRU, LSTM) are trained at each of those learning rates (folders
+TASK-ROW-lrLR-sSEED) and reported at the one with the best mean validation accuracy over the
+seeds (the test accuracy never chooses); the certified rows keep train's default lr.
 The table gives the mean test accuracy over the seeds run and, for more than one seed,
 the range (min-max); the certificate column is computed from the trained weights
 (both: continuous and discrete certificates hold).
@@ -49,6 +52,31 @@ def done(path):
         return False
 
 
+BASELINES = ("gru", "lstm")
+
+
+def run_dirs(out, task, name, seed, lrs):
+    """(folder, extra flags) of every run of a row and seed: one per learning rate of the sweep
+    for a baseline row when lrs are given, else one."""
+    if lrs and ROWS[name][0] in BASELINES:
+        return [(os.path.join(out, f"{task}-{name}-lr{lr:g}-s{seed}"), ["--lr", f"{lr:g}"]) for lr in lrs]
+    return [(os.path.join(out, f"{task}-{name}-s{seed}"), [])]
+
+
+def finished_runs(out, task, name, lrs):
+    """The finished runs of a row, and the learning rate they were picked at (None: no sweep):
+    with a sweep, those of the lr with the best mean validation accuracy over the seeds."""
+    by_lr = {}
+    for seed in range(100):
+        for path, flags in run_dirs(out, task, name, seed, lrs):
+            if done(path):
+                by_lr.setdefault(float(flags[1]) if flags else None, []).append(load(path))
+    if not by_lr:
+        return [], None
+    lr = max(by_lr, key=lambda k: sum(m["best_val_accuracy"] for m in by_lr[k]) / len(by_lr[k]))
+    return by_lr[lr], lr
+
+
 def run(out, model, task, epochs, seed, extra=()):
     """One run into out; a folder left by an unfinished run is replaced (--overwrite)."""
     cmd = [sys.executable, "-m", "rnnofrnns", "train", "--model", model, "--task", task, "--epochs", str(epochs),
@@ -72,24 +100,22 @@ def main() -> int:
     ap.add_argument("--rows", nargs="*", default=list(ROWS))
     ap.add_argument("--seeds", nargs="*", type=int, default=[0])
     ap.add_argument("--epochs", type=int, default=None, help="override the task's epoch budget")
+    ap.add_argument("--lrs", nargs="*", type=float, default=[],
+                    help="learning rates of the baselines' sweep (e.g. 0.003 0.01 0.03)")
     args = ap.parse_args()
     if not args.report:
         for task in args.tasks:
             for seed in args.seeds:
                 for name in args.rows:
                     model, extra = ROWS[name]
-                    path = os.path.join(args.out, f"{task}-{name}-s{seed}")
-                    if not done(path):
-                        run(path, model, task, args.epochs or TASKS[task], seed, extra)
+                    for path, flags in run_dirs(args.out, task, name, seed, args.lrs):
+                        if not done(path):
+                            run(path, model, task, args.epochs or TASKS[task], seed, [*extra, *flags])
     print("| task | model | test accuracy | seeds | trainable parameters | s / epoch | epochs | certificates |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for task in args.tasks:
         for name in args.rows:
-            runs = []
-            for seed in range(100):
-                path = os.path.join(args.out, f"{task}-{name}-s{seed}")
-                if done(path):
-                    runs.append(load(path))
+            runs, lr = finished_runs(args.out, task, name, args.lrs)
             if not runs:
                 continue
             accs = [m["test_accuracy"] for m in runs]
@@ -105,7 +131,8 @@ def main() -> int:
                 cert_s = "FAILS"
             m = runs[0]
             spe = sum(r["seconds_per_epoch"] for r in runs) / len(runs)
-            print(f"| {task} | {name} | {acc} | {len(runs)} | {m['trainable_parameters']:,} | {spe:.2f} | "
+            label = name if lr is None else f"{name} (lr {lr:g})"
+            print(f"| {task} | {label} | {acc} | {len(runs)} | {m['trainable_parameters']:,} | {spe:.2f} | "
                   f"{m['epochs']} | {cert_s} |")
     return 0
 
