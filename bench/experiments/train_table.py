@@ -37,9 +37,16 @@ ROWS = {
     "gw-glu": ("gw", ["--readout", "glu"]),    # the default with a pooled gated-linear-unit readout
     "gw-in": ("gw", ["--input-timescales"]),   # the default with input-driven timescales
     "gw-glu-in": ("gw", ["--readout", "glu", "--input-timescales"]),  # both
+    # the input path and depth on top of both (item 4 and 3 of issue 30)
+    "gw-glu-in-enc": ("gw", ["--readout", "glu", "--input-timescales", "--input-encoder", "16"]),
+    "gw-glu-in-scaled": ("gw", ["--readout", "glu", "--input-timescales", "--drive-scale", "rate"]),
+    "gw-glu-in-spread": ("gw", ["--readout", "glu", "--input-timescales", "--alpha-log-spread", "0.05,0.5"]),
+    "gw-glu-in-2l": ("gw", ["--readout", "glu", "--input-timescales", "--num-layers", "2", "--num-areas", "12",
+                            "--area-size", "16"]),  # two layers of 12 x 16: 62,330 parameters
     "gru": ("gru", []),
     "lstm": ("lstm", []),
     "gru-glu": ("gru", ["--readout", "glu"]),
+    "lstm-glu": ("lstm", ["--readout", "glu"]),
 }
 TASKS = {"row-digits": 100, "seq-digits": 60, "mnist1d": 60, "psmnist-5k": 20}
 
