@@ -19,8 +19,8 @@ from rnnofrnns.stability import (
 
 
 def small_model(**kw):
-    args = dict(input_size=3, area_sizes=(4, 8), topology="all", generator=torch.Generator().manual_seed(0),
-                dtype=torch.float64)
+    args = dict(input_size=3, area_sizes=(4, 8), topology="all", feedback_step="euler",
+                generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     args.update(kw)
     return ModularRNN(**args)
 

@@ -110,7 +110,7 @@ class SVDAreas(Areas):
     ||Phi_i W_i D Phi_i^{-1}|| <= sigma_max for every D in [0, 1]; the metric M_i = Phi_i^2
     trains with them. Equal area sizes only."""
 
-    sigma_max: float = 0.99
+    sigma_max: float = 0.999
 
     name: ClassVar[str] = "svd"
     summary: ClassVar[str] = "trainable SVD Combo Net areas"

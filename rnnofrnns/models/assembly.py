@@ -23,7 +23,7 @@ from .. import topology as topo
 # import models/modular.py, which imports it.
 
 # Settings every part must share (the whole runs one kernel call).
-SHARED = ("area_size", "area_kind", "feedback_step", "form", "nonlinearity", "sigma_max", "alpha_max")
+SHARED = ("area_size", "area_kind", "feedback_step", "form", "nonlinearity", "sigma_max", "alpha_max", "drive_scale")
 
 
 def _unwrap(cls: Type["ModularRNN"], net: nn.Module) -> "ModularRNN":
@@ -61,9 +61,9 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
             raise ValueError(f"combine: part {k} is {part.B.dtype} on {part.B.device}, part 0 is "
                              f"{first.B.dtype} on {first.B.device}")
     for k, part in enumerate(parts):
-        if part.input_timescales or part.input_encoder or part.drive_scale != "none":
-            raise ValueError(f"combine: part {k} has input-driven timescales, an input encoder or a scaled drive; "
-                             "combine joins networks whose input path is one linear projection")
+        if part.input_encoder:
+            raise ValueError(f"combine: part {k} has an input encoder; combine joins networks whose input path is a "
+                             "linear projection (and, for input-driven timescales, a linear gate)")
         if part.hidden_size != part.num_areas * part.area_size:
             raise ValueError(f"combine: part {k} has areas of unequal size {part.area_sizes}; combine needs equal sizes")
     if shared_input and len({p.input_size for p in parts}) != 1:
@@ -94,12 +94,22 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
     alphas = torch.cat([alphas, alphas.mean().repeat(new_areas)])
     per_area = any(p.per_area_alpha for p in parts) or bool((alphas != alphas[0]).any())
     input_size = parts[0].input_size if shared_input else sum(p.input_size for p in parts)
+    gated = [p for p in parts if p.input_timescales]
+    if gated and len({p.alpha_min for p in gated}) != 1:
+        raise ValueError(f"combine: the parts with input-driven timescales must share alpha_min, got "
+                         f"{sorted({p.alpha_min for p in gated})}")
+    alpha_min = gated[0].alpha_min if gated else 0.02
+    if gated and not bool(((alphas > alpha_min) & (alphas < first.alpha_max)).all()):
+        raise ValueError(f"combine: with input-driven timescales every area's rate must lie in (alpha_min, alpha_max) = "
+                         f"({alpha_min}, {first.alpha_max}) (the constant ones become gates that do not move), got "
+                         f"{alphas.tolist()}")
     whole = cls(
         input_size, (P, n), topology=pairs.cpu(), form=first.form, nonlinearity=first.nonlinearity,
         alpha=alphas if per_area else float(alphas[0]), bias=first.input_bias is not None,
         guarantee=all(p.guarantee for p in parts), feedback_step=first.feedback_step, areas=first.area_kind,
         sigma_max=first.sigma_max, learn_timescales=any(p.learn_timescales for p in parts),
-        alpha_max=first.alpha_max, generator=generator, backend=first.backend, dtype=first.B.dtype,
+        alpha_max=first.alpha_max, input_timescales=bool(gated), alpha_min=alpha_min, drive_scale=first.drive_scale,
+        generator=generator, backend=first.backend, dtype=first.B.dtype,
         batch_first=first.batch_first,
     ).to(first.B.device)
 
@@ -121,6 +131,7 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
             r += len(part.pairs)
         weight = whole.input_weight
         held_zero = torch.zeros_like(weight, dtype=torch.bool)  # a part's rows outside its own input
+        gate_held = torch.zeros(P, input_size, dtype=torch.bool, device=weight.device)  # the same for the rate gate
         col = 0
         for part, off in zip(parts, offsets):
             rows = slice(off * n, (off + part.num_areas) * n)
@@ -131,12 +142,27 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
             held_zero[rows, cols] = False
             if whole.input_bias is not None:
                 whole.input_bias[rows] = part._param("input_bias")
+            if whole.input_timescales:  # each part's gate reads its own input; a part without one keeps its rates
+                sl = slice(off, off + part.num_areas)
+                whole.rate_gate_weight[sl] = 0
+                if part.input_timescales:
+                    whole.rate_gate_weight[sl, cols] = part._param("rate_gate_weight")
+                    whole.rate_gate_bias[sl] = part._param("rate_gate_bias")
+                    gate_held[sl] = True
+                    gate_held[sl, cols] = False
+                else:
+                    gate_held[sl] = True
             col += 0 if shared_input else part.input_size
         whole.feedback_budget.copy_(whole._budget())
 
     part_units = area_rows.repeat_interleave(n).to(weight.device)
     if held_zero.any():
         whole.freeze_entries("input_weight", held_zero)
+    if gate_held.any():
+        whole.freeze_entries("rate_gate_weight", gate_held)
+        fixed_rates = torch.tensor([not parts[part_of[i]].input_timescales for i in range(p_parts)] + [False] * new_areas)
+        if fixed_rates.any():  # a part without input-driven rates keeps its constant ones
+            whole.freeze_entries("rate_gate_bias", fixed_rates.to(whole.B.device))
     if freeze:
         whole.freeze_entries("input_weight", part_units[:, None].expand_as(weight))
         if whole.input_bias is not None:
@@ -150,6 +176,9 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
             whole.freeze_entries(name, area_mask[:, None].expand_as(t))
         if whole.learn_timescales:
             whole.freeze_entries("timescale_logit", area_mask)
+        if whole.input_timescales:
+            whole.freeze_entries("rate_gate_weight", area_mask[:, None].expand_as(whole.rate_gate_weight))
+            whole.freeze_entries("rate_gate_bias", area_mask)
     else:
         # a part with fixed rates keeps them fixed in the whole
         fixed = torch.tensor([not parts[part_of[i]].learn_timescales for i in range(p_parts)] + [False] * new_areas)

@@ -16,9 +16,10 @@ from .stack import ModularRNNStack, StackCertificate
 
 
 class SparseComboNet(nn.Module):
-    """ModularRNN plus a readout (Kozachkov et al. 2022): `readout` "last" (a linear map of the
-    last state, the default), "mean" (of the mean state) or "glu" (of the mean over time of a
-    gated linear unit of the states), or any module called as readout(output, h_n)
+    """ModularRNN plus a readout (Kozachkov et al. 2022): `readout` "glu" (a linear map of the
+    mean over time of a gated linear unit of the states, the default: the study's best), "last"
+    (of the last state, the earlier default) or "mean" (of the mean state), or any module called
+    as readout(output, h_n)
     (rnnofrnns.models.readouts). The readout is outside the recurrence: the certificate is the rnn's.
 
     num_layers > 1 stacks certified layers (ModularRNNStack; between_layers "none" or "tanh"),
@@ -28,7 +29,7 @@ class SparseComboNet(nn.Module):
     """
 
     def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
-                 topology: topo.Topology = "all", readout: Union[str, nn.Module] = "last", num_layers: int = 1,
+                 topology: topo.Topology = "all", readout: Union[str, nn.Module] = "glu", num_layers: int = 1,
                  between_layers: str = "none", **kwargs) -> None:
         super().__init__()
         if not isinstance(output_size, int) or output_size < 1:

@@ -60,13 +60,20 @@ class ModularRNN(nn.Module):
     inter-area feedback L = B - M^{-1} B^T M on the pairs of `topology` (one parameter block B
     per connected pair), so that the continuous-time network contracts in M whatever B is.
 
+    Without options it is the best certified configuration of the study in docs/training.md:
+    SVDAreas(sigma_max=0.999), the Cayley step, alpha 0.3, learned (learn_timescales) and
+    input-driven (input_timescales) timescales. The earlier network is one argument away:
+    feedback="euler" (or an Euler-only setting, guarantee / guarantee_margin) makes the unset
+    settings the earlier defaults too: sparse areas, alpha 0.5, constant timescales; and a
+    sparse-area setting (density, gamma, scale) without areas= means sparse areas.
+
     areas: the area kind (rnnofrnns.models.areas): SparseAreas(density, gamma, scale), fixed
-    sparse areas (the default, "sparse"), or SVDAreas(sigma_max), trainable areas that contract
-    by construction ("svd"). feedback: the discrete step (rnnofrnns.models.feedback):
-    EulerStep(guarantee, margin) (the default, "euler"), whose feedback is rescaled when needed
-    so that the map contracts, or CayleyStep() ("cayley"), which contracts for any feedback
-    strength. The names, with the settings as keywords (density, gamma, scale, sigma_max,
-    guarantee, guarantee_margin; feedback_step= for the step's name), build the same parts.
+    sparse areas ("sparse"), or SVDAreas(sigma_max), trainable areas that contract by
+    construction ("svd"). feedback: the discrete step (rnnofrnns.models.feedback):
+    EulerStep(guarantee, margin) ("euler"), whose feedback is rescaled when needed so that the
+    map contracts, or CayleyStep() ("cayley"), which contracts for any feedback strength. The
+    names, with the settings as keywords (density, gamma, scale, sigma_max, guarantee,
+    guarantee_margin; feedback_step= for the step's name), build the same parts.
     `certify()` reports `discrete_holds=True` at every point of training in both cases; the
     bounds are in rnnofrnns.stability.
 
@@ -103,7 +110,7 @@ class ModularRNN(nn.Module):
         topology: topo.Topology = "all",
         form: str = "hopfield",
         nonlinearity: str = "relu",
-        alpha: Rates = 0.5,
+        alpha: Optional[Rates] = None,
         batch_first: bool = True,
         bias: bool = True,
         density: Optional[float] = None,
@@ -114,15 +121,15 @@ class ModularRNN(nn.Module):
         guarantee: Optional[bool] = None,
         guarantee_margin: Optional[float] = None,
         feedback_step: Optional[str] = None,
-        areas: Union[str, Areas] = "sparse",
+        areas: Union[str, Areas, None] = None,
         sigma_max: Optional[float] = None,
-        learn_timescales: bool = False,
+        learn_timescales: Optional[bool] = None,
         alpha_max: float = 1.0,
         generator: Optional[torch.Generator] = None,
         backend: Optional[str] = None,
         dtype: Optional[torch.dtype] = None,
         feedback: Union[str, FeedbackStep, None] = None,
-        input_timescales: bool = False,
+        input_timescales: Optional[bool] = None,
         alpha_min: float = 0.02,
         input_encoder: int = 0,
         drive_scale: str = "none",
@@ -137,14 +144,28 @@ class ModularRNN(nn.Module):
             raise ValueError(f"nonlinearity must be 'relu', 'tanh' or 'identity', got {nonlinearity!r}")
         if feedback is not None and feedback_step is not None:
             raise ValueError(f"give the feedback step once: feedback={feedback!r} or feedback_step={feedback_step!r}")
+        step = feedback if feedback is not None else feedback_step
+        if step is None:  # the default: the study's cayley step, or the earlier euler step when its settings are given
+            step = "euler" if (guarantee is not None or guarantee_margin is not None) else "cayley"
+        self.feedback = feedback_step_of(step, guarantee, guarantee_margin)
+        earlier = self.feedback.op_name == "euler"  # unset settings take the earlier network's defaults
+        default_areas = areas is None and not earlier and all(v is None for v in (density, gamma, scale))
+        if areas is None:
+            areas = "sparse" if earlier or any(v is not None for v in (density, gamma, scale)) else "svd"
         self.areas = area_kind(areas, density=density, gamma=gamma, scale=scale, sigma_max=sigma_max)
-        self.feedback = feedback_step_of(feedback if feedback is not None else (feedback_step or "euler"),
-                                         guarantee, guarantee_margin)
+        if alpha is None:
+            alpha = 0.5 if earlier else 0.3
+        if learn_timescales is None:
+            learn_timescales = not earlier
+        if input_timescales is None:
+            input_timescales = not earlier
         if not 0.0 < float(alpha_max) <= 1.0:
             raise ValueError(f"alpha_max must be in (0, 1], got {alpha_max!r}")
         dtype = dtype or torch.get_default_dtype()
         sizes = _area_sizes(area_sizes)
         p, n = len(sizes), max(sizes)
+        if default_areas and len(set(sizes)) > 1:
+            raise ValueError(f"areas of unequal size {sizes} need areas='sparse' (the default svd areas need equal sizes)")
         self.areas.check_sizes(sizes)
         if not isinstance(input_encoder, int) or isinstance(input_encoder, bool) or input_encoder < 0:
             raise ValueError(f"input_encoder must be a width >= 0 (0: none), got {input_encoder!r}")
@@ -346,8 +367,10 @@ class ModularRNN(nn.Module):
         if not self.input_timescales:
             raise ValueError("input_rates: this network has constant rates (input_timescales=False)")
         gate = torch.sigmoid(F.linear(features, self._param("rate_gate_weight"), self._param("rate_gate_bias")))
-        # within [alpha_min, alpha_max] after rounding as well
-        return (self.alpha_min + (self.alpha_max - self.alpha_min) * gate).clamp(self.alpha_min, self.alpha_max)
+        # within [alpha_min, alpha_max] after rounding as well; a NaN input gives its row a NaN drive
+        # (its states are NaN, the other rows untouched), so its rate may be any valid one
+        rates = (self.alpha_min + (self.alpha_max - self.alpha_min) * gate).clamp(self.alpha_min, self.alpha_max)
+        return torch.nan_to_num(rates, nan=self.alpha_min)
 
     def _inputs_of_the_op(self, x_tbf: torch.Tensor) -> Tuple[torch.Tensor, dict]:
         """The drive [T, B, p*n] and the op's alpha (and feedback_alpha) for x_tbf [T, B, input_size]."""

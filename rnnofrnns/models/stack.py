@@ -154,6 +154,7 @@ class ModularRNNStack(nn.Module):
             raise ValueError(f"between_layers must be one of {BETWEEN_LAYERS}, got {between_layers!r}")
         first = ModularRNN(input_size, area_sizes, **layer_kwargs)
         upper = {k: v for k, v in layer_kwargs.items() if k not in ("input_timescales", "alpha_min", "input_encoder")}
+        upper.update(input_timescales=False, input_encoder=0)
         layers = [first] + [ModularRNN(first.hidden_size, area_sizes, **upper) for _ in range(num_layers - 1)]
         self.layers = nn.ModuleList(layers)
         self.num_layers, self.between_layers = num_layers, between_layers

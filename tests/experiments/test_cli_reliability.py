@@ -66,7 +66,7 @@ def test_a_non_empty_folder_needs_resume_or_overwrite(tmp_path):
 def test_a_diverging_run_stops_at_once_and_says_why(tmp_path):
     out = tmp_path / "run"
     res = cli(*RUN, "--epochs", "3", "--lr", "1e30", "--no-guarantee", "--clip", "0", "--alpha", "1",
-              "--no-learn-timescales", "--out", str(out))
+              "--no-learn-timescales", "--no-input-timescales", "--out", str(out))
     line = one_line_error(res, 1)
     assert "the loss became" in line and "epoch 1, step" in line
     m = json.loads((out / "metrics.json").read_text())
@@ -188,17 +188,21 @@ BAD = [["--epochs", "0"], ["--batch-size", "-2"], ["--lr", "-1"], ["--lr", "nan"
        ["--drive-scale", "lru"], ["--num-layers", "0"], ["--between-layers", "relu"], ["--alpha-log-spread", "0.5"], ["--alpha-log-spread", "0.5,0.1"]]
 GOOD = [["--seed", "3"], ["--epochs", "2"], ["--no-guarantee"], ["--form", "rate"], ["--alpha", "0.3"],
         ["--model", "scn"], ["--num-areas", "3"], ["--no-progress"], ["--batch-size", "16"],
-        ["--feedback-step", "euler", "--areas", "sparse", "--alpha", "0.5", "--no-learn-timescales"],
+        ["--feedback-step", "euler", "--areas", "sparse", "--alpha", "0.5", "--no-learn-timescales",
+         "--no-input-timescales"],
         ["--num-areas", "3", "--alpha", "0.2,0.3,0.05"], ["--sigma-max", "0.99"]]
 
 
 @pytest.mark.parametrize("argv,message", [
     (["--feedback-step", "euler"], "need --feedback-step cayley: add --no-learn-timescales"),
     (["--alpha", "1"], "--alpha must be below 1 with --learn-timescales"),
-    (["--feedback-step", "euler", "--no-learn-timescales", "--alpha", "0.2,0.3,0.4", "--num-areas", "3"],
+    (["--feedback-step", "euler", "--no-learn-timescales", "--no-input-timescales", "--alpha", "0.2,0.3,0.4",
+      "--num-areas", "3"],
      "per-area --alpha and --learn-timescales need --feedback-step cayley"),
-    (["--input-timescales", "--feedback-step", "euler", "--no-learn-timescales", "--alpha", "0.5"],
-     "--input-timescales needs --feedback-step cayley"),
+    (["--feedback-step", "euler", "--no-learn-timescales", "--alpha", "0.5"],
+     "--input-timescales needs --feedback-step cayley (its map keeps constant rates while the areas' follow the "
+     "input): add --no-input-timescales for the euler step"),
+    (["--alpha", "1", "--no-learn-timescales"], "--alpha must be below 1 with --input-timescales"),
     (["--input-timescales", "--alpha-min", "0.5"], "--alpha-min must be in (0, --alpha = 0.3) with --input-timescales"),
 ])
 def test_settings_that_clash_with_the_defaults(tmp_path, capsys, argv, message):

@@ -16,8 +16,8 @@ def gen(seed=0):
 
 
 def net(**kw):
-    kw = {**dict(areas="svd", feedback="cayley", learn_timescales=True, alpha=0.3, generator=gen(),
-                 dtype=torch.float64), **kw}
+    kw = {**dict(areas="svd", feedback="cayley", learn_timescales=True, input_timescales=False, alpha=0.3,
+                 generator=gen(), dtype=torch.float64), **kw}
     return ModularRNN(1, (4, 5), topology="gw", **kw)
 
 
@@ -101,13 +101,13 @@ def test_bad_input_path_settings(kw, match):
 
 
 def test_combine_refuses_parts_with_another_input_path():
-    with pytest.raises(ValueError, match="combine: part 1 has input-driven timescales, an input encoder"):
+    with pytest.raises(ValueError, match="combine: part 1 has an input encoder"):
         ModularRNN.combine([net(), net(input_encoder=2)])
 
 
 def test_the_gw_net_takes_them():
     model = GlobalWorkspaceNet(1, 10, num_areas=4, area_size=8, areas="svd", feedback="cayley", learn_timescales=True,
-                               input_encoder=8, drive_scale="rate", alpha_log_spread=(0.02, 0.5), readout="glu",
+                               input_encoder=8, drive_scale="rate", alpha_log_spread=(0.02, 0.5), input_timescales=False,
                                generator=gen())
     assert model(torch.randn(3, 9, 1, generator=gen(2))).shape == (3, 10)
     assert model.certify().discrete_holds

@@ -39,11 +39,13 @@ def test_keywords_and_parts_build_the_same_network(keywords, parts):
 
 
 def test_the_state_dict_keys_of_today():
-    """Checkpoints of earlier runs load: the parts keep the names of their tensors."""
-    sparse = SparseComboNet(3, 2, num_areas=3, area_size=4)
+    """Checkpoints of earlier runs load (built with the settings they were trained with): the parts
+    keep the names of their tensors."""
+    sparse = SparseComboNet(3, 2, num_areas=3, area_size=4, feedback_step="euler", readout="last")
     assert {"rnn.W", "rnn.M", "rnn.B", "rnn.feedback_mask", "rnn.feedback_budget", "readout.weight",
             "readout.bias"} <= set(sparse.state_dict())
-    svd = SVDComboNet(3, 2, num_areas=3, area_size=4, learn_timescales=True, alpha=0.4)
+    svd = SVDComboNet(3, 2, num_areas=3, area_size=4, learn_timescales=True, alpha=0.4, readout="last",
+                      input_timescales=False, sigma_max=0.99)
     assert {"rnn.area_rotation_u", "rnn.area_rotation_v", "rnn.area_singular_logit", "rnn.area_log_metric",
             "rnn.timescale_logit"} <= set(svd.state_dict())
     assert isinstance(svd.readout, LastStateReadout) and isinstance(svd.rnn.feedback, CayleyStep)

@@ -22,11 +22,11 @@ def test_model_second_derivative_raises_on_fused_and_works_on_reference():
 
 def test_load_across_alpha_keeps_the_guarantee():
     torch.manual_seed(0)
-    src = ModularRNN(3, (4, 8), topology="gw", alpha=0.5)
+    src = ModularRNN(3, (4, 8), topology="gw", alpha=0.5, feedback_step="euler")
     torch.manual_seed(0)
-    same_areas_at_09 = ModularRNN(3, (4, 8), topology="gw", alpha=0.9)
+    same_areas_at_09 = ModularRNN(3, (4, 8), topology="gw", alpha=0.9, feedback_step="euler")
     torch.manual_seed(1)
-    dst = ModularRNN(3, (4, 8), topology="gw", alpha=0.9)
+    dst = ModularRNN(3, (4, 8), topology="gw", alpha=0.9, feedback_step="euler")
     budget_09 = float(same_areas_at_09.feedback_budget)
     assert float(src.feedback_budget) > budget_09  # a smaller step allows stronger feedback
     dst.load_state_dict(src.state_dict())
@@ -45,9 +45,9 @@ def test_load_across_alpha_keeps_the_guarantee():
 
 def test_state_dict_round_trip_is_exact():
     torch.manual_seed(0)
-    a = ModularRNN(3, (4, 8), topology="gw", alpha=0.5)
+    a = ModularRNN(3, (4, 8), topology="gw", alpha=0.5, feedback_step="euler")
     torch.manual_seed(5)
-    b = ModularRNN(3, (4, 8), topology="gw", alpha=0.5)
+    b = ModularRNN(3, (4, 8), topology="gw", alpha=0.5, feedback_step="euler")
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.feedback_budget, b.feedback_budget)
     x = torch.randn(2, 5, 3)
@@ -66,9 +66,9 @@ def test_load_that_voids_the_guarantee_is_refused():
 
 
 @pytest.mark.parametrize("name", ["W", "M", "B", "feedback_budget"])
-def test_certify_answers_on_non_finite_weights(name):
+def test_certify_answers_on_non_finite_weights(name):  # (the sparse areas' W and M; svd's in test_certified_models)
     torch.manual_seed(0)
-    net = ModularRNN(3, (3, 4), topology="all", alpha=0.5)
+    net = ModularRNN(3, (3, 4), topology="all", alpha=0.5, feedback_step="euler")
     with torch.no_grad():
         getattr(net, name).view(-1)[0] = float("nan")
     cert = net.certify()

@@ -18,11 +18,14 @@ def gen(seed=0):
 # --- modules ------------------------------------------------------------------------------
 
 def test_parameter_counts_of_the_headline_models():
-    scn = SparseComboNet(1, 10, num_areas=16, area_size=32, topology="all", generator=gen())
+    # the earlier configuration (sparse areas, euler step, the last state's readout): the counts of docs/models.md
+    earlier = dict(feedback_step="euler", readout="last")
+    scn = SparseComboNet(1, 10, num_areas=16, area_size=32, topology="all", generator=gen(), **earlier)
     assert scn.num_feedback_parameters() == 122_880
     assert scn.rnn.B.numel() == 122_880
-    gw = GlobalWorkspaceNet(1, 10, num_areas=16, area_size=32, generator=gen())
+    gw = GlobalWorkspaceNet(1, 10, num_areas=16, area_size=32, generator=gen(), **earlier)
     assert gw.num_feedback_parameters() == 15 * 1024
+    assert GlobalWorkspaceNet(1, 10, num_areas=16, area_size=32, generator=gen()).num_feedback_parameters() == 15 * 1024
     sparse = GlobalWorkspaceNet(1, 10, feedback_sparsity=0.9, generator=gen())
     assert 0.05 * 15 * 1024 < sparse.num_feedback_parameters() < 0.15 * 15 * 1024
     total = sum(p.numel() for p in scn.parameters())
@@ -55,7 +58,7 @@ def test_forward_shapes_like_nn_rnn():
 
 
 def test_unequal_area_sizes_pad_and_padded_units_stay_zero():
-    model = ModularRNN(2, [5, 3, 7], topology="all", generator=gen(4), dtype=torch.float64)
+    model = ModularRNN(2, [5, 3, 7], topology="all", feedback_step="euler", generator=gen(4), dtype=torch.float64)
     assert model.hidden_size == 15 and model.area_size == 7
     x = torch.randn(3, 9, 2, dtype=torch.float64)
     out, h_n = model(x)
@@ -73,7 +76,7 @@ def test_unequal_area_sizes_pad_and_padded_units_stay_zero():
 
 
 def test_global_workspace_with_a_larger_workspace():
-    model = GlobalWorkspaceNet(1, 4, num_areas=5, area_size=6, workspace_size=10, generator=gen(5))
+    model = GlobalWorkspaceNet(1, 4, num_areas=5, area_size=6, workspace_size=10, areas="sparse", generator=gen(5))
     assert model.rnn.area_sizes == [6, 6, 6, 6, 10]
     assert model.num_feedback_parameters() == 4 * 6 * 10
     assert model(torch.randn(2, 5, 1)).shape == (2, 4)
@@ -102,11 +105,11 @@ def test_ablation_silences_areas_and_restores():
 
 
 def test_deterministic_from_a_generator_and_state_dict_round_trip():
-    a = SparseComboNet(2, 3, num_areas=3, area_size=5, generator=gen(7))
-    b = SparseComboNet(2, 3, num_areas=3, area_size=5, generator=gen(7))
+    a = SparseComboNet(2, 3, num_areas=3, area_size=5, areas="sparse", generator=gen(7))
+    b = SparseComboNet(2, 3, num_areas=3, area_size=5, areas="sparse", generator=gen(7))
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
-    c = SparseComboNet(2, 3, num_areas=3, area_size=5, generator=gen(8))
+    c = SparseComboNet(2, 3, num_areas=3, area_size=5, areas="sparse", generator=gen(8))
     assert not torch.equal(c.rnn.W, a.rnn.W)
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
@@ -118,7 +121,7 @@ def test_deterministic_from_a_generator_and_state_dict_round_trip():
 
 
 def test_to_float64():
-    model = SparseComboNet(2, 3, num_areas=3, area_size=5, generator=gen(9))
+    model = SparseComboNet(2, 3, num_areas=3, area_size=5, areas="sparse", generator=gen(9))
     x = torch.randn(4, 6, 2)
     y32 = model(x)
     model.to(torch.float64)
@@ -177,8 +180,8 @@ def test_guarantee_impossible_is_reported(monkeypatch):
 
     monkeypatch.setattr(stability, "feedback_norm_budget", lambda alpha, rate, kappa: -0.01)
     with pytest.raises(ValueError, match="guarantee=True cannot hold at alpha=1.0"):
-        ModularRNN(2, (3, 8), alpha=1.0, generator=gen(11))
-    ModularRNN(2, (3, 8), alpha=1.0, guarantee=False, generator=gen(11))  # allowed without the guarantee
+        ModularRNN(2, (3, 8), alpha=1.0, feedback_step="euler", generator=gen(11))
+    ModularRNN(2, (3, 8), alpha=1.0, guarantee=False, generator=gen(11))  # (an euler-only setting: the euler step)  # allowed without the guarantee
 
 
 # --- dtypes and autocast ----------------------------------------------------------------------

@@ -49,8 +49,9 @@ class TrainConfig:
     form: str = "hopfield"
     nonlinearity: str = "relu"
     # the certified nets' defaults are the best configuration of the study in docs/training.md
-    # (svd areas, cayley step, learned timescales); the earlier one is --feedback-step euler
-    # --areas sparse --alpha 0.5 --no-learn-timescales
+    # (svd areas, cayley step, learned and input-driven timescales, glu readout); the earlier one is
+    # --feedback-step euler --areas sparse --alpha 0.5 --no-learn-timescales --no-input-timescales
+    # --readout last
     alpha: Union[float, Tuple[float, ...]] = 0.3  # one step, or one per area
     gamma: float = 0.9                            # sparse areas
     density: float = 0.2                          # sparse areas
@@ -59,14 +60,14 @@ class TrainConfig:
     areas: str = "svd"
     sigma_max: float = 0.999
     learn_timescales: bool = True
-    input_timescales: bool = False          # gw/scn: the areas' rates follow the input (cayley step)
+    input_timescales: bool = True           # gw/scn: the areas' rates follow the input (cayley step)
     alpha_min: float = 0.02                 # the slowest input-driven rate
     input_encoder: int = 0                  # gw/scn: width of a tanh layer in front of the projection (0: none)
     drive_scale: str = "none"               # gw/scn: none, or rate (each area's drive times sqrt((2 - a) / a))
     alpha_log_spread: Optional[Tuple[float, float]] = None  # gw/scn: the areas' rates from lo to hi, geometric
     num_layers: int = 1                     # gw/scn: stacked certified layers (ModularRNNStack)
     between_layers: str = "none"            # gw/scn: none or tanh between stacked layers
-    readout: str = "last"                   # every model: last, mean or glu (models/readouts.py)
+    readout: str = "glu"                    # every model: glu, last or mean (models/readouts.py)
     hidden_size: Optional[int] = None       # gru/lstm; default: match the GW net's trainable parameters
     seed: int = 0
     device: str = "cpu"
@@ -135,14 +136,18 @@ class TrainConfig:
             if len(self.alpha_log_spread) != 2 or not 0.0 < self.alpha_log_spread[0] <= self.alpha_log_spread[1] <= 1.0:
                 raise bad("alpha-log-spread", "LO,HI with 0 < LO <= HI <= 1", ",".join(map(str, self.alpha_log_spread)))
             alphas = tuple(self.alpha_log_spread)  # the rates the areas start at span this range
+        if self.learn_timescales and not all(a < 1.0 for a in alphas):
+            raise bad("alpha", "below 1 with --learn-timescales (alpha_i = sigmoid(theta_i) starts there)", self.alpha)
         if self.input_timescales and self.model in ("gw", "scn"):
             if self.feedback_step != "cayley":
                 raise UsageError(f"--input-timescales needs --feedback-step cayley (its map keeps constant rates while "
-                                 f"the areas' follow the input), got --feedback-step {self.feedback_step}")
+                                 f"the areas' follow the input): add --no-input-timescales for the "
+                                 f"{self.feedback_step} step")
+            if not max(alphas) < 1.0:
+                raise bad("alpha", "below 1 with --input-timescales (every area's rate starts there, inside "
+                          "(alpha_min, 1))", self.alpha)
             if not 0.0 < self.alpha_min < min(alphas):
                 raise bad("alpha-min", f"in (0, --alpha = {min(alphas)}) with --input-timescales", self.alpha_min)
-        if self.learn_timescales and not all(a < 1.0 for a in alphas):
-            raise bad("alpha", "below 1 with --learn-timescales (alpha_i = sigmoid(theta_i) starts there)", self.alpha)
         if AREA_KINDS[self.areas].equal_sizes_only and self.model == "gw" and \
                 self.workspace_size not in (None, self.area_size):
             raise UsageError(f"--areas {self.areas} needs areas of equal size: --workspace-size {self.workspace_size} "
