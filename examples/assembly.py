@@ -42,7 +42,8 @@ class Classifier(nn.Module):
 
 def part(seed: int, inputs: int) -> ModularRNN:
     return ModularRNN(inputs, (4, 16), topology="gw", areas="svd", feedback_step="cayley", alpha=0.3,
-                      learn_timescales=True, sigma_max=0.999, generator=torch.Generator().manual_seed(seed))
+                      learn_timescales=True, sigma_max=0.999, input_timescales=False,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -168,6 +168,24 @@ def test_opcheck_backward(suffix, form):
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
+@pytest.mark.parametrize("suffix", ["", "_triton"])
+def test_opcheck_with_rates_per_step(suffix):
+    """alpha [T, B, p] (input-driven timescales) through both ops of the pair."""
+    device = device_for("triton") if suffix else "cpu"
+    drive, W, L, idx, h0, alpha, S_inv, nl, fm, step, hub, _ = opcheck_args("hopfield", device)
+    rates = (0.1 + 0.8 * torch.rand(3, 2, 3, dtype=drive.dtype, generator=torch.Generator().manual_seed(2))).to(device)
+    rates.requires_grad_(True)
+    fwd = getattr(torch.ops.rnnofrnns, "modular_rnn_fwd" + suffix)
+    torch.library.opcheck(fwd, (drive, W, L, idx, h0, rates, S_inv, nl, fm, step, hub, True))
+    with torch.no_grad():
+        states, pre, z, r = fwd(drive, W, L, idx, h0, rates, S_inv, nl, fm, step, hub, True)
+    bwd = getattr(torch.ops.rnnofrnns, "modular_rnn_bwd" + suffix)
+    args = (torch.randn_like(states), W.detach(), L.detach(), idx, h0.detach(), rates.detach(), S_inv, states, pre, z,
+            r, nl, fm, step, hub, True, True, True)
+    torch.library.opcheck(bwd, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    assert bwd(*args)[4].shape == (3, 2, 3)  # alpha's gradient has alpha's shape
+
+
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_torch_compile_traces_the_op(backend):
     """A model that calls modular_rnn compiles with fullgraph=True (fake impl + autograd)."""
