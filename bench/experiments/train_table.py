@@ -41,6 +41,9 @@ ROWS = {
     "gw-glu-in-enc": ("gw", ["--readout", "glu", "--input-timescales", "--input-encoder", "16"]),
     "gw-glu-in-scaled": ("gw", ["--readout", "glu", "--input-timescales", "--drive-scale", "rate"]),
     "gw-glu-in-spread": ("gw", ["--readout", "glu", "--input-timescales", "--alpha-log-spread", "0.05,0.5"]),
+    "gw-glu-in-enc-spread": ("gw", ["--readout", "glu", "--input-timescales", "--input-encoder", "16",
+                                    "--alpha-log-spread", "0.05,0.5"]),
+    "scn-pairs15": ("scn", ["--topology", "random-pairs:15"]),  # the default's settings, 15 random pairs
     "gw-glu-in-2l": ("gw", ["--readout", "glu", "--input-timescales", "--num-layers", "2", "--num-areas", "12",
                             "--area-size", "16"]),  # two layers of 12 x 16: 62,330 parameters
     "gru": ("gru", []),
