@@ -9,7 +9,8 @@ through CSR lists (by target for the forward, by source for the backward), so
 only the non-zero blocks are touched.
 
 alpha, the areas' rate, is one value per area or one per step, row and area (PER_STEP,
-[T, B, p]: input-driven timescales; the Euler step's L h is scaled by the same rate). The Cayley feedback step (STEP 1 "star", 2 "dense"; see
+[T, B, p]: input-driven timescales; the Euler step's L h is scaled by the same rate). The
+Cayley feedback step (STEP 1 "star", 2 "dense"; see
 rnnofrnns/ops/modular_rnn/cayley.py) first writes z_t for every area, then, after a barrier,
 applies C: the dense map as one more pass over the blocks (C's p*p blocks), the star as the
 hub's solve s = S^{-1}(z_hub + sum_j P_hj z_j) and, after another barrier, the leaves

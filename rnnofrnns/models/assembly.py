@@ -60,10 +60,10 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
         if part.B.dtype != first.B.dtype or part.B.device != first.B.device:
             raise ValueError(f"combine: part {k} is {part.B.dtype} on {part.B.device}, part 0 is "
                              f"{first.B.dtype} on {first.B.device}")
+    if len({bool(p.input_encoder) for p in parts}) != 1:
+        raise ValueError(f"combine: either every part has an input encoder or none has, got widths "
+                         f"{[p.input_encoder for p in parts]}")
     for k, part in enumerate(parts):
-        if part.input_encoder:
-            raise ValueError(f"combine: part {k} has an input encoder; combine joins networks whose input path is a "
-                             "linear projection (and, for input-driven timescales, a linear gate)")
         if part.hidden_size != part.num_areas * part.area_size:
             raise ValueError(f"combine: part {k} has areas of unequal size {part.area_sizes}; combine needs equal sizes")
     if shared_input and len({p.input_size for p in parts}) != 1:
@@ -94,6 +94,11 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
     alphas = torch.cat([alphas, alphas.mean().repeat(new_areas)])
     per_area = any(p.per_area_alpha for p in parts) or bool((alphas != alphas[0]).any())
     input_size = parts[0].input_size if shared_input else sum(p.input_size for p in parts)
+    # With input encoders the whole's encoder holds the parts' side by side (each reading its own
+    # input) and each part's projection and gate read its own features; without, the features
+    # are the inputs themselves.
+    encoder = sum(p.input_encoder for p in parts)
+    features = encoder or input_size
     gated = [p for p in parts if p.input_timescales]
     if gated and len({p.alpha_min for p in gated}) != 1:
         raise ValueError(f"combine: the parts with input-driven timescales must share alpha_min, got "
@@ -109,6 +114,7 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
         guarantee=all(p.guarantee for p in parts), feedback_step=first.feedback_step, areas=first.area_kind,
         sigma_max=first.sigma_max, learn_timescales=any(p.learn_timescales for p in parts),
         alpha_max=first.alpha_max, input_timescales=bool(gated), alpha_min=alpha_min, drive_scale=first.drive_scale,
+        input_encoder=encoder,
         generator=generator, backend=first.backend, dtype=first.B.dtype,
         batch_first=first.batch_first,
     ).to(first.B.device)
@@ -130,12 +136,20 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
             whole.feedback_mask[r:r + len(part.pairs)] = part.feedback_mask
             r += len(part.pairs)
         weight = whole.input_weight
-        held_zero = torch.zeros_like(weight, dtype=torch.bool)  # a part's rows outside its own input
-        gate_held = torch.zeros(P, input_size, dtype=torch.bool, device=weight.device)  # the same for the rate gate
-        col = 0
+        held_zero = torch.zeros_like(weight, dtype=torch.bool)  # a part's rows outside its own features
+        gate_held = torch.zeros(P, features, dtype=torch.bool, device=weight.device)  # the same for the rate gate
+        enc_held = torch.zeros(encoder, input_size, dtype=torch.bool, device=weight.device)  # an encoder's other inputs
+        col = fcol = 0
         for part, off in zip(parts, offsets):
             rows = slice(off * n, (off + part.num_areas) * n)
-            cols = slice(0, input_size) if shared_input else slice(col, col + part.input_size)
+            inputs = slice(0, input_size) if shared_input else slice(col, col + part.input_size)
+            cols = slice(fcol, fcol + part.input_encoder) if encoder else inputs
+            if encoder:
+                whole.encoder_weight[cols] = 0
+                whole.encoder_weight[cols, inputs] = part._param("encoder_weight")
+                whole.encoder_bias[cols] = part._param("encoder_bias")
+                enc_held[cols] = True
+                enc_held[cols, inputs] = False
             weight[rows] = 0
             weight[rows, cols] = part._param("input_weight")
             held_zero[rows] = True
@@ -153,11 +167,14 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
                 else:
                     gate_held[sl] = True
             col += 0 if shared_input else part.input_size
+            fcol += part.input_encoder
         whole.feedback_budget.copy_(whole._budget())
 
     part_units = area_rows.repeat_interleave(n).to(weight.device)
     if held_zero.any():
         whole.freeze_entries("input_weight", held_zero)
+    if enc_held.any():
+        whole.freeze_entries("encoder_weight", enc_held)
     if gate_held.any():
         whole.freeze_entries("rate_gate_weight", gate_held)
         fixed_rates = torch.tensor([not parts[part_of[i]].input_timescales for i in range(p_parts)] + [False] * new_areas)
@@ -165,6 +182,9 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
             whole.freeze_entries("rate_gate_bias", fixed_rates.to(whole.B.device))
     if freeze:
         whole.freeze_entries("input_weight", part_units[:, None].expand_as(weight))
+        if encoder:  # the parts' encoders are theirs: held with them
+            whole.freeze_entries("encoder_weight", torch.ones_like(whole.encoder_weight, dtype=torch.bool))
+            whole.freeze_entries("encoder_bias", torch.ones_like(whole.encoder_bias, dtype=torch.bool))
         if whole.input_bias is not None:
             whole.freeze_entries("input_bias", part_units)
         B_rows = torch.zeros(len(pairs), dtype=torch.bool, device=whole.B.device)

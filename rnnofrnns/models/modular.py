@@ -20,6 +20,7 @@ from ..ops.modular_rnn.reference import dense_feedback
 
 AreaSizes = Union[Sequence[int], Tuple[int, int]]
 DRIVE_SCALES = ("none", "rate")
+DEFAULT_INPUT_ENCODER = 16  # the width of the default's input encoder (the study in docs/training.md)
 Rates = Union[float, Sequence[float], torch.Tensor]
 
 
@@ -62,10 +63,11 @@ class ModularRNN(nn.Module):
 
     Without options it is the best certified configuration of the study in docs/training.md:
     SVDAreas(sigma_max=0.999), the Cayley step, alpha 0.3, learned (learn_timescales) and
-    input-driven (input_timescales) timescales. The earlier network is one argument away:
-    feedback="euler" (or an Euler-only setting, guarantee / guarantee_margin) makes the unset
-    settings the earlier defaults too: sparse areas, alpha 0.5, constant timescales; and a
-    sparse-area setting (density, gamma, scale) without areas= means sparse areas.
+    input-driven (input_timescales) timescales and an input encoder of 16 features. The earlier
+    network is one argument away: feedback="euler" (or an Euler-only setting, guarantee /
+    guarantee_margin) makes the unset settings the earlier defaults too: sparse areas, alpha
+    0.5, constant timescales, no encoder; and a sparse-area setting (density, gamma, scale)
+    without areas= means sparse areas.
 
     areas: the area kind (rnnofrnns.models.areas): SparseAreas(density, gamma, scale), fixed
     sparse areas ("sparse"), or SVDAreas(sigma_max), trainable areas that contract by
@@ -131,7 +133,7 @@ class ModularRNN(nn.Module):
         feedback: Union[str, FeedbackStep, None] = None,
         input_timescales: Optional[bool] = None,
         alpha_min: float = 0.02,
-        input_encoder: int = 0,
+        input_encoder: Optional[int] = None,
         drive_scale: str = "none",
         alpha_log_spread: Optional[Tuple[float, float]] = None,
     ) -> None:
@@ -159,6 +161,8 @@ class ModularRNN(nn.Module):
             learn_timescales = not earlier
         if input_timescales is None:
             input_timescales = not earlier
+        if input_encoder is None:
+            input_encoder = 0 if earlier else DEFAULT_INPUT_ENCODER
         if not 0.0 < float(alpha_max) <= 1.0:
             raise ValueError(f"alpha_max must be in (0, 1], got {alpha_max!r}")
         dtype = dtype or torch.get_default_dtype()

@@ -22,6 +22,8 @@ def part(seed, *, areas="svd", step="cayley", p=3, n=6, inputs=2, learn=True, al
         if areas == "svd":
             net.area_log_metric.normal_(3.0 * seed, 0.5, generator=g)
         net.B.mul_(5.0)
+        if net.input_timescales:  # rates that move with the input
+            net.rate_gate_weight.normal_(0.0, 1.0, generator=g)
     return net
 
 
@@ -47,10 +49,17 @@ def dense_step_reference(parts, whole, x_parts, x_whole):
     u = torch.cat([u, u_new], -1)
     C = torch.linalg.solve(torch.eye(H, dtype=L.dtype) - 0.5 * a[:, None] * L,
                          torch.eye(H, dtype=L.dtype) + 0.5 * a[:, None] * L)
+    if whole.input_timescales:  # the areas' rates per step: each part's own gate, the new area's from the whole
+        rates = [p.input_rates(x.transpose(0, 1)) if p.input_timescales
+                 else p.area_alpha().expand(x.shape[1], x.shape[0], p.num_areas) for p, x in zip(parts, x_parts)]
+        rates.append(whole.input_rates(x_whole.transpose(0, 1))[..., p_parts:])
+        a_t = torch.cat(rates, -1).repeat_interleave(n, -1)
+    else:
+        a_t = a.expand(u.shape[0], *a.shape)
     h = torch.zeros(u.shape[1], H, dtype=L.dtype)
     out = []
     for t in range(u.shape[0]):
-        z = (1 - a) * h + a * (torch.tanh(h) @ W.T + u[t])
+        z = (1 - a_t[t]) * h + a_t[t] * (torch.tanh(h) @ W.T + u[t])
         h = z @ C.T
         out.append(h)
     return torch.stack(out, 1)
@@ -126,8 +135,14 @@ def test_unfrozen_parts_train_and_shared_input():
     parts = [part(1), part(2)]
     whole = ModularRNN.combine(parts, [(0, 4)], freeze=False, shared_input=True)
     assert whole.input_size == 2 and whole.num_areas == 6
-    torch.testing.assert_close(whole._param("input_weight")[:18], parts[0]._param("input_weight"))
-    out, _ = whole(rn(2, 5, 2))
+    E = parts[0].input_encoder  # the parts' encoders side by side, each reading the shared input
+    assert whole.input_encoder == 2 * E
+    torch.testing.assert_close(whole._param("input_weight")[:18, :E], parts[0]._param("input_weight"))
+    assert whole._param("input_weight")[:18, E:].abs().max() == 0
+    torch.testing.assert_close(whole._param("encoder_weight")[E:], parts[1]._param("encoder_weight"))
+    x = rn(2, 5, 2)
+    torch.testing.assert_close(whole.input_features(x)[..., :E], parts[0].input_features(x))
+    out, _ = whole(x)
     grads = torch.autograd.grad(out.sum(), (whole.B, whole.area_rotation_u))
     assert grads[0][:len(parts[0].pairs)].abs().max() > 0 and grads[1].abs().max() > 0
     assert whole.certify().holds
@@ -137,6 +152,8 @@ def test_unfrozen_parts_train_and_shared_input():
     (lambda: [part(1), part(2, n=5)], r"the same area_size: part 0 has 6, part 1 has 5"),
     (lambda: [part(1), part(2, step="euler", learn=False)], r"the same feedback_step"),
     (lambda: [part(1)], r"at least two networks"),
+    (lambda: [part(1), ModularRNN(2, (3, 6), topology="all", nonlinearity="tanh", input_encoder=0,
+                                  dtype=torch.float64)], r"either every part has an input encoder or none has"),
 ])
 def test_parts_that_cannot_join(make, message):
     with pytest.raises(ValueError, match=message):

@@ -16,7 +16,7 @@ def gen(seed=0):
 
 
 def net(**kw):
-    kw = {**dict(areas="svd", feedback="cayley", learn_timescales=True, input_timescales=False, alpha=0.3,
+    kw = {**dict(areas="svd", feedback="cayley", learn_timescales=True, input_timescales=False, input_encoder=0, alpha=0.3,
                  generator=gen(), dtype=torch.float64), **kw}
     return ModularRNN(1, (4, 5), topology="gw", **kw)
 
@@ -101,7 +101,7 @@ def test_bad_input_path_settings(kw, match):
 
 
 def test_combine_refuses_parts_with_another_input_path():
-    with pytest.raises(ValueError, match="combine: part 1 has an input encoder"):
+    with pytest.raises(ValueError, match="combine: either every part has an input encoder or none has"):
         ModularRNN.combine([net(), net(input_encoder=2)])
 
 

@@ -49,9 +49,9 @@ class TrainConfig:
     form: str = "hopfield"
     nonlinearity: str = "relu"
     # the certified nets' defaults are the best configuration of the study in docs/training.md
-    # (svd areas, cayley step, learned and input-driven timescales, glu readout); the earlier one is
-    # --feedback-step euler --areas sparse --alpha 0.5 --no-learn-timescales --no-input-timescales
-    # --readout last
+    # (svd areas, cayley step, learned and input-driven timescales, an input encoder of 16, glu
+    # readout); the earlier one is --feedback-step euler --areas sparse --alpha 0.5
+    # --no-learn-timescales --no-input-timescales --input-encoder 0 --readout last
     alpha: Union[float, Tuple[float, ...]] = 0.3  # one step, or one per area
     gamma: float = 0.9                            # sparse areas
     density: float = 0.2                          # sparse areas
@@ -62,7 +62,7 @@ class TrainConfig:
     learn_timescales: bool = True
     input_timescales: bool = True           # gw/scn: the areas' rates follow the input (cayley step)
     alpha_min: float = 0.02                 # the slowest input-driven rate
-    input_encoder: int = 0                  # gw/scn: width of a tanh layer in front of the projection (0: none)
+    input_encoder: int = 16                 # gw/scn: width of a tanh layer in front of the projection (0: none)
     drive_scale: str = "none"               # gw/scn: none, or rate (each area's drive times sqrt((2 - a) / a))
     alpha_log_spread: Optional[Tuple[float, float]] = None  # gw/scn: the areas' rates from lo to hi, geometric
     num_layers: int = 1                     # gw/scn: stacked certified layers (ModularRNNStack)
