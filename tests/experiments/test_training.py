@@ -16,7 +16,7 @@ from rnnofrnns.experiments.training import data as rdata
 from rnnofrnns.experiments.training.build import baseline_hidden_size, build_model, trainable_parameters
 from rnnofrnns.experiments.training.config import TrainConfig
 from rnnofrnns.experiments.training.loop import lr_at
-from rnnofrnns.models import RNNClassifier
+from rnnofrnns.models import GlobalWorkspaceNet, RNNClassifier
 
 SMALL = ["--num-areas", "4", "--area-size", "8", "--no-progress", "--threads", "1"]
 
@@ -266,8 +266,14 @@ def test_the_default_gw_net_is_the_certified_configuration_of_the_study():
     model = build_model(TrainConfig(), 1, 10)
     rnn = model.rnn
     assert (rnn.area_kind, rnn.feedback_step, rnn.learn_timescales, rnn.sigma_max) == ("svd", "cayley", True, 0.999)
+    assert (rnn.input_timescales, rnn.input_encoder, type(model.readout).__name__) == (True, 16, "GLUPoolReadout")
     cert = model.certify()
     assert cert.holds and cert.discrete_holds
+    # the library's GlobalWorkspaceNet without options is the same network as train's default
+    plain = GlobalWorkspaceNet(1, 10, generator=torch.Generator().manual_seed(0))
+    assert plain.state_dict().keys() == model.state_dict().keys()
+    for name, value in model.state_dict().items():
+        assert torch.equal(plain.state_dict()[name], value), name
 
 
 def test_a_run_with_the_input_path_options_trains_and_evaluates(tmp_path):
