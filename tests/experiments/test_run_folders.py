@@ -74,6 +74,17 @@ def test_the_demo_replaces_only_its_own_run(tmp_path):
     demo = ["demo", "--epochs", "1", "--no-progress", "--threads", "1", "--out", str(out)]
     assert cli(*demo).returncode == 0
     assert cli(*demo).returncode == 0
+    # the demo run of an earlier release (the model's defaults were others) is the demo's too
+    config = json.loads((out / "config.json").read_text())
+    config.update(feedback_step="euler", areas="sparse", alpha=0.5, learn_timescales=False, readout="last",
+                  input_timescales=False, input_encoder=0)
+    (out / "config.json").write_text(json.dumps(config))
+    assert cli(*demo).returncode == 0
+    assert json.loads((out / "config.json").read_text())["input_encoder"] == 16
+    # a run of another task is not
+    config.update(task="seq-digits")
+    (out / "config.json").write_text(json.dumps(config))
+    assert cli(*demo).returncode == 2
 
 
 def test_writes_never_follow_a_planted_link(tmp_path):

@@ -12,7 +12,7 @@ from ...models.feedback import FEEDBACK_STEP_KINDS
 from ...models.readouts import READOUTS
 from ...ops._common import FORMS, NONLINEARITIES
 from .._limits import check_threads, run_threads_here
-from .config import MODELS, RESUMABLE, TrainConfig, read_run_config
+from .config import LEGACY_SETTINGS, MODELS, RESUMABLE, TrainConfig, read_run_config
 from .evaluation import evaluate
 from .loop import train
 from .run_folder import is_run_folder
@@ -170,16 +170,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0 if result.get("matches_metrics_json", True) else 1
 
 
+# The model's settings, whose defaults (the demo's model) changed between releases: a demo run of
+# an earlier release has other values there and is still the demo's own run.
+DEMO_MODEL_SETTINGS = frozenset(LEGACY_SETTINGS) | {"alpha"}
+
+
 def _holds_a_demo_run(cfg: TrainConfig) -> bool:
     """Whether cfg.out holds an earlier demo's run (its settings are the demo's but for the
-    ones a resume may change); any other run, or other files, the demo refuses to replace."""
+    ones a resume may change and the model's defaults of earlier releases); any other run, or
+    other files, the demo refuses to replace."""
     if not is_run_folder(cfg.out):
         return False
     try:
         saved = read_run_config(cfg.out)
     except (FileNotFoundError, RunError):
         return False
-    return all(getattr(saved, k) == getattr(cfg, k) for k in cfg.run_settings() if k not in RESUMABLE)
+    return all(getattr(saved, k) == getattr(cfg, k) for k in cfg.run_settings()
+               if k not in RESUMABLE and k not in DEMO_MODEL_SETTINGS)
 
 
 def _demo(args: argparse.Namespace) -> int:
