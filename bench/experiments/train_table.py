@@ -24,32 +24,40 @@ import os
 import subprocess
 import sys
 
-# row name -> (model, extra flags). "gw" is the default certified GW net of `train`.
+# row name -> (model, extra flags). Every row names the settings it differs in from the FIRST
+# default below (the certified default of the first study: svd areas, cayley step, learned
+# timescales, alpha 0.3), so that a row means the same whatever train's defaults are; "gw" is
+# train's default (since issue 30: FIRST with --readout glu --input-timescales --input-encoder 16).
+FIRST = ["--readout", "last", "--no-input-timescales", "--input-encoder", "0"]
+EARLIEST = ["--feedback-step", "euler", "--areas", "sparse", "--alpha", "0.5", "--gamma", "0.9",
+            "--no-learn-timescales", "--no-input-timescales", "--input-encoder", "0", "--readout", "last"]
 ROWS = {
-    "gw": ("gw", []),  # the default: svd areas, cayley step, learned timescales
-    "gw-euler": ("gw", ["--feedback-step", "euler", "--areas", "sparse", "--alpha", "0.5", "--gamma", "0.9",
-                        "--no-learn-timescales"]),  # the certified default before the study
-    "gw-sparse-cayley": ("gw", ["--areas", "sparse", "--gamma", "0.99", "--alpha", "0.1", "--no-learn-timescales"]),
-    "gw-svd-cayley": ("gw", ["--no-learn-timescales"]),
-    "gw-free": ("gw", ["--feedback-step", "euler", "--areas", "sparse", "--gamma", "0.99", "--alpha", "0.2",
-                       "--no-guarantee", "--no-learn-timescales"]),  # uncertified in discrete time
-    "gw-mean": ("gw", ["--readout", "mean"]),  # the default with a readout of the mean state
-    "gw-glu": ("gw", ["--readout", "glu"]),    # the default with a pooled gated-linear-unit readout
-    "gw-in": ("gw", ["--input-timescales"]),   # the default with input-driven timescales
-    "gw-glu-in": ("gw", ["--readout", "glu", "--input-timescales"]),  # both
-    # the input path and depth on top of both (item 4 and 3 of issue 30)
-    "gw-glu-in-enc": ("gw", ["--readout", "glu", "--input-timescales", "--input-encoder", "16"]),
-    "gw-glu-in-scaled": ("gw", ["--readout", "glu", "--input-timescales", "--drive-scale", "rate"]),
-    "gw-glu-in-spread": ("gw", ["--readout", "glu", "--input-timescales", "--alpha-log-spread", "0.05,0.5"]),
-    "gw-glu-in-enc-spread": ("gw", ["--readout", "glu", "--input-timescales", "--input-encoder", "16",
-                                    "--alpha-log-spread", "0.05,0.5"]),
-    "scn-pairs15": ("scn", ["--topology", "random-pairs:15"]),  # the default's settings, 15 random pairs
-    "gw-glu-in-2l": ("gw", ["--readout", "glu", "--input-timescales", "--num-layers", "2", "--num-areas", "12",
-                            "--area-size", "16"]),  # two layers of 12 x 16: 62,330 parameters
+    "gw": ("gw", []),  # train's default
+    "gw-first": ("gw", FIRST),  # the default of the first study
+    "gw-euler": ("gw", EARLIEST),  # the certified default before the first study
+    "gw-sparse-cayley": ("gw", FIRST + ["--areas", "sparse", "--gamma", "0.99", "--alpha", "0.1",
+                                        "--no-learn-timescales"]),
+    "gw-svd-cayley": ("gw", FIRST + ["--no-learn-timescales"]),
+    "gw-free": ("gw", EARLIEST + ["--gamma", "0.99", "--alpha", "0.2", "--no-guarantee"]),  # uncertified in discrete time
+    "gw-mean": ("gw", FIRST + ["--readout", "mean"]),  # a readout of the mean state
+    "gw-glu": ("gw", FIRST + ["--readout", "glu"]),    # a pooled gated-linear-unit readout
+    "gw-in": ("gw", FIRST + ["--input-timescales"]),   # input-driven timescales
+    "gw-glu-in": ("gw", FIRST + ["--readout", "glu", "--input-timescales"]),  # both
+    # the input path and depth on top of both (items 4 and 3 of issue 30)
+    "gw-glu-in-enc": ("gw", FIRST + ["--readout", "glu", "--input-timescales", "--input-encoder", "16"]),  # = gw
+    "gw-glu-in-scaled": ("gw", FIRST + ["--readout", "glu", "--input-timescales", "--drive-scale", "rate"]),
+    "gw-glu-in-spread": ("gw", FIRST + ["--readout", "glu", "--input-timescales", "--alpha-log-spread", "0.05,0.5"]),
+    "gw-glu-in-enc-spread": ("gw", FIRST + ["--readout", "glu", "--input-timescales", "--input-encoder", "16",
+                                            "--alpha-log-spread", "0.05,0.5"]),
+    "gw-glu-in-2l": ("gw", FIRST + ["--readout", "glu", "--input-timescales", "--num-layers", "2", "--num-areas",
+                                    "12", "--area-size", "16"]),  # two layers of 12 x 16: 62,330 parameters
+    "scn-pairs15": ("scn", ["--topology", "random-pairs:15"]),  # train's default settings, 15 random pairs
+    # the baselines, sized to the GW net of their flags (the last two keep the first study's readout)
     "gru": ("gru", []),
     "lstm": ("lstm", []),
-    "gru-glu": ("gru", ["--readout", "glu"]),
-    "lstm-glu": ("lstm", ["--readout", "glu"]),
+    "gru-last": ("gru", FIRST),
+    "lstm-last": ("lstm", FIRST),
+    "gru-glu": ("gru", FIRST + ["--readout", "glu"]),  # sized to gw-glu
 }
 TASKS = {"row-digits": 100, "seq-digits": 60, "mnist1d": 60, "psmnist-5k": 20}
 
