@@ -51,6 +51,9 @@ ROWS = {
                                             "--alpha-log-spread", "0.05,0.5"]),
     "gw-glu-in-2l": ("gw", FIRST + ["--readout", "glu", "--input-timescales", "--num-layers", "2", "--num-areas",
                                     "12", "--area-size", "16"]),  # two layers of 12 x 16: 62,330 parameters
+    # readouts for short and long sequences alike (issue 30: the mean-pooled GLU fails on psmnist-5k)
+    "gw-recent": ("gw", ["--readout", "recent"]),  # train's default with GLU units pooled over learned windows
+    "gw-last": ("gw", ["--readout", "last"]),  # train's default with the last-state readout
     "scn-pairs15": ("scn", ["--topology", "random-pairs:15"]),  # train's default settings, 15 random pairs
     # the baselines, sized to the GW net of their flags (the last two keep the first study's readout)
     "gru": ("gru", []),

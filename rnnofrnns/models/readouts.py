@@ -7,6 +7,10 @@ readout(output, h_n) with output [B, T, hidden_size] (batch first) and h_n [1, B
 - "mean" (MeanStateReadout): a linear map of the mean state (1/T) sum_t h_t;
 - "glu" (GLUPoolReadout): a linear map of the mean over t of a gated linear unit of h_t,
   (1/T) sum_t (A h_t + a) * sigmoid(G h_t + g), of `width` units: a nonlinear, pooled readout.
+- "recent" (RecentGLUReadout): the same units, each pooled over its own learned window of the
+  most recent steps, sum_t w_{j,t} u_{j,t} with w_{j,t} proportional to exp(-(T-1-t)/window_j);
+  the windows start spread log-uniformly over 4-512 steps. A short window reads the last states
+  (what a long sequence needs), a long one the mean (what helps a short one).
 
 `make_readout(name, hidden_size, output_size)` builds one; `readout_parameters` counts its
 parameters without building it (for the equal-parameter comparison with GRU and LSTM).
@@ -88,7 +92,42 @@ class GLUPoolReadout(nn.Module):
         return self.out((value * torch.sigmoid(gate)).mean(1))
 
 
-READOUTS: Dict[str, Type[nn.Module]] = {"last": LastStateReadout, "mean": MeanStateReadout, "glu": GLUPoolReadout}
+class RecentGLUReadout(GLUPoolReadout):
+    """The gated linear units of GLUPoolReadout, each pooled over a learned window of the most
+    recent steps: pooled_j = sum_t w_{j,t} u_{j,t}, w_{j,t} = softmax_t(-(T-1-t) / window_j),
+    window_j = exp(log_window_j). The windows start log-uniformly spread over
+    [min_window, max_window] steps (no draw from the generator); a window much longer than T
+    pools the mean, one of a step reads the last state."""
+
+    summary: ClassVar[str] = "linear in gated linear units of the states, each pooled over a learned recent window"
+
+    def __init__(self, hidden_size: int, output_size: int, generator: Optional[torch.Generator] = None,
+                 dtype: Optional[torch.dtype] = None, width: int = 32, min_window: float = 4.0,
+                 max_window: float = 512.0) -> None:
+        super().__init__(hidden_size, output_size, generator=generator, dtype=dtype, width=width)
+        if not 0 < min_window <= max_window:
+            raise ValueError(f"min_window and max_window must satisfy 0 < min_window <= max_window, "
+                             f"got {min_window!r} and {max_window!r}")
+        self.log_window = nn.Parameter(torch.linspace(math.log(min_window), math.log(max_window), width,
+                                                      dtype=dtype if dtype is not None else torch.get_default_dtype()))
+
+    @staticmethod
+    def num_parameters(hidden_size: int, output_size: int, width: int = 32) -> int:
+        return GLUPoolReadout.num_parameters(hidden_size, output_size, width) + width
+
+    def pooling_weights(self, steps: int) -> torch.Tensor:
+        """The weights w [steps, width] of every step and unit (each column sums to 1)."""
+        age = torch.arange(steps - 1, -1, -1, dtype=self.log_window.dtype, device=self.log_window.device)
+        return torch.softmax(-age[:, None] * torch.exp(-self.log_window), dim=0)
+
+    def forward(self, output: torch.Tensor, h_n: Optional[torch.Tensor] = None) -> torch.Tensor:
+        value, gate = self.unit(output).chunk(2, dim=-1)
+        pooled = torch.einsum("btj,tj->bj", value * torch.sigmoid(gate), self.pooling_weights(output.shape[1]))
+        return self.out(pooled)
+
+
+READOUTS: Dict[str, Type[nn.Module]] = {"last": LastStateReadout, "mean": MeanStateReadout, "glu": GLUPoolReadout,
+                                        "recent": RecentGLUReadout}
 
 
 def make_readout(readout: Union[str, nn.Module], hidden_size: int, output_size: int,
