@@ -61,6 +61,8 @@ ROWS = {
     "gru-last": ("gru", FIRST),
     "lstm-last": ("lstm", FIRST),
     "gru-glu": ("gru", FIRST + ["--readout", "glu"]),  # sized to gw-glu
+    "gru-recent": ("gru", ["--readout", "recent"]),  # sized to gw-recent, with its readout
+    "lstm-recent": ("lstm", ["--readout", "recent"]),
 }
 TASKS = {"row-digits": 100, "seq-digits": 60, "mnist1d": 60, "psmnist-5k": 20}
 

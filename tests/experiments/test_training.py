@@ -17,6 +17,7 @@ from rnnofrnns.experiments.training.build import baseline_hidden_size, build_mod
 from rnnofrnns.experiments.training.config import TrainConfig
 from rnnofrnns.experiments.training.loop import lr_at
 from rnnofrnns.models import GlobalWorkspaceNet, RNNClassifier
+from rnnofrnns.models.readouts import READOUTS
 
 SMALL = ["--num-areas", "4", "--area-size", "8", "--no-progress", "--threads", "1"]
 
@@ -331,7 +332,7 @@ def test_a_run_with_a_pooled_readout_trains_and_evaluates(tmp_path, model):
 def test_the_baselines_budget_counts_the_readout():
     """The GRU/LSTM of the equal-parameter comparison get the certified net's readout, and its
     parameters count against the same budget."""
-    for readout in ("last", "mean", "glu"):
+    for readout in READOUTS:
         cfg = TrainConfig(model="gw", num_areas=4, area_size=8, readout=readout)
         budget = trainable_parameters(build_model(cfg, 1, 10))
         for kind in ("gru", "lstm"):

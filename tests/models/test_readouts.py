@@ -8,8 +8,8 @@ import torch
 
 from rnnofrnns import GlobalWorkspaceNet, SparseComboNet, SVDComboNet
 from rnnofrnns.models import RNNClassifier
-from rnnofrnns.models.readouts import (GLUPoolReadout, LastStateReadout, MeanStateReadout, READOUTS, make_readout,
-                                       readout_parameters)
+from rnnofrnns.models.readouts import (GLUPoolReadout, LastStateReadout, MeanStateReadout, READOUTS,
+                                       RecentGLUReadout, make_readout, readout_parameters)
 
 
 def formula(name, r, out):
@@ -21,7 +21,13 @@ def formula(name, r, out):
     W, b = r.unit.weight, r.unit.bias
     A, G = W[:r.width], W[r.width:]
     units = (out @ A.T + b[:r.width]) * torch.sigmoid(out @ G.T + b[r.width:])
-    return units.mean(1) @ r.out.weight.T + r.out.bias
+    if name == "glu":
+        return units.mean(1) @ r.out.weight.T + r.out.bias
+    T = out.shape[1]  # "recent": unit j pooled with weights exp(-(T-1-t)/window_j), normalised
+    window = torch.exp(r.log_window)
+    weights = torch.stack([torch.exp(-(T - 1 - t) / window) for t in range(T)])
+    weights = weights / weights.sum(0)
+    return (units * weights).sum(1) @ r.out.weight.T + r.out.bias
 
 
 @pytest.mark.parametrize("name", list(READOUTS))
@@ -78,7 +84,23 @@ def test_the_baselines_take_every_readout(kind, name):
 def test_a_module_as_readout_and_a_bad_name():
     custom = MeanStateReadout(12, 3)
     assert SparseComboNet(2, 3, num_areas=3, area_size=4, readout=custom).readout is custom
-    with pytest.raises(ValueError, match=r"readout must be one of \('last', 'mean', 'glu'\) or an nn.Module, got 'max'"):
+    with pytest.raises(ValueError, match=r"readout must be one of \('last', 'mean', 'glu', 'recent'\) or an nn.Module, got 'max'"):
         SparseComboNet(2, 3, num_areas=3, area_size=4, readout="max")
     with pytest.raises(ValueError, match="width must be a positive integer"):
         GLUPoolReadout(4, 2, width=0)
+
+
+def test_the_recent_windows_start_spread_and_reach_the_last_state_and_the_mean():
+    r = RecentGLUReadout(6, 2, width=5, min_window=4.0, max_window=512.0, dtype=torch.float64)
+    torch.testing.assert_close(torch.exp(r.log_window), torch.tensor([4.0, 13.4543, 45.2548, 152.2185, 512.0],
+                                                                     dtype=torch.float64), rtol=1e-5, atol=0)
+    with torch.no_grad():
+        r.log_window.copy_(torch.tensor([-30.0, 0.0, 0.0, 0.0, 30.0]))
+    w = r.pooling_weights(7)
+    torch.testing.assert_close(w.sum(0), torch.ones(5, dtype=torch.float64))
+    torch.testing.assert_close(w[:, 0], torch.eye(7, dtype=torch.float64)[-1])  # a tiny window: the last step
+    torch.testing.assert_close(w[:, -1], torch.full((7,), 1 / 7, dtype=torch.float64))  # a huge one: the mean
+    out = torch.randn(3, 7, 6, dtype=torch.float64)
+    torch.testing.assert_close(r(out), formula("recent", r, out), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="min_window and max_window must satisfy 0 < min_window <= max_window, got 8"):
+        RecentGLUReadout(6, 2, min_window=8.0, max_window=4.0)
