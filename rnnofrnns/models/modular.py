@@ -14,7 +14,7 @@ from . import assembly
 from ._dtype import input_in_model_dtype, without_autocast
 from .areas import Areas, area_kind
 from .feedback import FeedbackStep, feedback_step_of
-from ..ops import modular_rnn
+from ..ops import FeedbackPlan, feedback_plan, modular_rnn
 from ..ops._common import FORMS, NONLINEARITIES
 from ..ops.modular_rnn.reference import dense_feedback
 
@@ -225,6 +225,8 @@ class ModularRNN(nn.Module):
             self.register_buffer("alpha_areas", alphas.to(dtype))
         self.register_buffer("pairs", pairs)
         self.register_buffer("L_index", topo.feedback_index(pairs))
+        # read from the index here, not in forward, so that torch.compile(fullgraph=True) traces it
+        self._feedback_plan: FeedbackPlan = feedback_plan(self.L_index, p, self.feedback_step)
         self.register_buffer("feedback_mask", mask.to(dtype))
         self.register_buffer("live", live)
         self.register_buffer("unit_index", live.reshape(-1).nonzero().squeeze(1))
@@ -287,6 +289,7 @@ class ModularRNN(nn.Module):
 
     @staticmethod
     def _recompute_budget_after_load(module: "ModularRNN", incompatible_keys) -> None:
+        module._feedback_plan = feedback_plan(module.L_index, module.num_areas, module.feedback_step)
         if not module.areas.bounds_defined(module):
             return  # forward and certify() report non-finite weights themselves
         with torch.no_grad():
@@ -480,7 +483,8 @@ class ModularRNN(nn.Module):
             drive, rates = self._inputs_of_the_op(x_t)
             states = modular_rnn(drive.contiguous(), self.area_weights(), self._feedback_in_use(),
                                  self.L_index, h0, **rates, nonlinearity=self.nonlinearity,
-                                 form=self.form, feedback_step=self.feedback_step, backend=self.backend)
+                                 form=self.form, feedback_step=self.feedback_step,
+                                 feedback_plan=self._feedback_plan, backend=self.backend)
         states = self._unpad(states)
         h_n = states[-1].unsqueeze(0)
         output = states.transpose(0, 1) if self.batch_first else states

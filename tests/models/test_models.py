@@ -120,6 +120,20 @@ def test_deterministic_from_a_generator_and_state_dict_round_trip():
     assert c.certify().holds
 
 
+def test_a_loaded_topology_brings_its_feedback_plan():
+    """The plan the model passes to the op (read from L_index once, for fullgraph compile)
+    follows a state_dict whose blocks differ: the loaded net runs the loaded topology."""
+    a = SparseComboNet(2, 3, num_areas=5, area_size=4, topology="random-pairs:4", generator=gen(1))
+    b = SparseComboNet(2, 3, num_areas=5, area_size=4, topology="random-pairs:4", generator=gen(2))
+    assert not torch.equal(a.rnn.L_index, b.rnn.L_index) and a.rnn._feedback_plan.step == "dense"
+    star_a = GlobalWorkspaceNet(2, 3, num_areas=5, area_size=4, generator=gen(1))
+    b.load_state_dict(a.state_dict())
+    assert b.rnn._feedback_plan == a.rnn._feedback_plan
+    x = torch.randn(4, 6, 2)
+    assert torch.equal(b(x), a(x))
+    assert star_a.rnn._feedback_plan.step == "star" and star_a.rnn._feedback_plan.hub == 4
+
+
 def test_to_float64():
     model = SparseComboNet(2, 3, num_areas=3, area_size=5, areas="sparse", generator=gen(9))
     x = torch.randn(4, 6, 2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnnofrnns.ops import modular_rnn
-from rnnofrnns.ops.modular_rnn.cayley import kernel_operands, star_hub
+from rnnofrnns.ops.modular_rnn.cayley import FeedbackPlan, feedback_plan, kernel_operands, star_hub
 from rnnofrnns.ops.modular_rnn.reference import cayley_map
 from problems import FUSED_BACKENDS, all_to_all, device_for, make_problem, star
 
@@ -124,6 +124,51 @@ def test_operands_by_topology():
             assert blocks.shape[0] == 25 and index.shape == (25, 2)
     assert star_hub(torch.tensor([[0, 1], [2, 3]]), 4) is None
     assert star_hub(torch.tensor([[2, 1], [0, 2], [2, 3]]), 4) == 2
+
+
+@pytest.mark.parametrize("backend", list(FUSED_BACKENDS) + ["reference"])
+@pytest.mark.parametrize("topology", list(TOPOLOGIES))
+def test_a_feedback_plan_gives_the_same_states_and_gradients(topology, backend):
+    """The plan made once from the index (what a model passes, so that compile never reads the
+    index) runs the same map as the op's own reading of the index: bitwise."""
+    prob = make_problem(4, 3, 5, 3, TOPOLOGIES[topology], device=device_for(backend))
+    kw = dict(nonlinearity="tanh", form="hopfield", feedback_step="cayley")
+    plan = feedback_plan(prob.L_index, 5, "cayley")
+    with_plan = outputs_and_grads(prob, rates(5, prob.drive.device), backend, feedback_plan=plan, **kw)
+    without = outputs_and_grads(prob, rates(5, prob.drive.device), backend, **kw)
+    for a, b in zip(with_plan, without):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_plans_of_each_topology():
+    assert feedback_plan(torch.tensor(star(5)), 5, "cayley") == FeedbackPlan("star", 5, 8, 4, (0, 1, 2, 3),
+                                                                               (4, 5, 6, 7))
+    assert feedback_plan(torch.tensor(all_to_all(3)), 3, "cayley").step == "dense"
+    assert feedback_plan(torch.tensor(star(5)), 5, "euler") == FeedbackPlan("euler", 5, 8)
+    assert feedback_plan(torch.zeros(0, 2, dtype=torch.int64), 5, "cayley") == FeedbackPlan("euler", 5, 0)
+    # a one-way star: no area is linked to the hub both ways, S = I
+    assert feedback_plan(torch.tensor([[4, 0], [4, 1]]), 5, "cayley") == FeedbackPlan("star", 5, 2, 4, (), ())
+    with pytest.raises(ValueError, match=r"L_index\[1\] = \(4, 4\) lies on the diagonal"):
+        feedback_plan(torch.tensor([[4, 0], [4, 4]]), 5, "cayley")
+
+
+def test_a_plan_that_does_not_fit_the_index_is_refused():
+    prob = make_problem(3, 2, 5, 3, TOPOLOGIES["star"])
+    kw = dict(alpha=0.5, nonlinearity="tanh", form="rate", feedback_step="cayley")
+    with pytest.raises(TypeError, match="feedback_plan must be a FeedbackPlan .* or None, got str"):
+        modular_rnn(*prob.args(), feedback_plan="star", **kw)
+    wrong_size = feedback_plan(torch.tensor(all_to_all(3)), 3, "cayley")
+    with pytest.raises(ValueError, match="feedback_plan was made for 6 blocks of 3 areas and the dense form, got "
+                                         "L_index of 8 blocks, p = 5 and feedback_step='cayley'"):
+        modular_rnn(*prob.args(), feedback_plan=wrong_size, **kw)
+    euler = feedback_plan(prob.L_index, 5, "euler")
+    with pytest.raises(ValueError, match="and the euler form, got L_index of 8 blocks"):
+        modular_rnn(*prob.args(), feedback_plan=euler, **kw)
+    other = prob.L_index.clone()
+    other[:, :] = torch.tensor(star(5))[:, [1, 0]].flip(0)  # the same pairs, listed in another order
+    stale = feedback_plan(other, 5, "cayley")
+    with pytest.raises(ValueError, match="feedback_plan was made for another L_index"):
+        modular_rnn(*prob.args(), feedback_plan=stale, **kw)
 
 
 def test_cayley_without_feedback_is_the_euler_step():

@@ -1,15 +1,15 @@
 """torch.compile with its default backend (inductor), forward and backward, for every op of the
-cpu backend and both feedback steps, and for the default model: the fake implementations must
-describe the real outputs (shapes and strides), or inductor's generated code reads them wrong."""
+cpu backend and both feedback steps, and for the models of every step and topology with
+fullgraph=True: the fake implementations must describe the real outputs (shapes and strides),
+or inductor's generated code reads them wrong."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rnnofrnns import GlobalWorkspaceNet
 from rnnofrnns.experiments.training.build import build_model
 from rnnofrnns.experiments.training.config import TrainConfig
-from rnnofrnns.ops import ensemble, gated_paths, modular_rnn
+from rnnofrnns.ops import ensemble, feedback_plan, gated_paths, modular_rnn
 from problems import all_to_all, star
 
 
@@ -30,22 +30,24 @@ def _check(fn, inputs, fullgraph, rtol=1e-9, atol=1e-11):
         torch.testing.assert_close(g, r, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("planned", [True, False], ids=["plan", "no-plan"])
 @pytest.mark.parametrize("step,pairs", [("euler", star(4)), ("cayley", star(4)), ("cayley", all_to_all(3))],
                          ids=["euler-star", "cayley-star", "cayley-dense"])
-def test_modular_rnn_under_inductor(step, pairs):
+def test_modular_rnn_under_inductor(step, pairs, planned):
     g = torch.Generator().manual_seed(0)
     p, n, T, B = (4, 5, 6, 3) if len(pairs) == 6 else (3, 5, 6, 3)
     idx = torch.tensor(pairs)
+    plan = feedback_plan(idx, p, step) if planned else None
     inputs = [_rand(g, T, B, p * n), _rand(g, p, n, n, s=0.2), _rand(g, len(pairs), n, n, s=0.2), _rand(g, B, p * n)]
     alpha = torch.linspace(0.2, 0.7, p, dtype=torch.float64).requires_grad_()
 
     def loss(drive, W, L, h0, a):
         states = modular_rnn(drive, W, L, idx, h0, alpha=a, nonlinearity="tanh", form="rate", feedback_step=step,
-                             backend="cpu")
+                             feedback_plan=plan, backend="cpu")
         return (states * torch.linspace(-1, 1, states.numel(), dtype=states.dtype).view_as(states)).sum()
 
-    # (the cayley step reads L_index to choose its factorisation: one graph break, README)
-    _check(loss, inputs + [alpha], fullgraph=step == "euler")
+    # without a plan the cayley step reads L_index to choose its factorisation: one graph break
+    _check(loss, inputs + [alpha], fullgraph=planned or step == "euler")
 
 
 @pytest.mark.parametrize("gates", ["path", "sample", "neuron"])
@@ -77,17 +79,24 @@ def test_ensemble_ops_under_inductor():
     _check(loss, inputs, fullgraph=True)
 
 
-def test_the_default_model_trains_under_inductor():
-    """The CLI's default gw net (svd areas, cayley step, learned timescales): compiled forward
-    and backward match eager, and a few optimiser steps lower the loss."""
+@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+@pytest.mark.parametrize("settings", [
+    dict(),  # the default: svd areas, cayley star, input-driven timescales, encoder, recent readout
+    dict(model="scn", topology="random-pairs:3"),  # cayley, dense C
+    dict(feedback_step="euler", areas="sparse", alpha=0.5, learn_timescales=False, input_timescales=False,
+         input_encoder=0),
+], ids=["default-star", "cayley-pairs", "euler"])
+def test_the_models_train_under_compile_with_fullgraph(settings, backend):
+    """Every step and topology of the CLI's models: compiled with fullgraph=True, forward and
+    backward match eager, and a few optimiser steps lower the loss."""
     torch.manual_seed(0)
-    cfg = TrainConfig(num_areas=4, area_size=8)
+    cfg = TrainConfig(**{"num_areas": 4, "area_size": 8, **settings})
     net = build_model(cfg, 8, 10)
-    assert isinstance(net, GlobalWorkspaceNet) and net.rnn.feedback_step == "cayley"
+    assert net.rnn.feedback_step == cfg.feedback_step
     x = torch.randn(16, 7, 8)
     y = torch.arange(16) % 10
     torch._dynamo.reset()
-    compiled = torch.compile(net)
+    compiled = torch.compile(net, backend=backend, fullgraph=True)
     loss = torch.nn.functional.cross_entropy(compiled(x), y)
     grads = torch.autograd.grad(loss, list(net.parameters()))
     ref = torch.nn.functional.cross_entropy(net(x), y)
@@ -103,4 +112,4 @@ def test_the_default_model_trains_under_inductor():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < first
+    assert loss.item() < first

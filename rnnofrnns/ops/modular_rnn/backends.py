@@ -1,6 +1,6 @@
 """The backends of `modular_rnn`, registered with the op table of ops/_backend.py. Each takes
-(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, feedback_step, feedback_alpha)
-checked by the functional; the fused ones share the preparation of their operands (cayley.py)."""
+(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, feedback_step, feedback_alpha,
+feedback_plan) checked by the functional; the fused ones share the preparation of their operands (cayley.py)."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Union
@@ -8,7 +8,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from .._backend import register
-from .cayley import kernel_operands
+from .cayley import FeedbackPlan, kernel_operands
 from .checks import check_block_index
 from .reference import modular_rnn_reference
 
@@ -26,9 +26,9 @@ def area_rates(alpha: Union[float, torch.Tensor], p: int, like: torch.Tensor) ->
 
 @register("modular_rnn", "reference")
 def _reference(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, feedback_step,
-               feedback_alpha=None) -> torch.Tensor:
-    p = W.shape[0]
-    if not torch.compiler.is_compiling():
+               feedback_alpha=None, feedback_plan=None) -> torch.Tensor:
+    p = W.shape[0]  # the reference forms C densely: it needs no plan
+    if feedback_plan is None and not torch.compiler.is_compiling():
         check_block_index(L_index, p)
     a = area_rates(alpha, p, drive) if isinstance(alpha, torch.Tensor) else float(alpha)
     fa = area_rates(feedback_alpha, p, drive) if isinstance(feedback_alpha, torch.Tensor) else feedback_alpha
@@ -41,15 +41,14 @@ def _fused(op: Callable[[], object]):
 
     def run(drive: torch.Tensor, W: torch.Tensor, L_blocks: torch.Tensor, L_index: torch.Tensor,
             h0: Optional[torch.Tensor], alpha, nonlinearity: str, form: str, feedback_step: str,
-            feedback_alpha=None) -> torch.Tensor:
+            feedback_alpha=None, feedback_plan: Optional[FeedbackPlan] = None) -> torch.Tensor:
         p = W.shape[0]
         if h0 is None:
             h0 = drive.new_zeros(drive.shape[1], drive.shape[2])
         a = area_rates(alpha, p, drive)
-        if feedback_step == "cayley":
-            check_block_index(L_index, p)  # the operands below read the index
         fa = a if feedback_alpha is None else area_rates(feedback_alpha, p, drive)
-        step, hub, blocks, index, S_inv = kernel_operands(L_blocks, L_index, fa, p, feedback_step)
+        # without a plan the cayley operands read (and check) the index: a graph break under torch.compile
+        step, hub, blocks, index, S_inv = kernel_operands(L_blocks, L_index, fa, p, feedback_step, feedback_plan)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (drive, W, blocks, h0, a, S_inv))
         return op()(drive, W, blocks, index, h0, a, S_inv, nonlinearity, form, step, hub, needs_grad)[0]
 

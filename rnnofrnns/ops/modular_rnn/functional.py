@@ -7,6 +7,7 @@ import torch
 
 from .._backend import implementation
 from . import backends  # noqa: F401  (registers the backends)
+from .cayley import FeedbackPlan, check_feedback_plan
 from .checks import check_modular_rnn_args
 
 
@@ -25,6 +26,7 @@ def modular_rnn(
     form: str = "rate",
     feedback_step: str = "euler",
     feedback_alpha: Union[float, torch.Tensor, None] = None,
+    feedback_plan: Optional[FeedbackPlan] = None,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
     """Run the modular recurrence over all T steps and return the states h_1..h_T.
@@ -46,6 +48,10 @@ def modular_rnn(
             never expands.
         feedback_alpha: the cayley map's rates (a number or p per-area values; default alpha,
             required when alpha is per step). Not used by the euler step, where a scales L h.
+        feedback_plan: `feedback_plan(L_index, p, feedback_step)`, made once for a fixed
+            topology: the cayley step then never reads L_index's values, so
+            `torch.compile(..., fullgraph=True)` traces it (checked against the index outside
+            traced code). None: the cayley step reads the index on every call.
         backend: "reference", "cpu", "triton" or None (RNNOFRNNS_BACKEND, else "cpu"
             for CPU tensors and "triton" for CUDA tensors).
 
@@ -56,7 +62,10 @@ def modular_rnn(
     if feedback_step not in FEEDBACK_STEPS:
         raise ValueError(f"feedback_step must be one of {FEEDBACK_STEPS}, got {feedback_step!r}")
     check_modular_rnn_args(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, feedback_step, feedback_alpha)
+    if feedback_plan is not None:
+        check_feedback_plan(feedback_plan, L_index, W.shape[0], feedback_step)
     run = implementation("modular_rnn", backend, drive.device)
     if drive.shape[1] == 0:  # an empty batch: empty states, still tied to the drive's graph
         return drive.clone()
-    return run(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, feedback_step, feedback_alpha)
+    return run(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, feedback_step, feedback_alpha,
+               feedback_plan)
