@@ -98,3 +98,29 @@ def test_resume_may_change_threads_and_progress(short_sweep):
     again = sweep("row-digits", ["gw", "all", "random:matched"], [0.0, 0.5], seeds=1, epochs=1, out=str(out),
                   base=replace(BASE, threads=2, progress=True), log=lambda s: None)
     assert again == rows
+
+
+PAPERS = ["--feedback-step", "euler", "--areas", "sparse", "--alpha", "0.5", "--gamma", "0.9", "--no-learn-timescales",
+          "--no-input-timescales", "--input-encoder", "0", "--readout", "last"]
+
+
+def test_the_cli_sweep_takes_train_s_model_settings(tmp_path):
+    """The papers' own configuration (fixed sparse areas, Euler step, only the feedback, input
+    and readout trained) from the command line: every run has those settings, and a second
+    sweep into the folder with other model settings is refused."""
+    out = tmp_path / "s"
+    common = [sys.executable, "-m", "rnnofrnns", "sweep", "--task", "row-digits", "--topologies", "gw",
+              "--feedback-sparsity", "0", "--seeds", "1", "--epochs", "1", "--num-areas", "3", "--area-size", "4",
+              "--threads", "1", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "RNNOFRNNS_TRACEBACK": "0"}
+    r = subprocess.run(common + PAPERS, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    (run,) = (out / "runs").iterdir()
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["feedback_step"], saved["areas"], saved["alpha"], saved["learn_timescales"], saved["readout"],
+            saved["input_encoder"], saved["model"], saved["num_areas"]) == ("euler", "sparse", 0.5, False, "last",
+                                                                            0, "scn", 3)
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    assert rows[0]["certificate"]["discrete_holds"] is True
+    r = subprocess.run(common + PAPERS[:-1] + ["glu"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert r.returncode == 2 and r.stderr.startswith("error: --out") and "run_settings differ" in r.stderr, r.stderr

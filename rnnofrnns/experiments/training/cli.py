@@ -47,15 +47,25 @@ TRAIN_HELP = {
 }
 
 
-def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = False) -> None:
-    """The train command's arguments; with suppress=True none has a default (to see which were given)."""
+# The settings a sweep sets per run (or takes as its own arguments): every other setting of
+# train is a sweep argument too, the same for all its runs.
+SWEEP_OWN = ("model", "task", "out", "topology", "feedback_sparsity", "seed", "epochs", "hidden_size", "stop_after")
+
+
+def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = False,
+                    for_sweep: bool = False) -> None:
+    """The train command's arguments; with suppress=True none has a default (to see which were
+    given); with for_sweep=True the model settings only (the sweep sets the rest per run)."""
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
-    parser.add_argument("--model", choices=MODELS, default=d(defaults.model), help="model to train")
-    parser.add_argument("--task", choices=list(TASKS), default=d(defaults.task), help="data set")
-    parser.add_argument("--out", default=d(defaults.out),
-                        help="run folder: checkpoints, config.json, metrics.json, plots (default: runs/MODEL-TASK)")
+    if not for_sweep:
+        parser.add_argument("--model", choices=MODELS, default=d(defaults.model), help="model to train")
+        parser.add_argument("--task", choices=list(TASKS), default=d(defaults.task), help="data set")
+        parser.add_argument("--out", default=d(defaults.out),
+                            help="run folder: checkpoints, config.json, metrics.json, plots (default: runs/MODEL-TASK)")
     for f in fields(defaults):
         if f.name in ("model", "task", "out", "guarantee", "progress", "learn_timescales", "input_timescales"):
+            continue
+        if for_sweep and f.name in SWEEP_OWN:
             continue
         default = getattr(defaults, f.name)
         kind = {int: int, float: float}.get(type(default), str)
@@ -78,6 +88,8 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
                              "sigmoid(g . x_t + c), starting at --alpha; the map keeps the (learned) per-area rates "
                              "(needs --feedback-step cayley; certified for rates down to --alpha-min)")
     parser.add_argument("--no-progress", help="no progress bar", **flag)
+    if for_sweep:
+        return
     parser.add_argument("--resume", help="continue the run in --out from its last checkpoint; only "
                         f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE if n != 'progress')} and "
                         "--no-progress may differ from the run's settings", **flag)
@@ -205,9 +217,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep
 
-    base = replace(TrainConfig(), num_areas=args.num_areas, area_size=args.area_size, lr=args.lr,
-                   batch_size=args.batch_size, threads=args.threads, progress=not args.no_progress,
-                   data_dir=args.data_dir, device=args.device)
+    base = _config_from(args, TrainConfig())  # every model and training setting of train
     sweep(args.task, args.topologies, args.feedback_sparsity, seeds=args.seeds, epochs=args.epochs,
           out=args.out or os.path.join("runs", f"sweep-{args.task}"), base=base)
     return 0
@@ -238,13 +248,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                     help="fractions of inter-area weights fixed at 0")
     sw.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every combination")
     sw.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every run")
-    sw.add_argument("--num-areas", type=int, default=d.num_areas, help="number of areas")
-    sw.add_argument("--area-size", type=int, default=d.area_size, help="units per area")
-    sw.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
-    sw.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size")
-    sw.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    sw.add_argument("--data-dir", default=None, help="folder of MNIST/CIFAR-10 files")
-    sw.add_argument("--device", default=d.device, help="cpu or cuda")
     sw.add_argument("--out", default=None, help="sweep folder (default: runs/sweep-TASK); resumes the sweep it holds")
-    sw.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # the model and training settings of train, the same for every run (e.g. the papers' own
+    # configuration: --feedback-step euler --areas sparse --no-learn-timescales ...)
+    _add_train_args(sw, d, for_sweep=True)
     sw.set_defaults(func=_sweep)

@@ -1,5 +1,6 @@
 """`python -m rnnofrnns sweep`: the topology x feedback-sparsity study of the Global Workspace
-paper, every run a `train` run of the certified default configuration.
+paper, every run a `train` run of one configuration (train's default, or the model and training
+settings the sweep is given: `base`).
 
 For every (topology, feedback sparsity, seed) a Sparse Combo Net trains into
 DIR/runs/<name>/ with the training loop, checkpoints and errors of `train`; the sweep then
