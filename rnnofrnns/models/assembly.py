@@ -64,6 +64,9 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
         raise ValueError(f"combine: either every part has an input encoder or none has, got widths "
                          f"{[p.input_encoder for p in parts]}")
     for k, part in enumerate(parts):
+        if not part.skew_feedback:
+            raise ValueError(f"combine: part {k} has skew_feedback=False (a control without a certificate); combine "
+                             "joins certified parts only")
         if part.hidden_size != part.num_areas * part.area_size:
             raise ValueError(f"combine: part {k} has areas of unequal size {part.area_sizes}; combine needs equal sizes")
     if shared_input and len({p.input_size for p in parts}) != 1:

@@ -99,6 +99,13 @@ class ModularRNN(nn.Module):
     starts the areas' rates spread geometrically from lo (area 0) to hi (the last area) instead
     of at one alpha.
 
+    skew_feedback=False (a control, not a certified network): the two blocks of every pair are
+    trained freely (parameters B and B_back, the latter starting at the tie's value
+    -M^{-1} B^T M, so that the free net starts where the tied one does). Nothing makes the
+    feedback skew then, so certify() computes the certificates from the weights and they fail
+    once training moves off the tie; the Euler step's guarantee, which assumes the tie, must be
+    off (guarantee=False).
+
     forward(x, h0=None) -> (output, h_n): x [B, T, input_size] (batch_first) or [T, B, input_size];
     output [B, T, hidden_size] (or [T, B, hidden_size]); h_n [1, B, hidden_size]. hidden_size is
     sum(area_sizes); areas of unequal size are padded internally to the largest, and the
@@ -136,6 +143,7 @@ class ModularRNN(nn.Module):
         input_encoder: Optional[int] = None,
         drive_scale: str = "none",
         alpha_log_spread: Optional[Tuple[float, float]] = None,
+        skew_feedback: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(input_size, int) or input_size < 1:
@@ -197,6 +205,12 @@ class ModularRNN(nn.Module):
                 raise ValueError(f"input_timescales=True starts every area's rate at alpha, which must lie in "
                                  f"(alpha_min, alpha_max) = ({alpha_min}, {alpha_max}), got {alphas.tolist()}")
         self.feedback.check_rates(per_area)
+        if not isinstance(skew_feedback, bool):
+            raise ValueError(f"skew_feedback must be True or False, got {skew_feedback!r}")
+        if not skew_feedback and self.feedback.guarantee and self.feedback.op_name == "euler":
+            raise ValueError("skew_feedback=False needs guarantee=False: the euler step's guarantee rescales the "
+                             "feedback to a budget that assumes the skew tie")
+        self.skew_feedback = skew_feedback
         self.input_size, self.area_sizes = input_size, sizes
         self.num_areas, self.area_size = p, n
         self.hidden_size = sum(sizes)
@@ -258,6 +272,10 @@ class ModularRNN(nn.Module):
         # Parameters with entries held at stored values (combine(freeze=True)): name -> buffers
         # frozen_mask_<name>, frozen_value_<name>; see _param.
         self._frozen: Tuple[str, ...] = ()
+        if not skew_feedback:  # the blocks at (source, target), free, starting at the tie's value
+            with torch.no_grad():
+                tied = stability.negative_feedback(self.B.double() * self.feedback_mask.double(), pairs, self.area_metric().double())
+            self.B_back = nn.Parameter(tied[m:].to(dtype))
         # The budget follows from W, M and this model's own alpha: a state_dict from a model
         # with another alpha (or other areas) must not carry its budget over.
         self.register_load_state_dict_post_hook(ModularRNN._recompute_budget_after_load)
@@ -400,12 +418,21 @@ class ModularRNN(nn.Module):
         return u
 
     def raw_feedback_blocks(self, metric: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """L = B - M^{-1} B^T M on the connected pairs, before the guarantee's rescaling."""
+        """L = B - M^{-1} B^T M on the connected pairs, before the guarantee's rescaling (with
+        skew_feedback=False: the blocks B and B_back as they are)."""
+        if not self.skew_feedback:
+            return torch.cat([self._param("B") * self.feedback_mask,
+                              self._param("B_back") * self.feedback_mask.transpose(1, 2)])
         M = self.area_metric() if metric is None else metric
         return stability.negative_feedback(self._param("B") * self.feedback_mask, self.pairs, M)
 
     def feedback_norm_bound(self) -> torch.Tensor:
-        """Upper bound of ||M^{1/2} L M^{-1/2}||_2 before rescaling (stability.feedback_norm_bound)."""
+        """Upper bound of ||M^{1/2} L M^{-1/2}||_2 before rescaling (stability.feedback_norm_bound;
+        with skew_feedback=False the norm itself, from the dense L)."""
+        if not self.skew_feedback:
+            m = self.area_metric().reshape(-1)
+            L = dense_feedback(self.raw_feedback_blocks(), self.L_index, self.num_areas)
+            return torch.linalg.matrix_norm(m.sqrt()[:, None] * L * m.rsqrt()[None, :], ord=2)
         return stability.feedback_norm_bound(self._param("B") * self.feedback_mask, self.pairs, self.area_metric(),
                                              self.num_areas)
 
@@ -516,14 +543,16 @@ class ModularRNN(nn.Module):
         return self.area_metric().reshape(-1).index_select(0, self.unit_index)
 
     def num_feedback_parameters(self) -> int:
-        """Trainable inter-area weights: one block per connected pair, live and unmasked entries."""
-        return int(self.feedback_mask.sum().item())
+        """Trainable inter-area weights: one block per connected pair (two with
+        skew_feedback=False), live and unmasked entries."""
+        return int(self.feedback_mask.sum().item()) * (1 if self.skew_feedback else 2)
 
     def certify_inputs(self) -> dict:
         with torch.no_grad():
             W, M, a = self.area_weights(), self.area_metric(), self.area_alpha()
             budget_ok = not self.feedback.uses_budget(self.per_area_alpha) or bool(self.feedback_budget.isfinite())
-            finite = budget_ok and all(bool(t.detach().isfinite().all()) for t in (self.B, M, a))
+            free = () if self.skew_feedback else (self.B_back,)
+            finite = budget_ok and all(bool(t.detach().isfinite().all()) for t in (self.B, M, a) + free)
             # with a non-finite B, M or budget the feedback in use is not defined (its norm bound has
             # no SVD): it is reported as NaN, and certify() fails saying so
             L = self._feedback_in_use() if finite else torch.full_like(self.raw_feedback_blocks(M), math.nan)
@@ -559,4 +588,5 @@ class ModularRNN(nn.Module):
                 + (", learn_timescales=True" if self.learn_timescales else "")
                 + (f", input_timescales=True, alpha_min={self.alpha_min}" if self.input_timescales else "")
                 + (f", input_encoder={self.input_encoder}" if self.input_encoder else "")
-                + (f", drive_scale={self.drive_scale!r}" if self.drive_scale != "none" else ""))
+                + (f", drive_scale={self.drive_scale!r}" if self.drive_scale != "none" else "")
+                + (", skew_feedback=False" if not self.skew_feedback else ""))

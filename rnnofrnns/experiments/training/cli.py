@@ -63,7 +63,8 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
         parser.add_argument("--out", default=d(defaults.out),
                             help="run folder: checkpoints, config.json, metrics.json, plots (default: runs/MODEL-TASK)")
     for f in fields(defaults):
-        if f.name in ("model", "task", "out", "guarantee", "progress", "learn_timescales", "input_timescales"):
+        if f.name in ("model", "task", "out", "guarantee", "progress", "learn_timescales", "input_timescales",
+                      "skew_feedback"):
             continue
         if for_sweep and f.name in SWEEP_OWN:
             continue
@@ -87,6 +88,11 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
                         help="gw/scn: every area's rate follows the input, a_t = alpha_min + (alpha_max - alpha_min) "
                              "sigmoid(g . x_t + c), starting at --alpha; the map keeps the (learned) per-area rates "
                              "(needs --feedback-step cayley; certified for rates down to --alpha-min)")
+    parser.add_argument("--skew-feedback", action=argparse.BooleanOptionalAction,
+                        default=d(defaults.skew_feedback),
+                        help="gw/scn: tie every pair's two feedback blocks, L = B - M^-1 B^T M (what the certificates "
+                             "rest on); --no-skew-feedback trains both freely, a control whose certificates are computed "
+                             "from the weights and fail (with the euler step it needs --no-guarantee)")
     parser.add_argument("--no-progress", help="no progress bar", **flag)
     if for_sweep:
         return
@@ -120,6 +126,7 @@ def _config_from(args: argparse.Namespace, defaults):
     values = {f.name: getattr(args, f.name) for f in fields(defaults) if hasattr(args, f.name)}
     values["guarantee"] = not args.no_guarantee
     values["learn_timescales"] = bool(args.learn_timescales)
+    values["skew_feedback"] = bool(args.skew_feedback)
     values["input_timescales"] = bool(args.input_timescales)
     values["progress"] = not args.no_progress
     return replace(defaults, **values)
@@ -143,7 +150,7 @@ def _as_flag(name: str, value) -> str:
     """How a TrainConfig setting is written on the command line."""
     if name == "guarantee":
         return "--no-guarantee"
-    if name in ("learn_timescales", "input_timescales"):
+    if name in ("learn_timescales", "input_timescales", "skew_feedback"):
         flag = name.replace("_", "-")
         return f"--{flag}" if value else f"--no-{flag}"
     if isinstance(value, tuple):

@@ -60,6 +60,7 @@ class TrainConfig:
     areas: str = "svd"
     sigma_max: float = 0.999
     learn_timescales: bool = True
+    skew_feedback: bool = True              # gw/scn: False trains both blocks of a pair freely (a control)
     input_timescales: bool = True           # gw/scn: the areas' rates follow the input (cayley step)
     alpha_min: float = 0.02                 # the slowest input-driven rate
     input_encoder: int = 16                 # gw/scn: width of a tanh layer in front of the projection (0: none)
@@ -67,7 +68,7 @@ class TrainConfig:
     alpha_log_spread: Optional[Tuple[float, float]] = None  # gw/scn: the areas' rates from lo to hi, geometric
     num_layers: int = 1                     # gw/scn: stacked certified layers (ModularRNNStack)
     between_layers: str = "none"            # gw/scn: none or tanh between stacked layers
-    readout: str = "glu"                    # every model: glu, last or mean (models/readouts.py)
+    readout: str = "recent"                 # every model: recent, glu, last or mean (models/readouts.py)
     hidden_size: Optional[int] = None       # gru/lstm; default: match the GW net's trainable parameters
     seed: int = 0
     device: str = "cpu"
@@ -126,6 +127,9 @@ class TrainConfig:
             raise UsageError(f"per-area --alpha and --learn-timescales need --feedback-step cayley: add "
                              f"--no-learn-timescales (or --no-guarantee) for the {self.feedback_step} step, whose "
                              "feedback budget assumes one alpha") from None
+        if not self.skew_feedback and self.feedback_step == "euler" and self.guarantee:
+            raise UsageError("--no-skew-feedback needs --no-guarantee with the euler step (its guarantee rescales the "
+                             "feedback to a budget that assumes the skew tie)")
         if self.between_layers not in BETWEEN_LAYERS:
             raise bad("between-layers", " or ".join(BETWEEN_LAYERS), self.between_layers)
         if self.input_encoder < 0:
@@ -227,6 +231,7 @@ RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
 
 
 LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False, readout="last",
+                       skew_feedback=True,
                        lr_schedule="none", input_timescales=False, alpha_min=0.02, input_encoder=0, drive_scale="none",
                        alpha_log_spread=None, num_layers=1, between_layers="none")
 
