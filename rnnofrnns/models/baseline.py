@@ -8,7 +8,7 @@ from .readouts import make_readout
 
 
 class RNNClassifier(nn.Module):
-    """torch.nn.GRU / LSTM baseline with a readout of its states ("last", "mean" or "glu", as the
+    """torch.nn.GRU / LSTM baseline with a readout of its states ("last", "mean", "glu" or "recent", as the
     certified classifiers; rnnofrnns.models.readouts)."""
 
     def __init__(self, kind: str, input_size: int, hidden_size: int, num_classes: int, readout: str = "last") -> None:

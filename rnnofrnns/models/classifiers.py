@@ -16,11 +16,11 @@ from .stack import ModularRNNStack, StackCertificate
 
 
 class SparseComboNet(nn.Module):
-    """ModularRNN plus a readout (Kozachkov et al. 2022): `readout` "glu" (a linear map of the
-    mean over time of a gated linear unit of the states, the default: the study's best), "last"
-    (of the last state, the earlier default) or "mean" (of the mean state), or any module called
-    as readout(output, h_n)
-    (rnnofrnns.models.readouts). The readout is outside the recurrence: the certificate is the rnn's.
+    """ModularRNN plus a readout (Kozachkov et al. 2022): `readout` "recent" (gated linear units
+    of the states, each pooled over a learned window of the latest steps: the default, the
+    study's best on short and long sequences), "glu" (the same units pooled by the mean over
+    time), "last" (a linear map of the last state, the earliest default) or "mean" (of the mean
+    state), or any module called as readout(output, h_n) (rnnofrnns.models.readouts). The readout is outside the recurrence: the certificate is the rnn's.
 
     num_layers > 1 stacks certified layers (ModularRNNStack; between_layers "none" or "tanh"),
     and the readout reads the last layer; the certificate is then the stack's.
@@ -29,7 +29,7 @@ class SparseComboNet(nn.Module):
     """
 
     def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
-                 topology: topo.Topology = "all", readout: Union[str, nn.Module] = "glu", num_layers: int = 1,
+                 topology: topo.Topology = "all", readout: Union[str, nn.Module] = "recent", num_layers: int = 1,
                  between_layers: str = "none", **kwargs) -> None:
         super().__init__()
         if not isinstance(output_size, int) or output_size < 1:

@@ -267,7 +267,7 @@ def test_the_default_gw_net_is_the_certified_configuration_of_the_study():
     model = build_model(TrainConfig(), 1, 10)
     rnn = model.rnn
     assert (rnn.area_kind, rnn.feedback_step, rnn.learn_timescales, rnn.sigma_max) == ("svd", "cayley", True, 0.999)
-    assert (rnn.input_timescales, rnn.input_encoder, type(model.readout).__name__) == (True, 16, "GLUPoolReadout")
+    assert (rnn.input_timescales, rnn.input_encoder, type(model.readout).__name__) == (True, 16, "RecentGLUReadout")
     cert = model.certify()
     assert cert.holds and cert.discrete_holds
     # the library's GlobalWorkspaceNet without options is the same network as train's default
