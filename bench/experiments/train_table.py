@@ -55,7 +55,6 @@ ROWS = {
     # readouts for short and long sequences alike (issue 30: the mean-pooled GLU fails on psmnist-5k)
     "gw-recent": ("gw", ["--readout", "recent"]),  # train's default with GLU units pooled over learned windows
     "gw-last": ("gw", ["--readout", "last"]),  # train's default with the last-state readout
-    "gw-ws64": ("gw", ["--workspace-size", "64"]),  # train's default with a hub of 64 units (a measured bottleneck)
     "gw-recent-spread": ("gw", ["--readout", "recent", "--alpha-log-spread", "0.05,0.5"]),  # and rates spread
     "scn-pairs15": ("scn", ["--topology", "random-pairs:15"]),  # train's default settings, 15 random pairs
     # the baselines, sized to the GW net of their flags (the last two keep the first study's readout)
