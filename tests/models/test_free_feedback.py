@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnofrnns import GlobalWorkspaceNet, ModularRNN, SparseComboNet
+from rnnofrnns import ModularRNN, SparseComboNet
 from rnnofrnns.stability import negative_feedback
 
 ROOT = Path(__file__).resolve().parents[2]
