@@ -39,7 +39,8 @@ ROWS = {
                                         "--no-learn-timescales"]),
     "gw-svd-cayley": ("gw", FIRST + ["--no-learn-timescales"]),
     "gw-free": ("gw", EARLIEST + ["--gamma", "0.99", "--alpha", "0.2", "--no-guarantee"]),  # uncertified in discrete time
-    "gw-untied": ("gw", EARLIEST + ["--gamma", "0.99", "--alpha", "0.2", "--no-guarantee", "--no-skew-feedback"]),  # no tie
+    # the same without the skew tie: both blocks of a pair trained freely (the papers' control)
+    "gw-untied": ("gw", EARLIEST + ["--gamma", "0.99", "--alpha", "0.2", "--no-guarantee", "--no-skew-feedback"]),
     "gw-mean": ("gw", FIRST + ["--readout", "mean"]),  # a readout of the mean state
     "gw-glu": ("gw", FIRST + ["--readout", "glu"]),    # a pooled gated-linear-unit readout
     "gw-in": ("gw", FIRST + ["--input-timescales"]),   # input-driven timescales

@@ -20,7 +20,8 @@ class SparseComboNet(nn.Module):
     of the states, each pooled over a learned window of the latest steps: the default, the
     study's best on short and long sequences), "glu" (the same units pooled by the mean over
     time), "last" (a linear map of the last state, the earliest default) or "mean" (of the mean
-    state), or any module called as readout(output, h_n) (rnnofrnns.models.readouts). The readout is outside the recurrence: the certificate is the rnn's.
+    state), or any module called as readout(output, h_n) (rnnofrnns.models.readouts). The
+    readout is outside the recurrence: the certificate is the rnn's.
 
     num_layers > 1 stacks certified layers (ModularRNNStack; between_layers "none" or "tanh"),
     and the readout reads the last layer; the certificate is then the stack's.

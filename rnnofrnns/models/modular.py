@@ -274,11 +274,12 @@ class ModularRNN(nn.Module):
         self._frozen: Tuple[str, ...] = ()
         if not skew_feedback:  # the blocks at (source, target), free, starting at the tie's value
             with torch.no_grad():
-                tied = stability.negative_feedback(self.B.double() * self.feedback_mask.double(), pairs, self.area_metric().double())
+                tied = stability.negative_feedback(self.B.double() * self.feedback_mask.double(), pairs,
+                                                   self.area_metric().double())
             self.B_back = nn.Parameter(tied[m:].to(dtype))
-        # The budget follows from W, M and this model's own alpha: a state_dict from a model
-        # with another alpha (or other areas) must not carry its budget over.
-        self.register_load_state_dict_post_hook(ModularRNN._recompute_budget_after_load)
+        # The budget follows from W, M and this model's own alpha, and the feedback plan from
+        # L_index: a state_dict from another model must not carry either over.
+        self.register_load_state_dict_post_hook(ModularRNN._derive_after_load)
 
     # -- the parts, as the op and the certificate name them ---------------------------------
     @property
@@ -306,7 +307,7 @@ class ModularRNN(nn.Module):
         return self.feedback.budget(self)
 
     @staticmethod
-    def _recompute_budget_after_load(module: "ModularRNN", incompatible_keys) -> None:
+    def _derive_after_load(module: "ModularRNN", incompatible_keys) -> None:
         module._feedback_plan = feedback_plan(module.L_index, module.num_areas, module.feedback_step)
         if not module.areas.bounds_defined(module):
             return  # forward and certify() report non-finite weights themselves

@@ -87,9 +87,13 @@ class GLUPoolReadout(nn.Module):
     def num_parameters(hidden_size: int, output_size: int, width: int = 32) -> int:
         return 2 * width * (hidden_size + 1) + output_size * (width + 1)
 
-    def forward(self, output: torch.Tensor, h_n: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def units(self, output: torch.Tensor) -> torch.Tensor:
+        """The gated linear units u_t = (A h_t + a) * sigmoid(G h_t + g): [B, T, width]."""
         value, gate = self.unit(output).chunk(2, dim=-1)
-        return self.out((value * torch.sigmoid(gate)).mean(1))
+        return value * torch.sigmoid(gate)
+
+    def forward(self, output: torch.Tensor, h_n: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.out(self.units(output).mean(1))
 
 
 class RecentGLUReadout(GLUPoolReadout):
@@ -121,8 +125,7 @@ class RecentGLUReadout(GLUPoolReadout):
         return torch.softmax(-age[:, None] * torch.exp(-self.log_window), dim=0)
 
     def forward(self, output: torch.Tensor, h_n: Optional[torch.Tensor] = None) -> torch.Tensor:
-        value, gate = self.unit(output).chunk(2, dim=-1)
-        pooled = torch.einsum("btj,tj->bj", value * torch.sigmoid(gate), self.pooling_weights(output.shape[1]))
+        pooled = torch.einsum("btj,tj->bj", self.units(output), self.pooling_weights(output.shape[1]))
         return self.out(pooled)
 
 

@@ -90,9 +90,10 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
                              "(needs --feedback-step cayley; certified for rates down to --alpha-min)")
     parser.add_argument("--skew-feedback", action=argparse.BooleanOptionalAction,
                         default=d(defaults.skew_feedback),
-                        help="gw/scn: tie every pair's two feedback blocks, L = B - M^-1 B^T M (what the certificates "
-                             "rest on); --no-skew-feedback trains both freely, a control whose certificates are computed "
-                             "from the weights and fail (with the euler step it needs --no-guarantee)")
+                        help="gw/scn: tie every pair's two feedback blocks, L = B - M^-1 B^T M (what the "
+                             "certificates rest on); --no-skew-feedback trains both freely, a control whose "
+                             "certificates are computed from the weights and fail (with the euler step it needs "
+                             "--no-guarantee)")
     parser.add_argument("--no-progress", help="no progress bar", **flag)
     if for_sweep:
         return

@@ -1,6 +1,7 @@
 """The backends of `modular_rnn`, registered with the op table of ops/_backend.py. Each takes
 (drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, feedback_step, feedback_alpha,
-feedback_plan) checked by the functional; the fused ones share the preparation of their operands (cayley.py)."""
+feedback_plan) checked by the functional; the fused ones share the preparation of their
+operands (cayley.py)."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Union
@@ -47,7 +48,7 @@ def _fused(op: Callable[[], object]):
             h0 = drive.new_zeros(drive.shape[1], drive.shape[2])
         a = area_rates(alpha, p, drive)
         fa = a if feedback_alpha is None else area_rates(feedback_alpha, p, drive)
-        # without a plan the cayley operands read (and check) the index: a graph break under torch.compile
+        # without a plan the cayley operands read (and check) the index: a graph break under compile
         step, hub, blocks, index, S_inv = kernel_operands(L_blocks, L_index, fa, p, feedback_step, feedback_plan)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (drive, W, blocks, h0, a, S_inv))
         return op()(drive, W, blocks, index, h0, a, S_inv, nonlinearity, form, step, hub, needs_grad)[0]
