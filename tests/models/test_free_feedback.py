@@ -52,6 +52,11 @@ def test_off_the_tie_the_certificates_fail_and_both_blocks_learn():
                      backend="reference")
     ref.load_state_dict(rnn.state_dict())
     torch.testing.assert_close(ref(x)[0], rnn(x)[0], rtol=1e-10, atol=1e-12)
+    ref(x)[0].square().sum().backward()  # and the gradients of both free blocks
+    rnn.B.grad, rnn.B_back.grad = None, None
+    rnn(x)[0].square().sum().backward()
+    for name in ("B", "B_back"):
+        torch.testing.assert_close(getattr(rnn, name).grad, getattr(ref, name).grad, rtol=1e-9, atol=1e-12)
     copy = SparseComboNet(2, 3, num_areas=3, area_size=4, skew_feedback=False, generator=gen(5), dtype=torch.float64)
     copy.load_state_dict(net.state_dict())
     assert torch.equal(copy(x), net(x))
