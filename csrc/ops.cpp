@@ -7,11 +7,11 @@
 TORCH_LIBRARY(rnnofrnns, m) {
   m.def(
       "modular_rnn_fwd(Tensor drive, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, Tensor alpha, "
-      "Tensor S_inv, str nonlinearity, str form, str step, int hub, bool save) "
+      "Tensor S_inv, str nonlinearity, str form, str step, bool save) "
       "-> (Tensor states, Tensor pre, Tensor z, Tensor r)");
   m.def(
       "modular_rnn_bwd(Tensor grad_states, Tensor W, Tensor L_blocks, Tensor L_index, Tensor h0, Tensor alpha, "
-      "Tensor S_inv, Tensor states, Tensor pre, Tensor z, Tensor r, str nonlinearity, str form, str step, int hub, "
+      "Tensor S_inv, Tensor states, Tensor pre, Tensor z, Tensor r, str nonlinearity, str form, str step, "
       "bool need_W_grad, bool need_L_grad, bool need_alpha_grad) "
       "-> (Tensor grad_drive, Tensor grad_W, Tensor grad_L_blocks, Tensor grad_h0, Tensor grad_alpha, "
       "Tensor grad_S_inv)");

@@ -60,10 +60,11 @@ inline Form parse_form(c10::string_view s) {
 }
 
 // Shapes, dtypes, devices, alpha ([p] or [T, B, p] values in (0, 1]), S_inv and every block index (in range,
-// listed once, off the diagonal except for the dense Cayley map, touching the hub in the star).
+// listed once, off the diagonal except for the dense Cayley map; for the stars, [k, 4] with each block's
+// star in [0, m) for S_inv [m, n, n] and its hub, one hub per star, touched by the block).
 inline void check_modular_rnn_inputs(const at::Tensor& drive, const at::Tensor& W, const at::Tensor& L_blocks,
                                      const at::Tensor& L_index, const at::Tensor& h0, const at::Tensor& alpha,
-                                     const at::Tensor& S_inv, Step step, int64_t hub, c10::DeviceType device) {
+                                     const at::Tensor& S_inv, Step step, c10::DeviceType device) {
   TORCH_CHECK_VALUE(drive.dim() == 3, "modular_rnn: drive must be 3-D [T, B, p*n], got shape ", drive.sizes());
   TORCH_CHECK_VALUE(W.dim() == 3 && W.size(1) == W.size(2),
                     "modular_rnn: W must be [p, n, n] (square intra-area blocks), got shape ", W.sizes());
@@ -77,9 +78,11 @@ inline void check_modular_rnn_inputs(const at::Tensor& drive, const at::Tensor& 
   TORCH_CHECK_VALUE(L_blocks.dim() == 3 && L_blocks.size(1) == n && L_blocks.size(2) == n,
                     "modular_rnn: L_blocks must be [k, ", n, ", ", n, "], got shape ", L_blocks.sizes());
   const int64_t k = L_blocks.size(0);
-  TORCH_CHECK_VALUE(L_index.dim() == 2 && L_index.size(0) == k && L_index.size(1) == 2,
-                    "modular_rnn: L_index must be [k, 2] = [", k, ", 2] to match L_blocks, got shape ",
-                    L_index.sizes());
+  const int64_t cols = step == Step::Star ? 4 : 2;
+  TORCH_CHECK_VALUE(L_index.dim() == 2 && L_index.size(0) == k && L_index.size(1) == cols,
+                    "modular_rnn: L_index must be [k, ", cols, "] = [", k, ", ", cols, "] to match L_blocks",
+                    step == Step::Star ? " (target, source, star, hub per block for step 'star')" : "",
+                    ", got shape ", L_index.sizes());
   TORCH_CHECK_VALUE(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == p * n, "modular_rnn: h0 must be [B, p*n] = [",
                     B, ", ", p * n, "], got shape ", h0.sizes());
   check_float_tensors("modular_rnn", {{"drive", &drive}, {"W", &W}, {"L_blocks", &L_blocks}, {"h0", &h0}}, device);
@@ -100,23 +103,33 @@ inline void check_modular_rnn_inputs(const at::Tensor& drive, const at::Tensor& 
                         alpha.dim() == 3 ? "] (flat index)" : "]", " must be in (0, 1], got ", av[i]);
   }
   if (step == Step::Star) {
-    TORCH_CHECK_VALUE(hub >= 0 && hub < p, "modular_rnn: hub must be an area in [0, ", p, ") for step 'star', got ",
-                      hub);
-    TORCH_CHECK_VALUE(S_inv.dim() == 2 && S_inv.size(0) == n && S_inv.size(1) == n,
-                      "modular_rnn: S_inv must be [", n, ", ", n, "] for step 'star', got shape ", S_inv.sizes());
+    TORCH_CHECK_VALUE(S_inv.dim() == 3 && S_inv.size(0) >= 1 && S_inv.size(1) == n && S_inv.size(2) == n,
+                      "modular_rnn: S_inv must be [m, ", n, ", ", n, "] (m >= 1 stars) for step 'star', got shape ",
+                      S_inv.sizes());
     check_float_tensors("modular_rnn", {{"drive", &drive}, {"S_inv", &S_inv}}, device);
   }
+  const int64_t m = step == Step::Star ? S_inv.size(0) : 0;
+  std::vector<int64_t> hub_of_star(static_cast<size_t>(m), -1);
   const at::Tensor idx = L_index.contiguous();
   const int64_t* ix = idx.const_data_ptr<int64_t>();
   std::vector<char> seen(static_cast<size_t>(p * p), 0);
   for (int64_t r = 0; r < k; ++r) {
-    const int64_t tgt = ix[2 * r], src = ix[2 * r + 1];
+    const int64_t tgt = ix[cols * r], src = ix[cols * r + 1];
     TORCH_CHECK_VALUE(tgt >= 0 && tgt < p && src >= 0 && src < p, "modular_rnn: L_index[", r, "] = (", tgt, ", ", src,
                       ") is out of range for p = ", p, " areas");
     TORCH_CHECK_VALUE(tgt != src || step == Step::Dense, "modular_rnn: L_index[", r, "] = (", tgt, ", ", src,
                       ") lies on the diagonal; intra-area weights belong in W");
-    TORCH_CHECK_VALUE(step != Step::Star || tgt == hub || src == hub, "modular_rnn: L_index[", r, "] = (", tgt,
-                      ", ", src, ") does not touch the hub area ", hub, " of step 'star'");
+    if (step == Step::Star) {
+      const int64_t star = ix[cols * r + 2], hub = ix[cols * r + 3];
+      TORCH_CHECK_VALUE(star >= 0 && star < m, "modular_rnn: L_index[", r, "] names star ", star,
+                        ", outside [0, ", m, ") for S_inv of ", m, " stars");
+      TORCH_CHECK_VALUE(tgt == hub || src == hub, "modular_rnn: L_index[", r, "] = (", tgt, ", ", src,
+                        ") does not touch the hub area ", hub, " of its star ", star);
+      int64_t& h = hub_of_star[static_cast<size_t>(star)];
+      TORCH_CHECK_VALUE(h < 0 || h == hub, "modular_rnn: L_index[", r, "] gives star ", star, " the hub ", hub,
+                        ", another block gave it ", h);
+      h = hub;
+    }
     char& s = seen[static_cast<size_t>(tgt * p + src)];
     TORCH_CHECK_VALUE(!s, "modular_rnn: L_index[", r, "] = (", tgt, ", ", src, ") is a duplicate block");
     s = 1;

@@ -2,12 +2,15 @@
 dense reference (outputs and all gradients, alpha's included), and the map's M-orthogonality."""
 from __future__ import annotations
 
+from typing import List, Tuple
+
 import pytest
 import torch
 
 from rnnofrnns.ops import modular_rnn
-from rnnofrnns.ops.modular_rnn.cayley import FeedbackPlan, feedback_plan, kernel_operands, star_hub
-from rnnofrnns.ops.modular_rnn.reference import cayley_map
+from rnnofrnns.ops.modular_rnn.cayley import kernel_operands
+from rnnofrnns.ops.modular_rnn.plan import FeedbackPlan, StarFactor, feedback_plan, star_hub
+from rnnofrnns.ops.modular_rnn.reference import cayley_map, cayley_product, dense_feedback
 from problems import FUSED_BACKENDS, all_to_all, device_for, make_problem, star
 
 TOPOLOGIES = {
@@ -114,12 +117,16 @@ def test_cayley_float32_triton():
 
 def test_operands_by_topology():
     a = torch.full((5,), 0.5, dtype=torch.float64)
-    for topology, expected in [("star", "star"), ("all", "dense"), ("random", "dense"), ("none", "euler")]:
+    for topology, expected in [("star", "star"), ("all", "dense"), ("random", "star"), ("none", "euler")]:
         prob = make_problem(2, 2, 5, 3, TOPOLOGIES[topology])
-        step, hub, blocks, index, S_inv = kernel_operands(prob.L_blocks, prob.L_index, a, 5, "cayley")
+        step, blocks, index, S_inv = kernel_operands(prob.L_blocks, prob.L_index, a, 5, "cayley")
         assert step == expected, topology
-        if step == "star":
-            assert hub == 4 and tuple(S_inv.shape) == (3, 3) and blocks.shape == prob.L_blocks.shape
+        if topology == "star":  # one star through area 4
+            assert tuple(S_inv.shape) == (1, 3, 3) and blocks.shape == prob.L_blocks.shape
+            assert index[:, 2:].tolist() == [[0, 4]] * 8
+        if topology == "random":  # the star through area 1, then the link 3 -> 2 (hub 2)
+            assert tuple(S_inv.shape) == (2, 3, 3)
+            assert index[:, 2:].tolist() == [[0, 1], [0, 1], [1, 2], [0, 1], [0, 1]]
         if step == "dense":
             assert blocks.shape[0] == 25 and index.shape == (25, 2)
     assert star_hub(torch.tensor([[0, 1], [2, 3]]), 4) is None
@@ -141,15 +148,112 @@ def test_a_feedback_plan_gives_the_same_states_and_gradients(topology, backend):
 
 
 def test_the_plans_of_each_topology():
-    assert feedback_plan(torch.tensor(star(5)), 5, "cayley") == FeedbackPlan("star", 5, 8, 4, (0, 1, 2, 3),
-                                                                               (4, 5, 6, 7))
+    assert feedback_plan(torch.tensor(star(5)), 5, "cayley") == FeedbackPlan(
+        "star", 5, 8, "auto", (StarFactor(4, (0, 4, 1, 5, 2, 6, 3, 7), (0, 1, 2, 3), (4, 5, 6, 7)),))
     assert feedback_plan(torch.tensor(all_to_all(3)), 3, "cayley").step == "dense"
     assert feedback_plan(torch.tensor(star(5)), 5, "euler") == FeedbackPlan("euler", 5, 8)
     assert feedback_plan(torch.zeros(0, 2, dtype=torch.int64), 5, "cayley") == FeedbackPlan("euler", 5, 0)
     # a one-way star: no area is linked to the hub both ways, S = I
-    assert feedback_plan(torch.tensor([[4, 0], [4, 1]]), 5, "cayley") == FeedbackPlan("star", 5, 2, 4, (), ())
+    assert feedback_plan(torch.tensor([[4, 0], [4, 1]]), 5, "cayley").stars == (StarFactor(4, (0, 1), (), ()),)
     with pytest.raises(ValueError, match=r"L_index\[1\] = \(4, 4\) lies on the diagonal"):
         feedback_plan(torch.tensor([[4, 0], [4, 4]]), 5, "cayley")
+
+
+def test_the_cover_and_the_choice_of_form():
+    """The greedy cover puts both blocks of a pair in one star, the busiest area first; "auto"
+    picks the stars while k + 3m < p*p, "exact" never splits, "stars" and "dense" are forced."""
+    ring = torch.tensor([(i, (i + 1) % 6) for i in range(6)] + [((i + 1) % 6, i) for i in range(6)])
+    plan = feedback_plan(ring, 6, "cayley")
+    assert plan.step == "star" and not plan.exact
+    assert [s.hub for s in plan.stars] == [0, 2, 4]  # hubs 0, 2, 4 cover the ring's 6 links
+    for s in plan.stars:  # every block touches its hub; a pair's two blocks in the same star
+        pairs = [tuple(ring[r].tolist()) for r in s.blocks]
+        assert all(s.hub in pair for pair in pairs)
+        assert sorted(pairs) == sorted({(a, b) for a, b in pairs} | {(b, a) for a, b in pairs})
+    assert sorted(r for s in plan.stars for r in s.blocks) == list(range(12))
+    assert feedback_plan(ring, 6, "cayley", "exact").step == "dense"
+    assert feedback_plan(ring, 6, "cayley", "dense").step == "dense"
+    everyone = torch.tensor(all_to_all(6))
+    assert feedback_plan(everyone, 6, "cayley").step == "dense"  # 30 + 3 * 5 > 36
+    assert feedback_plan(everyone, 6, "cayley", "stars").step == "star"
+    assert feedback_plan(torch.tensor(star(6)), 6, "cayley", "exact").step == "star"
+    assert feedback_plan(torch.tensor(star(6)), 6, "cayley", "dense").step == "dense"
+    with pytest.raises(ValueError, match=r"cayley_form must be one of \('auto', 'exact', 'stars', 'dense'\), "
+                                         r"got 'pairs'"):
+        feedback_plan(ring, 6, "cayley", "pairs")
+
+
+def random_pairs(p: int, count: int, seed: int) -> List[Tuple[int, int]]:
+    g = torch.Generator().manual_seed(seed)
+    links = [(i, j) for i in range(p) for j in range(i + 1, p)]
+    chosen = [links[int(i)] for i in torch.randperm(len(links), generator=g)[:count]]
+    return [(i, j) for i, j in chosen] + [(j, i) for i, j in chosen]
+
+
+@pytest.mark.parametrize("backend", list(FUSED_BACKENDS))
+@pytest.mark.parametrize("form,nonlinearity", [("rate", "tanh"), ("hopfield", "relu")])
+def test_a_product_of_many_stars_matches_its_dense_map_float64(backend, form, nonlinearity):
+    """7 random pairs of 6 areas: several stars, some sharing a stage, against the dense
+    reference of the same product (states and every gradient at 1e-10), odd n."""
+    dev = device_for(backend)
+    pairs = random_pairs(6, 7, seed=2)
+    prob = make_problem(4, 5, 6, 3, pairs, device=dev, scale=2.0)
+    plan = feedback_plan(prob.L_index, 6, "cayley", "stars")
+    assert len(plan.stars) >= 3
+    assert_agree(prob, rates(6, dev), backend, form=form, nonlinearity=nonlinearity, feedback_step="cayley",
+                 feedback_plan=plan)
+
+
+def test_the_product_of_stars_is_the_product_of_their_cayley_maps():
+    """The reference's map, formed densely, is C_{m-1} ... C_0 of the stars' own Cayley maps; it
+    is the Cayley map of the whole feedback when there is one star, and only close to it (second
+    order in A L) when there are several."""
+    g = torch.Generator().manual_seed(4)
+    p, n = 6, 2
+    for pairs, exact in [(star(6), True), (random_pairs(6, 7, seed=2), False)]:
+        idx = torch.tensor(pairs)
+        plan = feedback_plan(idx, p, "cayley", "stars")
+        a = (0.1 + 0.8 * torch.rand(p, generator=g, dtype=torch.float64)).repeat_interleave(n)
+        for scale in (1e-3, 1.0):
+            L = scale * torch.randn(len(pairs), n, n, generator=g, dtype=torch.float64)
+            C = cayley_product(L, idx, p, a, plan)
+            expected = torch.eye(p * n, dtype=torch.float64)
+            for star_q in plan.stars:
+                rows = list(star_q.blocks)
+                expected = cayley_map(dense_feedback(L[rows], idx[rows], p), a) @ expected
+            torch.testing.assert_close(C, expected, rtol=1e-12, atol=1e-12)
+            whole = cayley_map(dense_feedback(L, idx, p), a)
+            gap = (C - whole).abs().max().item()
+            if exact:
+                assert gap < 1e-12
+            elif scale < 1:
+                assert gap < 10 * scale ** 2  # second order in the feedback's strength
+            else:
+                assert gap > 1e-3  # a different map at full strength
+
+
+def test_a_product_of_stars_is_M_orthogonal_for_M_skew_feedback():
+    """Each star's blocks are M-skew on their own (a pair's two blocks are always together), so
+    every factor, and the product, has norm 1 in the metric M A^{-1}, at any strength."""
+    g = torch.Generator().manual_seed(1)
+    p, n = 6, 3
+    pairs = random_pairs(6, 9, seed=5)
+    idx = torch.tensor(pairs)
+    plan = feedback_plan(idx, p, "cayley", "stars")
+    assert len(plan.stars) >= 3
+    m = torch.rand(p * n, generator=g, dtype=torch.float64) + 0.5
+    for strength in (0.1, 10.0, 1000.0):
+        half = len(pairs) // 2
+        B = strength * torch.randn(half, n, n, generator=g, dtype=torch.float64)
+        mb = m.view(p, n)
+        back = torch.stack([-(1 / mb[j])[:, None] * B[r].T * mb[i][None, :] for r, (i, j) in enumerate(pairs[:half])])
+        L = torch.cat([B, back])
+        assert (dense_feedback(L, idx, p).T @ torch.diag(m) + torch.diag(m) @ dense_feedback(L, idx, p)).abs().max() < 1e-9 * strength
+        a = (0.05 + 0.95 * torch.rand(p, generator=g, dtype=torch.float64)).repeat_interleave(n)
+        C = cayley_product(L, idx, p, a, plan)
+        Mh = torch.diag((m / a).sqrt())
+        norm = torch.linalg.matrix_norm(Mh @ C @ torch.linalg.inv(Mh), ord=2)
+        assert abs(norm.item() - 1.0) < 1e-9, (strength, norm)
 
 
 def test_a_plan_that_does_not_fit_the_index_is_refused():

@@ -8,6 +8,8 @@ from hypothesis import given, strategies as st
 import rnnofrnns
 from rnnofrnns.ops import _backend
 from rnnofrnns.ops import modular_rnn, modular_rnn_reference
+from rnnofrnns.ops.modular_rnn.cayley import kernel_operands
+from rnnofrnns.ops.modular_rnn.plan import feedback_plan
 from problems import all_to_all, device_for, make_problem, star
 
 
@@ -47,7 +49,7 @@ def op_tail(drive, W, alpha, nl, form, save):
     """The arguments of the fused op after h0 for the Euler step: alpha as p values, no S_inv."""
     p = W.shape[0] if W.dim() >= 1 else 1
     dtype = drive.dtype if drive.is_floating_point() else torch.float32
-    return (torch.full((p,), alpha, dtype=dtype), torch.zeros(0, 0, dtype=dtype), nl, form, "euler", -1, save)
+    return (torch.full((p,), alpha, dtype=dtype), torch.zeros(0, 0, 0, dtype=dtype), nl, form, "euler", save)
 
 
 @pytest.mark.parametrize("changes,exc,match", BAD_INPUTS)
@@ -90,11 +92,11 @@ def test_bad_scalars(kw, match):
 
 def test_cpp_backward_needs_saved_preactivations():
     a = good_args()
-    alpha, S_inv, nl, fm, step, hub, _ = op_tail(a["drive"], a["W"], 0.5, "tanh", "rate", False)
-    states, pre, z, r = torch.ops.rnnofrnns.modular_rnn_fwd(*a.values(), alpha, S_inv, nl, fm, step, hub, False)
+    alpha, S_inv, nl, fm, step, _ = op_tail(a["drive"], a["W"], 0.5, "tanh", "rate", False)
+    states, pre, z, r = torch.ops.rnnofrnns.modular_rnn_fwd(*a.values(), alpha, S_inv, nl, fm, step, False)
     with pytest.raises(ValueError, match="save=True"):
         torch.ops.rnnofrnns.modular_rnn_bwd(torch.ones_like(states), a["W"], a["L_blocks"], a["L_index"], a["h0"],
-                                            alpha, S_inv, states, pre, z, r, nl, fm, step, hub, True, True, True)
+                                            alpha, S_inv, states, pre, z, r, nl, fm, step, True, True, True)
 
 
 def test_backend_dispatch(monkeypatch):
@@ -157,13 +159,13 @@ def test_opcheck_forward(op_name, form):
 @pytest.mark.parametrize("suffix", ["", "_triton"])
 def test_opcheck_backward(suffix, form):
     device = device_for("triton") if suffix else "cpu"
-    drive, W, L, idx, h0, alpha, S_inv, nl, fm, step, hub, _ = opcheck_args(form, device)
+    drive, W, L, idx, h0, alpha, S_inv, nl, fm, step, _ = opcheck_args(form, device)
     with torch.no_grad():
         states, pre, z, r = getattr(torch.ops.rnnofrnns, "modular_rnn_fwd" + suffix)(
-            drive, W, L, idx, h0, alpha, S_inv, nl, fm, step, hub, True)
+            drive, W, L, idx, h0, alpha, S_inv, nl, fm, step, True)
     bwd = getattr(torch.ops.rnnofrnns, "modular_rnn_bwd" + suffix)
     args = (torch.randn_like(states), W.detach(), L.detach(), idx, h0.detach(), alpha, S_inv, states, pre, z, r,
-            nl, fm, step, hub, True, True, True)
+            nl, fm, step, True, True, True)
     torch.library.opcheck(bwd, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
@@ -172,18 +174,64 @@ def test_opcheck_backward(suffix, form):
 def test_opcheck_with_rates_per_step(suffix):
     """alpha [T, B, p] (input-driven timescales) through both ops of the pair."""
     device = device_for("triton") if suffix else "cpu"
-    drive, W, L, idx, h0, alpha, S_inv, nl, fm, step, hub, _ = opcheck_args("hopfield", device)
+    drive, W, L, idx, h0, alpha, S_inv, nl, fm, step, _ = opcheck_args("hopfield", device)
     rates = (0.1 + 0.8 * torch.rand(3, 2, 3, dtype=drive.dtype, generator=torch.Generator().manual_seed(2))).to(device)
     rates.requires_grad_(True)
     fwd = getattr(torch.ops.rnnofrnns, "modular_rnn_fwd" + suffix)
-    torch.library.opcheck(fwd, (drive, W, L, idx, h0, rates, S_inv, nl, fm, step, hub, True))
+    torch.library.opcheck(fwd, (drive, W, L, idx, h0, rates, S_inv, nl, fm, step, True))
     with torch.no_grad():
-        states, pre, z, r = fwd(drive, W, L, idx, h0, rates, S_inv, nl, fm, step, hub, True)
+        states, pre, z, r = fwd(drive, W, L, idx, h0, rates, S_inv, nl, fm, step, True)
     bwd = getattr(torch.ops.rnnofrnns, "modular_rnn_bwd" + suffix)
     args = (torch.randn_like(states), W.detach(), L.detach(), idx, h0.detach(), rates.detach(), S_inv, states, pre, z,
-            r, nl, fm, step, hub, True, True, True)
+            r, nl, fm, step, True, True, True)
     torch.library.opcheck(bwd, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
     assert bwd(*args)[4].shape == (3, 2, 3)  # alpha's gradient has alpha's shape
+
+
+@pytest.mark.parametrize("suffix", ["", "_triton"])
+def test_opcheck_with_a_product_of_stars(suffix):
+    """The Cayley step as a product of 2 stars: the index [k, 4], S_inv [m, n, n] and the saved
+    s and r [T, B, m*n] through both ops of the pair (schema, fake shapes, autograd)."""
+    device = device_for("triton") if suffix else "cpu"
+    prob = make_problem(3, 2, 4, 3, [(1, 0), (0, 1), (1, 2), (2, 1), (3, 2), (2, 3)], device=device)
+    alpha = torch.full((4,), 0.6, dtype=prob.drive.dtype, device=device)
+    plan = feedback_plan(prob.L_index, 4, "cayley", "stars")
+    step, P, idx, S_inv = kernel_operands(prob.L_blocks.detach(), prob.L_index, alpha, 4, "cayley", plan)
+    assert step == "star" and tuple(idx.shape) == (6, 4) and tuple(S_inv.shape) == (2, 3, 3)
+    fwd = getattr(torch.ops.rnnofrnns, "modular_rnn_fwd" + suffix)
+    args = (prob.drive, prob.W, P.requires_grad_(True), idx, prob.h0, alpha, S_inv.requires_grad_(True), "tanh",
+            "rate", step, True)
+    torch.library.opcheck(fwd, args)
+    with torch.no_grad():
+        states, pre, z, r = fwd(*args)
+    assert tuple(z.shape) == tuple(r.shape) == (3, 2, 6)
+    bwd = getattr(torch.ops.rnnofrnns, "modular_rnn_bwd" + suffix)
+    bargs = (torch.randn_like(states), prob.W.detach(), P.detach(), idx, prob.h0.detach(), alpha, S_inv.detach(),
+             states, pre, z, r, "tanh", "rate", step, True, True, True)
+    torch.library.opcheck(bwd, bargs, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_the_cpp_op_checks_the_stars_index():
+    prob = make_problem(2, 2, 4, 3, [(1, 0), (0, 1), (3, 2)])
+    alpha = torch.full((4,), 0.5, dtype=torch.float64)
+    S_inv = torch.eye(3, dtype=torch.float64).expand(2, 3, 3).contiguous()
+    fwd = torch.ops.rnnofrnns.modular_rnn_fwd
+
+    def run(idx, S=S_inv):
+        return fwd(prob.drive, prob.W, prob.L_blocks, torch.tensor(idx), prob.h0, alpha, S, "tanh", "rate", "star",
+                   False)
+
+    run([[1, 0, 0, 1], [0, 1, 0, 1], [3, 2, 1, 2]])  # two stars: hubs 1 and 2
+    with pytest.raises(ValueError, match=r"L_index must be \[k, 4\] = \[3, 4\] .*\(target, source, star, hub"):
+        fwd(prob.drive, prob.W, prob.L_blocks, prob.L_index, prob.h0, alpha, S_inv, "tanh", "rate", "star", False)
+    with pytest.raises(ValueError, match=r"L_index\[2\] names star 2, outside \[0, 2\)"):
+        run([[1, 0, 0, 1], [0, 1, 0, 1], [3, 2, 2, 2]])
+    with pytest.raises(ValueError, match=r"L_index\[2\] = \(3, 2\) does not touch the hub area 1 of its star 1"):
+        run([[1, 0, 0, 1], [0, 1, 0, 1], [3, 2, 1, 1]])
+    with pytest.raises(ValueError, match=r"L_index\[1\] gives star 0 the hub 0, another block gave it 1"):
+        run([[1, 0, 0, 1], [0, 1, 0, 0], [3, 2, 1, 2]])
+    with pytest.raises(ValueError, match=r"S_inv must be \[m, 3, 3\] \(m >= 1 stars\)"):
+        run([[1, 0, 0, 1], [0, 1, 0, 1], [3, 2, 1, 2]], S=torch.eye(3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])

@@ -51,15 +51,15 @@ def assert_last_row_unwritten(full: torch.Tensor, skipped: torch.Tensor, dim: in
 def test_modular_rnn_fwd_and_bwd(monkeypatch, form, feedback_step):
     pr = make_problem(p=3, n=5, T=6, B=3, pairs=star(3), dtype=torch.float64, h0=True, requires_grad=False)
     alpha = torch.full((3,), 0.5, dtype=torch.float64)
-    step, hub, blocks, index, S_inv = kernel_operands(pr.L_blocks, pr.L_index, alpha, 3, feedback_step)
+    step, blocks, index, S_inv = kernel_operands(pr.L_blocks, pr.L_index, alpha, 3, feedback_step)
     assert step == ("star" if feedback_step == "cayley" else "euler")
-    args = (pr.drive, pr.W, blocks, index, pr.h0, alpha, S_inv, "tanh", form, step, hub)
+    args = (pr.drive, pr.W, blocks, index, pr.h0, alpha, S_inv, "tanh", form, step)
     full, skipped = run_skipping(monkeypatch, "modular_rnn_fwd", lambda: ops.modular_rnn_fwd(*args, True))
     assert_last_row_unwritten(full[0], skipped[0])
     states, pre, z, r = full
     grad = torch.randn_like(states)
     bwd = lambda: ops.modular_rnn_bwd(grad, pr.W, blocks, index, pr.h0, alpha, S_inv, states, pre, z, r,  # noqa: E731
-                                      "tanh", form, step, hub, True, True, True)
+                                      "tanh", form, step, True, True, True)
     full, skipped = run_skipping(monkeypatch, "modular_rnn_bwd", bwd)
     # grad_drive, its last step; the skipped step's gradient no longer flows into the others
     assert_last_row_unwritten(full[0], skipped[0], rest_unchanged=False)

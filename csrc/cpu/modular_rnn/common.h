@@ -8,10 +8,12 @@
 // Cayley feedback step: the same without the L term gives z_t, then h_t = C z_t with
 // C = (I - A L/2)^{-1} (I + A L/2), A = diag(the feedback rates, constant per area). The caller (rnnofrnns/ops/modular_rnn/cayley.py) passes
 // C in one of two factored forms, with differentiable torch ops in front:
-//   step "star":  blocks P = (a_target/2) L of a star through area `hub` and S_inv, the
-//                 inverse of the Schur complement S = I - sum_j P_hj P_jh. Per step:
-//                 r = z_hub + sum_j P_hj z_j, s = S_inv r, h_hub = 2 s - z_hub,
-//                 h_j = z_j + 2 P_jh s. No dense C; as many block products as L h.
+//   step "star":  a product of m stars, applied in order (one star: C itself). Star q holds the
+//                 blocks P = (a_target/2) L that touch its hub area h (L_index [k, 4]: target,
+//                 source, star, hub) and S_inv[q], the inverse of its Schur complement
+//                 S = I - sum_j P_hj P_jh. Per star, in place on the state:
+//                 r = z_h + sum_j P_hj z_j, s = S_inv r, h_h = 2 s - z_h, h_j = z_j + 2 P_jh s.
+//                 No dense C; k + m block products per step.
 //   step "dense": the p*p blocks of C itself (diagonal included): h = C z.
 //
 // W is block diagonal (p blocks of n x n); the feedback has k n x n blocks at
@@ -24,8 +26,8 @@
 // (input-driven timescales); the Euler step's feedback is scaled by the same rate.
 //
 // Forward returns the states [T, B, p*n] (h_1..h_T) and, when a backward pass will
-// follow: the rate form's pre-activations W h_{t-1} + u_t, the Cayley step's z_t and
-// the star's r_t. Backward runs backpropagation through time from h_0 and the saved
+// follow: the rate form's pre-activations W h_{t-1} + u_t, the dense Cayley map's z_t and
+// the stars' s_t and r_t ([T, B, m*n]). Backward runs backpropagation through time from h_0 and the saved
 // states and returns the gradients of the drive, W, the feedback blocks, h_0, alpha
 // (the part through the (1-a) h + a F update, [p] or [T, B, p] as alpha; the torch ops in front
 // of a Cayley call add the part through P and S_inv) and S_inv. The weight gradients are reductions
@@ -169,10 +171,49 @@ struct Shape {
 // except where the feedback is applied (forward) and transposed (backward).
 struct Feedback {
   Step step;
-  int64_t hub;  // the star's hub area (Step::Star), else -1
-  // In the star, block r is a hub-row block P_{hub,j} (target hub) or a leaf block P_{j,hub}.
-  bool hub_row(const int64_t* Lidx, int64_t r) const { return Lidx[2 * r] == hub; }
+  // The stars (Step::Star): each star's hub, its hub-row blocks P_{hub,j} (target hub) and
+  // leaf blocks P_{j,hub}, and its stage: consecutive stars on disjoint areas share one (the
+  // backward stages their rows in one buffer).
+  std::vector<int64_t> hubs, star_of, stage_of;
+  std::vector<std::vector<int64_t>> hub_rows, leaf_rows;
+  int64_t stages = 0;
+  int64_t stars() const { return static_cast<int64_t>(hubs.size()); }
+  bool hub_row(const int64_t* Lidx, int64_t r) const { return Lidx[2 * r] == hubs[star_of[r]]; }
 };
+
+// The feedback of a step from the (checked) index: [k, 4] (target, source, star, hub) for
+// m stars, [k, 2] otherwise.
+inline Feedback make_feedback(Step step, const at::Tensor& idx, int64_t m, int64_t p) {
+  Feedback fb{step, {}, {}, {}, {}, {}, 0};
+  if (step != Step::Star) return fb;
+  const int64_t k = idx.size(0);
+  const int64_t* ix = idx.const_data_ptr<int64_t>();
+  fb.hubs.assign(static_cast<size_t>(m), 0);
+  fb.hub_rows.resize(static_cast<size_t>(m));
+  fb.leaf_rows.resize(static_cast<size_t>(m));
+  fb.star_of.resize(static_cast<size_t>(k));
+  for (int64_t r = 0; r < k; ++r) {
+    const int64_t q = ix[4 * r + 2], hub = ix[4 * r + 3];
+    fb.hubs[q] = hub;
+    fb.star_of[r] = q;
+    (ix[4 * r] == hub ? fb.hub_rows : fb.leaf_rows)[q].push_back(r);
+  }
+  std::vector<char> used(static_cast<size_t>(p), 0);
+  for (int64_t q = 0; q < m; ++q) {
+    std::vector<int64_t> areas{fb.hubs[q]};
+    for (int64_t r : fb.hub_rows[q]) areas.push_back(ix[4 * r + 1]);
+    for (int64_t r : fb.leaf_rows[q]) areas.push_back(ix[4 * r]);
+    bool clash = q == 0;
+    for (int64_t a : areas) clash = clash || used[a];
+    if (clash) {
+      std::fill(used.begin(), used.end(), 0);
+      ++fb.stages;
+    }
+    for (int64_t a : areas) used[a] = 1;
+    fb.stage_of.push_back(fb.stages - 1);
+  }
+  return fb;
+}
 
 // Pack the feedback blocks with the scale each step applies: for the Euler step alpha of the
 // target area when `alpha` is given (L enters as a_i L_ij; null: 1, the rate applied by the
@@ -218,13 +259,13 @@ std::vector<T> pack_areas(const T* W, const Shape& s, int64_t np, bool transpose
 template <typename T>
 void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, const AreaRates<T> rates,
                     const T* S_inv, T* states, T* pre, T* zsave, T* rsave, const Shape s, const Nonlinearity nl,
-                    const Form form, const Feedback fb);
+                    const Form form, const Feedback& fb);
 
 template <typename T>
 void backward_kernel(const T* grad_states, const T* W, const T* Lb, const int64_t* Lidx, const T* h0,
                      const AreaRates<T> rates, const T* S_inv, const T* states, const T* pre, const T* zsave, const T* rsave,
                      T* grad_drive, T* grad_h0, T* grad_W, T* grad_L, T* grad_alpha, T* grad_S, const Shape s,
-                     const Nonlinearity nl, const Form form, const Feedback fb);
+                     const Nonlinearity nl, const Form form, const Feedback& fb);
 
 }  // namespace modular_rnn_cpu
 }  // namespace rnnofrnns

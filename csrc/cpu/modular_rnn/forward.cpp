@@ -9,10 +9,11 @@ namespace __attribute__((visibility("hidden"))) modular_rnn_cpu {
 template <typename T>
 void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx, const T* h0, const AreaRates<T> rates,
                     const T* S_inv, T* states, T* pre, T* zsave, T* rsave, const Shape s, const Nonlinearity nl,
-                    const Form form, const Feedback fb) {
+                    const Form form, const Feedback& fb) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H, Bn = s.B * s.n;
+  const int64_t np = padded_size<T>(s.n), HP = s.p * np, BH = s.B * s.H;
+  const int64_t m = fb.stars(), mn = m * s.n, Bmn = s.B * mn;  // the stars' saved s and r: [T, B, m*n]
   const Layout lay{s.n, np, HP};
   const bool hopfield = form == Form::Hopfield;
   // Packed weights, transposed for the row-times-matrix microkernel. With one rate per area the
@@ -21,7 +22,7 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
   const bool scaled_feedback = fb.step == Step::Euler && rates.per_step;
   std::vector<T> Lt, St;
   pack_feedback<T>(Lb, Lidx, s, np, fb, rates.per_step ? nullptr : rates.alpha, /*transpose=*/true, Lt);
-  if (fb.step == Step::Star) pack_blocks<T>(S_inv, 1, s.n, np, /*transpose=*/true, T(1), St);
+  if (fb.step == Step::Star) pack_blocks<T>(S_inv, m, s.n, np, /*transpose=*/true, T(1), St);
   const int64_t groups = (s.B + kRows - 1) / kRows;
   // When n is a multiple of the vector width the padded layout is the tensors' own: the steps
   // then read h_{t-1} from h0 / the states written the step before, write h_t straight into
@@ -40,8 +41,8 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
     T* u = hn_all + ng * gsz;
     T* tmp = u + gsz;
     T* cz = tmp + gsz;             // dense Cayley: C z; Euler with rates per step: L h
-    T* rb = cz + gsz;              // star: r = z_hub + sum_j P_hj z_j
-    T* sb = rb + kRows * np;       // star: s_hub = S^{-1} r
+    T* rb = cz + gsz;              // star q: r = z_hub + sum_j P_hj z_j
+    T* sb = rb + kRows * np;       // star q: s_hub = S_q^{-1} r
     auto rows_of = [&](int64_t g) { return static_cast<int>(std::min<int64_t>(kRows, s.B - g * kRows)); };
     if (!direct)
       for (int64_t g = g0; g < g1; ++g)
@@ -113,24 +114,25 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
             for (int64_t r = 0; r < s.k; ++r)
               lay.block_step(rows, cz + Lidx[2 * r] * np, hn + Lidx[2 * r + 1] * np, Lt.data() + r * np * np);
             std::copy(cz, cz + rows * HP, hn);
-          } else {
-            T* zh = hn + fb.hub * np;
-            for (int b = 0; b < rows; ++b) std::copy(zh + b * HP, zh + b * HP + np, rb + b * np);
-            for (int64_t r = 0; r < s.k; ++r)
-              if (fb.hub_row(Lidx, r))
+          } else {  // each star in turn, in place: hn holds its input and then its output
+            for (int64_t q = 0; q < m; ++q) {
+              T* zh = hn + fb.hubs[q] * np;
+              const int64_t saved = t * Bmn + b0 * mn + q * s.n;  // row b at saved + b * mn
+              for (int b = 0; b < rows; ++b) std::copy(zh + b * HP, zh + b * HP + np, rb + b * np);
+              for (int64_t r : fb.hub_rows[q])
                 matmul_acc(rows, rb, np, hn + Lidx[2 * r + 1] * np, HP, 1, Lt.data() + r * np * np, np, s.n, np);
-            if (rsave)
-              for (int b = 0; b < rows; ++b) std::copy(rb + b * np, rb + b * np + s.n, rsave + t * Bn + (b0 + b) * s.n);
-            std::fill(sb, sb + rows * np, T(0));
-            matmul_acc(rows, sb, np, rb, np, 1, St.data(), np, s.n, np);
-            if (zsave)
-              for (int b = 0; b < rows; ++b) std::copy(sb + b * np, sb + b * np + s.n, zsave + t * Bn + (b0 + b) * s.n);
-            for (int b = 0; b < rows; ++b)
-              for (int64_t j = 0; j < np; j += V)
-                (Vec(T(2)) * Vec::loadu(sb + b * np + j) - Vec::loadu(zh + b * HP + j)).store(zh + b * HP + j);
-            for (int64_t r = 0; r < s.k; ++r)
-              if (!fb.hub_row(Lidx, r))
+              if (rsave)
+                for (int b = 0; b < rows; ++b) std::copy(rb + b * np, rb + b * np + s.n, rsave + saved + b * mn);
+              std::fill(sb, sb + rows * np, T(0));
+              matmul_acc(rows, sb, np, rb, np, 1, St.data() + q * np * np, np, s.n, np);
+              if (zsave)
+                for (int b = 0; b < rows; ++b) std::copy(sb + b * np, sb + b * np + s.n, zsave + saved + b * mn);
+              for (int b = 0; b < rows; ++b)
+                for (int64_t j = 0; j < np; j += V)
+                  (Vec(T(2)) * Vec::loadu(sb + b * np + j) - Vec::loadu(zh + b * HP + j)).store(zh + b * HP + j);
+              for (int64_t r : fb.leaf_rows[q])
                 matmul_acc(rows, hn + Lidx[2 * r] * np, HP, sb, np, 1, Lt.data() + r * np * np, np, s.n, np);
+            }
           }
         }
         if (!direct) scatter_rows(states + t * BH + b0 * s.H, hn, rows, s.p, s.n, np, s.H);
@@ -142,10 +144,10 @@ void forward_kernel(const T* drive, const T* W, const T* Lb, const int64_t* Lidx
 
 template void forward_kernel<float>(const float* drive, const float* W, const float* Lb, const int64_t* Lidx, const float* h0, const AreaRates<float> rates,
                     const float* S_inv, float* states, float* pre, float* zsave, float* rsave, const Shape s, const Nonlinearity nl,
-                    const Form form, const Feedback fb);
+                    const Form form, const Feedback& fb);
 template void forward_kernel<double>(const double* drive, const double* W, const double* Lb, const int64_t* Lidx, const double* h0, const AreaRates<double> rates,
                     const double* S_inv, double* states, double* pre, double* zsave, double* rsave, const Shape s, const Nonlinearity nl,
-                    const Form form, const Feedback fb);
+                    const Form form, const Feedback& fb);
 
 }  // namespace modular_rnn_cpu
 }  // namespace rnnofrnns

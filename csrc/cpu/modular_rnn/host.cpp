@@ -15,22 +15,25 @@ Shape shape_of(const at::Tensor& drive, const at::Tensor& W, const at::Tensor& L
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> modular_rnn_fwd(
     const at::Tensor& drive_in, const at::Tensor& W_in, const at::Tensor& L_in, const at::Tensor& idx_in,
     const at::Tensor& h0_in, const at::Tensor& alpha_in, const at::Tensor& S_in, c10::string_view nonlinearity,
-    c10::string_view form, c10::string_view step, int64_t hub, bool save) {
+    c10::string_view form, c10::string_view step, bool save) {
   const Nonlinearity nl = parse_nonlinearity(nonlinearity);
   const Form fm = parse_form(form);
-  const Feedback fb{parse_step(step), hub};
-  check_modular_rnn_inputs(drive_in, W_in, L_in, idx_in, h0_in, alpha_in, S_in, fb.step, hub, at::kCPU);
+  const Step st = parse_step(step);
+  check_modular_rnn_inputs(drive_in, W_in, L_in, idx_in, h0_in, alpha_in, S_in, st, at::kCPU);
   const at::Tensor drive = drive_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
-  const at::Tensor idx = idx_in.contiguous(), h0 = h0_in.contiguous(), alpha = alpha_in.contiguous();
+  const at::Tensor h0 = h0_in.contiguous(), alpha = alpha_in.contiguous();
+  const Feedback fb = make_feedback(st, idx_in.contiguous(), S_in.size(0), W.size(0));
+  const at::Tensor idx = idx_in.slice(1, 0, 2).contiguous();  // (target, source) per block
   const at::Tensor S_inv = S_in.contiguous();
   const Shape s = shape_of(drive, W, Lb);
   at::Tensor states = new_output({s.T, s.B, s.H}, drive.options());
   const bool keep_pre = save && fm == Form::Rate, keep_z = save && fb.step != Step::Euler;
   const bool keep_r = save && fb.step == Step::Star;
   at::Tensor pre = new_output({keep_pre ? s.T : 0, s.B, s.H}, drive.options());
-  // the Cayley step's saved state: z_t [T, B, p*n] for the dense map, s_hub [T, B, n] for the star
-  at::Tensor z = new_output({keep_z ? s.T : 0, s.B, fb.step == Step::Star ? s.n : s.H}, drive.options());
-  at::Tensor r = new_output({keep_r ? s.T : 0, s.B, s.n}, drive.options());
+  // the Cayley step's saved state: z_t [T, B, p*n] for the dense map, the stars' s_hub and r [T, B, m*n]
+  const int64_t mn = fb.stars() * s.n;
+  at::Tensor z = new_output({keep_z ? s.T : 0, s.B, fb.step == Step::Star ? mn : s.H}, drive.options());
+  at::Tensor r = new_output({keep_r ? s.T : 0, s.B, fb.step == Step::Star ? mn : s.n}, drive.options());
   Shape written = s;
   written.T = rows_to_write("modular_rnn_fwd", s.T);  // all steps, except in the test of the NaN fill
   AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "modular_rnn_fwd", [&] {
@@ -57,13 +60,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& grad_states_in, const at::Tensor& W_in, const at::Tensor& L_in, const at::Tensor& idx_in,
     const at::Tensor& h0_in, const at::Tensor& alpha_in, const at::Tensor& S_in, const at::Tensor& states_in,
     const at::Tensor& pre_in, const at::Tensor& z_in, const at::Tensor& r_in, c10::string_view nonlinearity,
-    c10::string_view form, c10::string_view step, int64_t hub, bool need_W_grad, bool need_L_grad,
+    c10::string_view form, c10::string_view step, bool need_W_grad, bool need_L_grad,
     bool need_alpha_grad) {
   const Nonlinearity nl = parse_nonlinearity(nonlinearity);
   const Form fm = parse_form(form);
-  const Feedback fb{parse_step(step), hub};
+  const Step st = parse_step(step);
   // states has the drive's shape [T, B, p*n]
-  check_modular_rnn_inputs(states_in, W_in, L_in, idx_in, h0_in, alpha_in, S_in, fb.step, hub, at::kCPU);
+  check_modular_rnn_inputs(states_in, W_in, L_in, idx_in, h0_in, alpha_in, S_in, st, at::kCPU);
+  const Feedback fb = make_feedback(st, idx_in.contiguous(), S_in.size(0), W_in.size(0));
   TORCH_CHECK_VALUE(grad_states_in.sizes() == states_in.sizes(), "modular_rnn_bwd: grad_states must have shape ",
                     states_in.sizes(), ", got ", grad_states_in.sizes());
   TORCH_CHECK_TYPE(grad_states_in.scalar_type() == states_in.scalar_type(), "modular_rnn_bwd: grad_states must be ",
@@ -72,14 +76,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                     states_in.device(), ", got ", grad_states_in.device());
   const auto full = states_in.sizes();
   if (fm == Form::Rate) check_saved("pre", pre_in, full, states_in);
-  const std::vector<int64_t> hub_shape{states_in.size(0), states_in.size(1), W_in.size(1)};
+  const std::vector<int64_t> hub_shape{states_in.size(0), states_in.size(1), fb.stars() * W_in.size(1)};
   if (fb.step == Step::Dense) check_saved("z", z_in, full, states_in);
   if (fb.step == Step::Star) {
     check_saved("z", z_in, hub_shape, states_in);
     check_saved("r", r_in, hub_shape, states_in);
   }
   const at::Tensor grad_states = grad_states_in.contiguous(), W = W_in.contiguous(), Lb = L_in.contiguous();
-  const at::Tensor idx = idx_in.contiguous(), h0 = h0_in.contiguous(), states = states_in.contiguous();
+  const at::Tensor idx = idx_in.slice(1, 0, 2).contiguous(), h0 = h0_in.contiguous(), states = states_in.contiguous();
   const at::Tensor pre = pre_in.contiguous(), z = z_in.contiguous(), r = r_in.contiguous();
   const at::Tensor alpha = alpha_in.contiguous(), S_inv = S_in.contiguous();
   const Shape s = shape_of(states, W, Lb);

@@ -9,7 +9,8 @@ from typing import Callable, Optional, Union
 import torch
 
 from .._backend import register
-from .cayley import FeedbackPlan, kernel_operands
+from .cayley import kernel_operands
+from .plan import FeedbackPlan
 from .checks import check_block_index
 from .reference import modular_rnn_reference
 
@@ -28,13 +29,13 @@ def area_rates(alpha: Union[float, torch.Tensor], p: int, like: torch.Tensor) ->
 @register("modular_rnn", "reference")
 def _reference(drive, W, L_blocks, L_index, h0, alpha, nonlinearity, form, feedback_step,
                feedback_alpha=None, feedback_plan=None) -> torch.Tensor:
-    p = W.shape[0]  # the reference forms C densely: it needs no plan
+    p = W.shape[0]  # the reference forms the plan's map densely (without a plan it makes one)
     if feedback_plan is None and not torch.compiler.is_compiling():
         check_block_index(L_index, p)
     a = area_rates(alpha, p, drive) if isinstance(alpha, torch.Tensor) else float(alpha)
     fa = area_rates(feedback_alpha, p, drive) if isinstance(feedback_alpha, torch.Tensor) else feedback_alpha
     return modular_rnn_reference(drive, W, L_blocks, L_index, h0, alpha=a, nonlinearity=nonlinearity, form=form,
-                                 feedback_step=feedback_step, feedback_alpha=fa)
+                                 feedback_step=feedback_step, feedback_alpha=fa, feedback_plan=feedback_plan)
 
 
 def _fused(op: Callable[[], object]):
@@ -49,9 +50,9 @@ def _fused(op: Callable[[], object]):
         a = area_rates(alpha, p, drive)
         fa = a if feedback_alpha is None else area_rates(feedback_alpha, p, drive)
         # without a plan the cayley operands read (and check) the index: a graph break under compile
-        step, hub, blocks, index, S_inv = kernel_operands(L_blocks, L_index, fa, p, feedback_step, feedback_plan)
+        step, blocks, index, S_inv = kernel_operands(L_blocks, L_index, fa, p, feedback_step, feedback_plan)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (drive, W, blocks, h0, a, S_inv))
-        return op()(drive, W, blocks, index, h0, a, S_inv, nonlinearity, form, step, hub, needs_grad)[0]
+        return op()(drive, W, blocks, index, h0, a, S_inv, nonlinearity, form, step, needs_grad)[0]
 
     return run
 

@@ -7,7 +7,7 @@ import torch
 
 from .._backend import implementation
 from . import backends  # noqa: F401  (registers the backends)
-from .cayley import FeedbackPlan, check_feedback_plan
+from .plan import FeedbackPlan, check_feedback_plan
 from .checks import check_modular_rnn_args
 
 

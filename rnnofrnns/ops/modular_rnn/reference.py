@@ -6,6 +6,7 @@ from typing import Optional, Union
 import torch
 
 from .._common import activation
+from .plan import FeedbackPlan, feedback_plan as make_plan
 
 
 def dense_feedback(L_blocks: torch.Tensor, L_index: torch.Tensor, p: int) -> torch.Tensor:
@@ -30,6 +31,20 @@ def cayley_map(Ld: torch.Tensor, a: Union[float, torch.Tensor]) -> torch.Tensor:
     return torch.linalg.solve(eye - K, eye + K)
 
 
+def cayley_product(L_blocks: torch.Tensor, L_index: torch.Tensor, p: int, a: Union[float, torch.Tensor],
+                   plan: FeedbackPlan) -> torch.Tensor:
+    """The map the plan runs, densely: C_{m-1} ... C_0 for a product of stars (C_q the Cayley
+    map of star q's blocks alone), else the Cayley map of the whole feedback."""
+    if plan.step != "star":
+        return cayley_map(dense_feedback(L_blocks, L_index, p), a)
+    C = None
+    for star in plan.stars:
+        rows = list(star.blocks)
+        Cq = cayley_map(dense_feedback(L_blocks[rows], L_index[rows], p), a)
+        C = Cq if C is None else Cq @ C
+    return C
+
+
 def modular_rnn_reference(
     drive: torch.Tensor,
     W: torch.Tensor,
@@ -42,6 +57,7 @@ def modular_rnn_reference(
     form: str = "rate",
     feedback_step: str = "euler",
     feedback_alpha: Union[float, torch.Tensor, None] = None,
+    feedback_plan: Optional[FeedbackPlan] = None,
 ) -> torch.Tensor:
     """Materialise W (block diagonal) and L densely and loop over time in PyTorch.
 
@@ -50,7 +66,9 @@ def modular_rnn_reference(
       rate:     h_t = (1-a) h_{t-1} + a (phi(W h_{t-1} + u_t) + L h_{t-1})
     cayley step: z_t = the same without the L term, h_t = C z_t with
       C = (I - A L/2)^{-1} (I + A L/2), A = diag(feedback_alpha) (formed densely by
-    torch.linalg.solve; feedback_alpha defaults to alpha).
+    torch.linalg.solve; feedback_alpha defaults to alpha), or the product of stars that
+    feedback_plan names (cayley_product; default: feedback_plan(L_index, p, "cayley"), the
+    plan the fused backends make).
     alpha (the areas' rates a) is a number, p per-area values or [T, B, p] values per step
     (input-driven timescales; then a_t scales the Euler step's L h as well, and the Cayley step
     needs feedback_alpha). Returns the states h_1..h_T, [T, B, p*n].
@@ -67,7 +85,8 @@ def modular_rnn_reference(
         fa = unit_rates(alpha if feedback_alpha is None else feedback_alpha, p, n)
         if isinstance(fa, torch.Tensor) and fa.dim() != 1:
             raise ValueError("the cayley step's rates are constant: give feedback_alpha (p values) with alpha per step")
-        C = cayley_map(Ld, fa)
+        plan = make_plan(L_index, p, "cayley") if feedback_plan is None else feedback_plan
+        C = cayley_product(L_blocks, L_index, p, fa, plan)
     elif feedback_step != "euler":
         raise ValueError(f"feedback_step must be 'euler' or 'cayley', got {feedback_step!r}")
     h = drive.new_zeros(B, H) if h0 is None else h0
