@@ -69,7 +69,7 @@ def main(path: str) -> int:
         if not group.startswith("cayley ") or "cpu_cayley" not in rows:
             continue
         t_c = rows["cpu_cayley"]["stats"]["median"]
-        for name in ("cpu_cayley", "cpu_euler", "reference_cayley"):
+        for name in ("cpu_cayley", "cpu_euler", "cpu_cayley_dense", "reference_cayley"):
             if name in rows:
                 t = rows[name]["stats"]["median"]
                 ratios[(group, name)] = t / t_c
@@ -100,6 +100,12 @@ def main(path: str) -> int:
         ("cayley fwd+bwd B=64 relu vs its reference >= 5x",
          ratios.get(("cayley forward+backward star B=64 relu", "reference_cayley")), 5.0),
     ]
+    for topo in ("pairs15", "random0.2"):
+        checks.append((f"cayley sparse fwd+bwd {topo} B=64 relu: time vs the euler step <= 1.5x "
+                       "(as euler/cayley >= 1/1.5)",
+                       ratios.get((f"cayley sparse forward+backward {topo} B=64 relu", "cpu_euler")), 1 / 1.5))
+    checks.append(("cayley all-to-all fwd+bwd B=64 relu: no slower than the dense map (dense/auto >= 0.95)",
+                   ratios.get(("cayley sparse forward+backward all B=64 relu", "cpu_cayley_dense")), 0.95))
     per_step = ratios.get(("input rates", "input_rates"))
     checks.append(("input rates fwd+bwd B=64 relu: time vs constant rates <= 1.25x (as constant/input >= 1/1.25)",
                    1 / per_step if per_step else None, 1 / 1.25))

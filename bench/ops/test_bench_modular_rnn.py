@@ -149,3 +149,51 @@ def test_input_rates_forward_backward(benchmark, contender):
         torch.autograd.grad(out, (drive, W, L, alpha, feedback_alpha), torch.ones_like(out))
 
     benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
+
+
+def sparse_problem(topo, B):
+    """GW-sized problem on a sparse topology: 15 random pairs (the star's parameter count) or
+    random:0.2 (each pair kept with probability 0.2), both blocks of every pair; or all-to-all."""
+    from rnnofrnns import topology as topo_lib
+
+    name = {"pairs15": "random-pairs:15", "random0.2": "random:0.2", "all": "all"}[topo]
+    pairs = topo_lib.resolve(name, P, torch.Generator().manual_seed(0))
+    idx = topo_lib.feedback_index(pairs)
+    g = torch.Generator().manual_seed(0)
+    drive = 0.5 * torch.randn(T, B, P * N, generator=g)
+    W = 0.9 / N ** 0.5 * torch.randn(P, N, N, generator=g)
+    L = 0.3 / (N * len(idx) / P) ** 0.5 * torch.randn(len(idx), N, N, generator=g)
+    return drive, W, L, idx
+
+
+SPARSE_CAYLEY_CONTENDERS = {
+    "cpu_euler": dict(feedback_step="euler"),
+    "cpu_cayley": dict(feedback_step="cayley"),  # cayley_form "auto": stars on sparse topologies
+    "cpu_cayley_dense": dict(feedback_step="cayley", cayley_form="dense"),
+}
+
+
+@pytest.mark.parametrize("topo", ["pairs15", "random0.2", "all"])
+@pytest.mark.parametrize("contender", list(SPARSE_CAYLEY_CONTENDERS))
+def test_cayley_sparse_forward_backward(benchmark, contender, topo):
+    """The Cayley step on sparse topologies (a product of stars, chosen by cost) against the
+    Euler step and the dense Cayley map on the same topology: a training step (gradients of the
+    drive, the feedback blocks and the areas' rates), B=64, relu."""
+    from rnnofrnns.ops import feedback_plan
+
+    drive, W, L, idx = sparse_problem(topo, 64)
+    drive.requires_grad_(True)
+    L.requires_grad_(True)
+    alpha = (0.05 + 0.9 * torch.rand(P, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+    kw = dict(SPARSE_CAYLEY_CONTENDERS[contender])
+    plan = feedback_plan(idx, P, kw["feedback_step"], kw.pop("cayley_form", "auto"))
+    benchmark.group = f"cayley sparse forward+backward {topo} B=64 relu"
+    benchmark.extra_info.update(flops=2 * N * N * 64 * T * (P + len(idx)) * 3, topology=topo, B=64, T=T,
+                                nonlinearity="relu", blocks=len(idx), stars=len(plan.stars), step=plan.step)
+
+    def step():
+        out = modular_rnn(drive, W, L, idx, alpha=alpha, nonlinearity="relu", form=FORM, backend="cpu",
+                          feedback_plan=plan, **kw)
+        torch.autograd.grad(out, (drive, L, alpha), torch.ones_like(out))
+
+    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)

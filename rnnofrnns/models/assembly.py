@@ -117,7 +117,7 @@ def combine(cls: Type["ModularRNN"], nets: Sequence[nn.Module], topology: Union[
         guarantee=all(p.guarantee for p in parts), feedback_step=first.feedback_step, areas=first.area_kind,
         sigma_max=first.sigma_max, learn_timescales=any(p.learn_timescales for p in parts),
         alpha_max=first.alpha_max, input_timescales=bool(gated), alpha_min=alpha_min, drive_scale=first.drive_scale,
-        input_encoder=encoder,
+        input_encoder=encoder, cayley_form=first.cayley_form,
         generator=generator, backend=first.backend, dtype=first.B.dtype,
         batch_first=first.batch_first,
     ).to(first.B.device)

@@ -14,9 +14,9 @@ from . import assembly
 from ._dtype import input_in_model_dtype, without_autocast
 from .areas import Areas, area_kind
 from .feedback import FeedbackStep, feedback_step_of
-from ..ops import FeedbackPlan, feedback_plan, modular_rnn
+from ..ops import CAYLEY_FORMS, FeedbackPlan, feedback_plan, modular_rnn
 from ..ops._common import FORMS, NONLINEARITIES
-from ..ops.modular_rnn.reference import dense_feedback
+from ..ops.modular_rnn.reference import cayley_product, dense_feedback
 
 AreaSizes = Union[Sequence[int], Tuple[int, int]]
 DRIVE_SCALES = ("none", "rate")
@@ -106,6 +106,14 @@ class ModularRNN(nn.Module):
     once training moves off the tie; the Euler step's guarantee, which assumes the tie, must be
     off (guarantee=False).
 
+    cayley_form (the Cayley step on a topology other than a star): "auto" runs the cheaper of the
+    dense Cayley map (p*p block products per step) and a product of exact Cayley maps of stars
+    that cover the topology (k + m products for k blocks in m stars: one star is the Cayley map
+    itself, several are a splitting of it that is orthogonal in the same metric, so the
+    certificate is unchanged); "exact" never splits (dense unless the topology is a star;
+    networks trained before 2026-12-03 ran this); "stars" or "dense" force one form
+    (rnnofrnns.ops.feedback_plan). `feedback_map()` gives the map that runs.
+
     forward(x, h0=None) -> (output, h_n): x [B, T, input_size] (batch_first) or [T, B, input_size];
     output [B, T, hidden_size] (or [T, B, hidden_size]); h_n [1, B, hidden_size]. hidden_size is
     sum(area_sizes); areas of unequal size are padded internally to the largest, and the
@@ -144,6 +152,7 @@ class ModularRNN(nn.Module):
         drive_scale: str = "none",
         alpha_log_spread: Optional[Tuple[float, float]] = None,
         skew_feedback: bool = True,
+        cayley_form: str = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(input_size, int) or input_size < 1:
@@ -211,6 +220,9 @@ class ModularRNN(nn.Module):
             raise ValueError("skew_feedback=False needs guarantee=False: the euler step's guarantee rescales the "
                              "feedback to a budget that assumes the skew tie")
         self.skew_feedback = skew_feedback
+        if cayley_form not in CAYLEY_FORMS:
+            raise ValueError(f"cayley_form must be one of {CAYLEY_FORMS}, got {cayley_form!r}")
+        self.cayley_form = cayley_form
         self.input_size, self.area_sizes = input_size, sizes
         self.num_areas, self.area_size = p, n
         self.hidden_size = sum(sizes)
@@ -240,7 +252,7 @@ class ModularRNN(nn.Module):
         self.register_buffer("pairs", pairs)
         self.register_buffer("L_index", topo.feedback_index(pairs))
         # read from the index here, not in forward, so that torch.compile(fullgraph=True) traces it
-        self._feedback_plan: FeedbackPlan = feedback_plan(self.L_index, p, self.feedback_step)
+        self._feedback_plan: FeedbackPlan = feedback_plan(self.L_index, p, self.feedback_step, cayley_form)
         self.register_buffer("feedback_mask", mask.to(dtype))
         self.register_buffer("live", live)
         self.register_buffer("unit_index", live.reshape(-1).nonzero().squeeze(1))
@@ -308,7 +320,8 @@ class ModularRNN(nn.Module):
 
     @staticmethod
     def _derive_after_load(module: "ModularRNN", incompatible_keys) -> None:
-        module._feedback_plan = feedback_plan(module.L_index, module.num_areas, module.feedback_step)
+        module._feedback_plan = feedback_plan(module.L_index, module.num_areas, module.feedback_step,
+                                              module.cayley_form)
         if not module.areas.bounds_defined(module):
             return  # forward and certify() report non-finite weights themselves
         with torch.no_grad():
@@ -525,10 +538,23 @@ class ModularRNN(nn.Module):
         u, rates = self._inputs_of_the_op(x_t.unsqueeze(0))
         out = modular_rnn(u, self.area_weights(), self._feedback_in_use(), self.L_index, self._pad(h),
                           **rates, nonlinearity=self.nonlinearity, form=self.form,
-                          feedback_step=self.feedback_step, backend="reference")
+                          feedback_step=self.feedback_step, feedback_plan=self._feedback_plan, backend="reference")
         return self._unpad(out[0])
 
     # -- inspection ------------------------------------------------------------------------
+    def feedback_map(self) -> torch.Tensor:
+        """The Cayley step's feedback map h_t = C z_t that runs [hidden_size, hidden_size], dense:
+        the Cayley map of A L/2 or the product of its stars' maps (cayley_form), with A the
+        per-area rates it uses. The Euler step has none (an error)."""
+        if self.feedback_step != "cayley":
+            raise ValueError(f"feedback_map: the {self.feedback_step} step has no feedback map (h_t = z_t + a L h_{{t-1}})")
+        rates = self._inputs_of_the_op(torch.zeros(1, 1, self.input_size, dtype=self.B.dtype,
+                                                   device=self.B.device))[1]
+        fa = rates.get("feedback_alpha", rates["alpha"])
+        a = fa.repeat_interleave(self.area_size) if isinstance(fa, torch.Tensor) else float(fa)
+        C = cayley_product(self._feedback_in_use(), self.L_index, self.num_areas, a, self._feedback_plan)
+        return C.index_select(0, self.unit_index).index_select(1, self.unit_index)
+
     def intra_matrix(self) -> torch.Tensor:
         """Dense block-diagonal intra-area matrix [hidden_size, hidden_size]."""
         Wd = torch.block_diag(*self.area_weights())

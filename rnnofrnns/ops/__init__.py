@@ -6,7 +6,7 @@ backend is one registration per op in its backends.py (and its availability chec
 _backend.resolve_backend)."""
 from .ensemble import ensemble_drive, ensemble_loss, ensemble_readout_loss
 from .gated_paths import gated_paths, gated_paths_reference
-from .modular_rnn import FeedbackPlan, feedback_plan, modular_rnn, modular_rnn_reference
+from .modular_rnn import CAYLEY_FORMS, FeedbackPlan, StarFactor, feedback_plan, modular_rnn, modular_rnn_reference
 
-__all__ = ["modular_rnn", "modular_rnn_reference", "FeedbackPlan", "feedback_plan", "gated_paths",
+__all__ = ["modular_rnn", "modular_rnn_reference", "FeedbackPlan", "StarFactor", "CAYLEY_FORMS", "feedback_plan", "gated_paths",
            "gated_paths_reference", "ensemble_drive", "ensemble_readout_loss", "ensemble_loss"]

@@ -15,9 +15,12 @@ def rn(*shape):
 
 
 def part(seed, *, areas="svd", step="cayley", p=3, n=6, inputs=2, learn=True, alpha=0.3, topology="all"):
+    """A trained-looking part; cayley_form "exact" (the whole inherits it), so that the dense
+    reference below forms the Cayley map of the whole feedback."""
     g = torch.Generator().manual_seed(seed)
     net = ModularRNN(inputs, (p, n), topology=topology, areas=areas, feedback_step=step, alpha=alpha,
-                     learn_timescales=learn, nonlinearity="tanh", generator=g, dtype=torch.float64, feedback_init=2.0)
+                     learn_timescales=learn, nonlinearity="tanh", generator=g, dtype=torch.float64, feedback_init=2.0,
+                     cayley_form="exact")
     with torch.no_grad():  # parts that have "trained": a metric far from 1, strong feedback
         if areas == "svd":
             net.area_log_metric.normal_(3.0 * seed, 0.5, generator=g)
@@ -49,6 +52,8 @@ def dense_step_reference(parts, whole, x_parts, x_whole):
     u = torch.cat([u, u_new], -1)
     C = torch.linalg.solve(torch.eye(H, dtype=L.dtype) - 0.5 * a[:, None] * L,
                          torch.eye(H, dtype=L.dtype) + 0.5 * a[:, None] * L)
+    if whole.feedback_step == "cayley":  # the map the whole runs is that one
+        torch.testing.assert_close(whole.feedback_map(), C, rtol=1e-10, atol=1e-12)
     if whole.input_timescales:  # the areas' rates per step: each part's own gate, the new area's from the whole
         rates = [p.input_rates(x.transpose(0, 1)) if p.input_timescales
                  else p.area_alpha().expand(x.shape[1], x.shape[0], p.num_areas) for p, x in zip(parts, x_parts)]

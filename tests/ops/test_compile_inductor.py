@@ -30,12 +30,16 @@ def _check(fn, inputs, fullgraph, rtol=1e-9, atol=1e-11):
         torch.testing.assert_close(g, r, rtol=rtol, atol=atol)
 
 
+RING = [(0, 1), (1, 2), (2, 3), (3, 0), (1, 0), (2, 1), (3, 2), (0, 3)]  # 4 areas: a product of 2 stars
+
+
 @pytest.mark.parametrize("planned", [True, False], ids=["plan", "no-plan"])
-@pytest.mark.parametrize("step,pairs", [("euler", star(4)), ("cayley", star(4)), ("cayley", all_to_all(3))],
-                         ids=["euler-star", "cayley-star", "cayley-dense"])
+@pytest.mark.parametrize("step,pairs", [("euler", star(4)), ("cayley", star(4)), ("cayley", all_to_all(3)),
+                                        ("cayley", RING)],
+                         ids=["euler-star", "cayley-star", "cayley-dense", "cayley-stars"])
 def test_modular_rnn_under_inductor(step, pairs, planned):
     g = torch.Generator().manual_seed(0)
-    p, n, T, B = (4, 5, 6, 3) if len(pairs) == 6 else (3, 5, 6, 3)
+    p, n, T, B = (3, 5, 6, 3) if len(pairs) == 6 and pairs != star(4) else (4, 5, 6, 3)
     idx = torch.tensor(pairs)
     plan = feedback_plan(idx, p, step) if planned else None
     inputs = [_rand(g, T, B, p * n), _rand(g, p, n, n, s=0.2), _rand(g, len(pairs), n, n, s=0.2), _rand(g, B, p * n)]
@@ -82,10 +86,11 @@ def test_ensemble_ops_under_inductor():
 @pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
 @pytest.mark.parametrize("settings", [
     dict(),  # the default: svd areas, cayley star, input-driven timescales, encoder, recent readout
-    dict(model="scn", topology="random-pairs:3"),  # cayley, dense C
+    dict(model="scn", topology="random-pairs:3"),  # cayley, a product of stars
+    dict(model="scn", topology="random-pairs:3", cayley_form="dense"),  # cayley, dense C
     dict(feedback_step="euler", areas="sparse", alpha=0.5, learn_timescales=False, input_timescales=False,
          input_encoder=0),
-], ids=["default-star", "cayley-pairs", "euler"])
+], ids=["default-star", "cayley-pairs-stars", "cayley-pairs-dense", "euler"])
 def test_the_models_train_under_compile_with_fullgraph(settings, backend):
     """Every step and topology of the CLI's models: compiled with fullgraph=True, forward and
     backward match eager, and a few optimiser steps lower the loss."""

@@ -48,7 +48,7 @@ def modular_kwargs(cfg: TrainConfig, generator: torch.Generator, dtype: torch.dt
                 density=cfg.density, guarantee=cfg.guarantee, feedback_sparsity=cfg.feedback_sparsity,
                 feedback_step=cfg.feedback_step, areas=cfg.areas, sigma_max=cfg.sigma_max,
                 learn_timescales=cfg.learn_timescales, input_timescales=cfg.input_timescales,
-                skew_feedback=cfg.skew_feedback,
+                skew_feedback=cfg.skew_feedback, cayley_form=cfg.cayley_form,
                 alpha_min=cfg.alpha_min, input_encoder=cfg.input_encoder, drive_scale=cfg.drive_scale,
                 alpha_log_spread=cfg.alpha_log_spread, num_layers=cfg.num_layers, between_layers=cfg.between_layers,
                 backend=cfg.backend, generator=generator, dtype=dtype)

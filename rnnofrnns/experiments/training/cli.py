@@ -38,6 +38,8 @@ TRAIN_HELP = {
     "feedback_step": " or ".join(f"{name} ({kind.summary})" for name, kind in FEEDBACK_STEP_KINDS.items()),
     "areas": " or ".join(f"{name} ({kind.summary})" for name, kind in AREA_KINDS.items()),
     "sigma_max": "svd areas: largest singular value (< 1)",
+    "cayley_form": "gw/scn, cayley step: auto (the cheaper per step of the dense map and a product of stars "
+                   "covering the topology), exact (never split: dense unless the topology is a star), stars or dense",
     "readout": "every model: " + " or ".join(f"{name} ({kind.summary})" for name, kind in READOUTS.items()),
     "gamma": "Perron root of |W| of every area (< 1)", "density": "density of the intra-area matrices",
     "hidden_size": "gru/lstm hidden size (default: the GW net's trainable-parameter count)",

@@ -18,6 +18,7 @@ from ...models.modular import DRIVE_SCALES
 from ...models.stack import BETWEEN_LAYERS
 from ...models.readouts import READOUTS
 from ...models.feedback import FEEDBACK_STEP_KINDS, feedback_step_of
+from ...ops import CAYLEY_FORMS
 from ...ops._common import FORMS, NONLINEARITIES
 from ...ops._backend import resolve_backend
 from .._files import read_json
@@ -61,6 +62,7 @@ class TrainConfig:
     sigma_max: float = 0.999
     learn_timescales: bool = True
     skew_feedback: bool = True              # gw/scn: False trains both blocks of a pair freely (a control)
+    cayley_form: str = "auto"               # gw/scn: auto, exact, stars or dense (the Cayley step's form)
     input_timescales: bool = True           # gw/scn: the areas' rates follow the input (cayley step)
     alpha_min: float = 0.02                 # the slowest input-driven rate
     input_encoder: int = 16                 # gw/scn: width of a tanh layer in front of the projection (0: none)
@@ -114,6 +116,8 @@ class TrainConfig:
             raise bad("feedback-step", " or ".join(FEEDBACK_STEP_KINDS), self.feedback_step)
         if self.lr_schedule not in LR_SCHEDULES:
             raise bad("lr-schedule", " or ".join(LR_SCHEDULES), self.lr_schedule)
+        if self.cayley_form not in CAYLEY_FORMS:
+            raise ValueError(f"cayley_form must be one of {CAYLEY_FORMS}, got {self.cayley_form!r}")
         if self.readout not in READOUTS:
             raise bad("readout", " or ".join(READOUTS), self.readout)
         if self.areas not in AREA_KINDS:
@@ -231,7 +235,7 @@ RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
 
 
 LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False, readout="last",
-                       skew_feedback=True,
+                       skew_feedback=True, cayley_form="exact",
                        lr_schedule="none", input_timescales=False, alpha_min=0.02, input_encoder=0, drive_scale="none",
                        alpha_log_spread=None, num_layers=1, between_layers="none")
 
