@@ -86,7 +86,7 @@ def test_ensemble_ops_under_inductor():
 @pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
 @pytest.mark.parametrize("settings", [
     dict(),  # the default: svd areas, cayley star, input-driven timescales, encoder, recent readout
-    dict(model="scn", topology="random-pairs:3"),  # cayley, a product of stars
+    dict(model="scn", num_areas=5, topology="random-pairs:4"),  # cayley, a product of 2 stars
     dict(model="scn", topology="random-pairs:3", cayley_form="dense"),  # cayley, dense C
     dict(feedback_step="euler", areas="sparse", alpha=0.5, learn_timescales=False, input_timescales=False,
          input_encoder=0),
@@ -98,6 +98,8 @@ def test_the_models_train_under_compile_with_fullgraph(settings, backend):
     cfg = TrainConfig(**{"num_areas": 4, "area_size": 8, **settings})
     net = build_model(cfg, 8, 10)
     assert net.rnn.feedback_step == cfg.feedback_step
+    if cfg.topology == "random-pairs:4":
+        assert len(net.rnn._feedback_plan.stars) == 2
     x = torch.randn(16, 7, 8)
     y = torch.arange(16) % 10
     torch._dynamo.reset()
