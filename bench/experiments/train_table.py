@@ -58,6 +58,9 @@ ROWS = {
     "gw-last": ("gw", ["--readout", "last"]),  # train's default with the last-state readout
     "gw-recent-spread": ("gw", ["--readout", "recent", "--alpha-log-spread", "0.05,0.5"]),  # and rates spread
     "scn-pairs15": ("scn", ["--topology", "random-pairs:15"]),  # train's default settings, 15 random pairs
+    # the same with the Cayley map formed densely (before 2026-12-03 the only form of this topology;
+    # the default since runs it as a product of stars)
+    "scn-pairs15-dense": ("scn", ["--topology", "random-pairs:15", "--cayley-form", "dense"]),
     # the baselines, sized to the GW net of their flags (the last two keep the first study's readout)
     "gru": ("gru", []),
     "lstm": ("lstm", []),

@@ -90,10 +90,11 @@ def test_cayley_gradcheck_float64(backend):
     assert torch.autograd.gradcheck(f, (prob.drive, prob.W, prob.L_blocks, prob.h0, rates(3, dev)))
 
 
-@pytest.mark.parametrize("topology", ["star", "all"])
+@pytest.mark.parametrize("topology", ["star", "all", "pairs"])
 def test_cayley_float32_realistic_cpu(topology):
-    """p=16 areas of n=32 units, T=64, float32 against the float64 reference."""
-    pairs = star(16) if topology == "star" else all_to_all(16)
+    """p=16 areas of n=32 units, T=64, float32 against the float64 reference (pairs: 15 random
+    pairs, a product of stars)."""
+    pairs = {"star": star(16), "all": all_to_all(16), "pairs": random_pairs(16, 15, seed=0)}[topology]
     p32 = make_problem(64, 8, 16, 32, pairs, dtype=torch.float32, scale=3.0)
     p64 = make_problem(64, 8, 16, 32, pairs, dtype=torch.float64, scale=3.0)
     a32, a64 = rates(16).float().detach().requires_grad_(), rates(16)
