@@ -351,7 +351,7 @@ def forward(drive, W, L_blocks, L_index, h0, alpha, S_inv, nonlinearity, form, s
     h0, alpha, S_inv = h0.contiguous(), alpha.contiguous(), S_inv.contiguous()
     states = new_output(T, B, H, like=drive)
     keep_pre = save and form == "rate"
-    cayley, star = step != "euler", step == "star"
+    star = step == "star"
     pre = new_output(T if keep_pre else 0, B, H, like=drive)
     # kept for all steps when saved, otherwise one step's worth of scratch: z (the dense map's,
     # saved for the backward), r and s_hub (the stars', [B, m*n] per step; the backward rebuilds

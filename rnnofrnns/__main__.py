@@ -9,6 +9,8 @@ Commands:
   superposition  train an ensemble of small RNNs over a sparsity grid and analyse its geometry
   task-switching the gated multi-path linear network on a blocked curriculum of teachers
                  (two-timescale gradient flow; flexible or forgetful regime)
+  task-switching-study  the paper's grids of task-switching runs (block length, constraints,
+                 teacher overlap, paths and tasks), a table and a plot each
 
 Each experiment adds its own arguments (rnnofrnns/experiments/*/cli.py); this module only
 parses them and dispatches. Benchmarks are in bench/, not here.

@@ -6,6 +6,7 @@ from dataclasses import fields
 
 from .experiment import NETWORKS, REGIMES, TaskSwitchingConfig
 from .run import run_task_switching
+from . import study
 
 
 def _task_switching(args: argparse.Namespace) -> int:
@@ -19,6 +20,7 @@ TASK_SWITCHING_HELP = {
     "network": "linear: the gated linear network; fc: y = W2 W1 x, W2 with the gates' constraints and timescale; "
                "image: a gated readout of frozen CNN features of MNIST",
     "hidden": "fc: hidden units",
+    "teacher_overlap": "cosine between row o of teacher A and of every later teacher (0: orthogonal teachers)",
     "tau_w": "time constant of W (fc: of W1); None: 1.3 linear, 0.06 fc, 1000 image",
     "tau_c": "time constant of the gates (fc: of W2); None: 0.03 linear, 0.01 fc, 0.5 image when flexible, tau_W forgetful",
     "lambda_nonneg": "weight of sum max(0, -c); None: 0.091 linear, 0.2 fc, 0.5 image when flexible, 0 forgetful",
@@ -32,7 +34,8 @@ TASK_SWITCHING_HELP = {
     "batch": "examples per step (fresh Gaussian inputs for linear and fc); None: 200, image 100",
     "threshold": "loss level for the time-to-threshold metric",
     "record_every": "steps between recorded gates and alignments",
-    "compose": "after the blocked phase, solve the two composed tasks with the gates alone",
+    "compose": "after the blocked phase, solve the composed tasks with the gates alone (mean and rows of A and B; "
+               "with 3 teachers or more also the means BC, CA, ...)",
     "compose_length": "time given to each composed task",
     "backend": "gated_paths backend (reference, cpu, triton; default: the device's)",
     "threads": "torch CPU threads",
@@ -74,3 +77,4 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ts = sub.add_parser("task-switching", help="gated multi-path linear network on a blocked curriculum")
     _add_task_switching_args(ts)
     ts.set_defaults(func=_task_switching)
+    study.register(sub)

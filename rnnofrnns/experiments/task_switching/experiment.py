@@ -61,6 +61,7 @@ class TaskSwitchingConfig:
     d_out: int = 10
     paths: int = 2
     teachers: int = 2
+    teacher_overlap: float = 0.0
     gate_shape: str = "path"
     hidden: int = 20
     tau_w: Optional[float] = None
@@ -120,6 +121,11 @@ class TaskSwitchingConfig:
             raise UsageError(f"--norm-k must be 1 or 2, got {cfg.norm_k!r}")
         if cfg.gate_shape not in ("path", "neuron"):
             raise UsageError(f"--gate-shape must be 'path' or 'neuron', got {cfg.gate_shape!r}")
+        if not (isinstance(cfg.teacher_overlap, (int, float)) and 0.0 <= cfg.teacher_overlap <= 1.0):
+            raise UsageError(f"--teacher-overlap must be a cosine in [0, 1], got {cfg.teacher_overlap!r}")
+        if cfg.teacher_overlap and cfg.network == "image":
+            raise UsageError("--teacher-overlap needs linear teachers (--network linear or fc); the image "
+                             "network's tasks are classes")
         if cfg.teachers * cfg.d_out > cfg.d_in:
             raise UsageError(f"--teachers * --d-out = {cfg.teachers * cfg.d_out} must be <= --d-in = {cfg.d_in}")
         if cfg.dt > cfg.tau_c or cfg.dt > cfg.tau_w:
@@ -250,7 +256,7 @@ def run_linear(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> 
         raise UsageError(f"--out {cfg.out} is a file, not a folder")
     os.makedirs(cfg.out, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
-    teacher_set = teachers(cfg.d_in, cfg.d_out, cfg.teachers, generator=gen)
+    teacher_set = teachers(cfg.d_in, cfg.d_out, cfg.teachers, generator=gen, overlap=cfg.teacher_overlap)
     net = GatedLinearNetwork(cfg.d_in, cfg.d_out, cfg.paths, cfg.gate_shape, init_gate=cfg.init_gate,
                              init_scale=cfg.init_scale, backend=cfg.backend, generator=gen)
     flow = GradientFlow(net, cfg, gen)
@@ -335,14 +341,27 @@ def check_block_finite(cfg: TaskSwitchingConfig, block: int, losses: torch.Tenso
         stop_diverged(cfg, block, step, float(losses[step]))
 
 
+def composition_tasks(teacher_set: torch.Tensor) -> List[tuple]:
+    """(name, target) of the composition phase: the mean of teachers A and B and the rows of A
+    then B; with three teachers or more also the means of every consecutive pair, BC, CA, ...
+    (the paper's protocol after a curriculum A, B, C: AB, BC, CA)."""
+    M = teacher_set.shape[0]
+    tasks = [("mean", compose_mean(teacher_set)), ("rows", compose_rows(teacher_set))]
+    letters = "ABCDEFGH"
+    for a in range(1, M if M >= 3 else 1):
+        b = (a + 1) % M
+        tasks.append((f"mean {letters[a % 8]}{letters[b % 8]}", compose_mean(teacher_set, a, b)))
+    return tasks
+
+
 def _compose_phase(net: GatedLinearNetwork, flow: GradientFlow, cfg: TaskSwitchingConfig,
                    teacher_set: torch.Tensor) -> Dict[str, Any]:
-    """Gates alone (W frozen) against the two composed tasks, each from the end state of
-    the blocked phase."""
+    """Gates alone (W frozen) against every composed task (composition_tasks), each from the
+    end state of the blocked phase."""
     steps = int(round(cfg.compose_length / cfg.dt))
     start = {k: v.detach().clone() for k, v in net.state_dict().items()}
     out = {}
-    for name, target in (("mean", compose_mean(teacher_set)), ("rows", compose_rows(teacher_set))):
+    for name, target in composition_tasks(teacher_set):
         net.load_state_dict(start)
         with torch.no_grad():
             x = torch.randn(4096, cfg.d_in, generator=flow.gen)

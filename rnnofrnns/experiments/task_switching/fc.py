@@ -40,7 +40,7 @@ def run_fc(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> Dict
         torch.set_num_threads(cfg.threads)
     os.makedirs(cfg.out, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
-    teacher_set = teachers(cfg.d_in, cfg.d_out, cfg.teachers, generator=gen)
+    teacher_set = teachers(cfg.d_in, cfg.d_out, cfg.teachers, generator=gen, overlap=cfg.teacher_overlap)
     net = TwoLayerLinearNetwork(cfg.d_in, cfg.hidden, cfg.d_out, init_scale=cfg.init_scale, generator=gen)
     W1, W2 = net.W1, net.W2
     steps = int(round(cfg.block_length / cfg.dt))
