@@ -4,6 +4,10 @@ SmallRNN: h_t = W_x x_t + W_h sigma(h_{t-1}), output sigma_out(W_y^T h_t + b), h
   variant "linear":       sigma = identity, sigma_out = identity
   variant "relu_readout": sigma = identity, sigma_out = relu
   variant "relu":         sigma = relu,     sigma_out = relu
+  tied_readout: "none" (W_y trained on its own), "input" (W_y = W_x; True means the same) or
+  "output-direction" (W_y = W_h^k W_x for the instance's delay k: the readout of feature s is
+  the direction w_k = W_h^k w_s its input takes after k steps of the linear recurrence, the
+  tie of Sharma et al. 2026's main figures); output_bias=False fixes b at 0 (a buffer).
 
 An ensemble of I independent SmallRNNs is a block-diagonal RNN of RNNs without feedback:
 each instance is one area of the modular recurrence (form "hopfield", alpha = 1, no
@@ -43,6 +47,27 @@ def instance_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + index)
 
 
+TIED_READOUTS = ("none", "input", "output-direction")
+
+
+def tie_of(tied_readout: Union[bool, str]) -> str:
+    """The readout tie's name: False -> "none", True -> "input", or one of TIED_READOUTS."""
+    if tied_readout is True or tied_readout is False:
+        return "input" if tied_readout else "none"
+    if tied_readout not in TIED_READOUTS:
+        raise ValueError(f"tied_readout must be True, False or one of {TIED_READOUTS}, got {tied_readout!r}")
+    return tied_readout
+
+
+def output_directions(W_x: torch.Tensor, W_h: torch.Tensor, delays: Sequence[int]) -> torch.Tensor:
+    """W_h^k W_x per instance (W_x [I, n, F], W_h [I, n, n], delays k_i), differentiable: one
+    batched matrix power per distinct delay."""
+    ks = torch.as_tensor(list(delays), dtype=torch.int64)
+    idx = [(ks == k).nonzero().squeeze(1).to(W_x.device) for k in sorted(set(ks.tolist()))]
+    parts = [torch.linalg.matrix_power(W_h.index_select(0, i), int(ks[i[0]])) @ W_x.index_select(0, i) for i in idx]
+    return torch.cat(parts).index_select(0, torch.argsort(torch.cat(idx)))
+
+
 def init_small_rnn(num_features: int, hidden_size: int, tied_readout: bool, generator: torch.Generator,
                    dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """W_x [n, F], W_h [n, n], W_y [n, F] (None when tied to W_x), b [F]."""
@@ -65,21 +90,30 @@ class SmallRNN(nn.Module):
     """h_t = W_x x_t + W_h sigma(h_{t-1}); output sigma_out(W_y^T h_t + b). x, output: [B, T, F].
     With tied_readout=True the readout uses W_x (W_y = W_x)."""
 
-    def __init__(self, num_features: int, hidden_size: int, variant: str = "linear", tied_readout: bool = False,
-                 seed: int = 0, generator: Optional[torch.Generator] = None, backend: Optional[str] = None,
-                 dtype: Optional[torch.dtype] = None) -> None:
+    def __init__(self, num_features: int, hidden_size: int, variant: str = "linear",
+                 tied_readout: Union[bool, str] = False, seed: int = 0, generator: Optional[torch.Generator] = None,
+                 backend: Optional[str] = None, dtype: Optional[torch.dtype] = None, output_bias: bool = True,
+                 delay: int = 1) -> None:
         super().__init__()
         _check(num_features, hidden_size, variant)
         dtype = dtype or torch.get_default_dtype()
+        tie = tie_of(tied_readout)
         self.num_features, self.hidden_size, self.variant = num_features, hidden_size, variant
-        self.tied_readout, self.backend = tied_readout, backend
-        W_x, W_h, W_y, b = init_small_rnn(num_features, hidden_size, tied_readout,
+        self.tied_readout, self.output_bias, self.delay, self.backend = tie, bool(output_bias), int(delay), backend
+        W_x, W_h, W_y, b = init_small_rnn(num_features, hidden_size, tie != "none",
                                           generator or instance_generator(seed, 0), dtype)
-        self.W_x, self.W_h, self.b = nn.Parameter(W_x), nn.Parameter(W_h), nn.Parameter(b)
-        self.W_y = None if tied_readout else nn.Parameter(W_y)
+        self.W_x, self.W_h = nn.Parameter(W_x), nn.Parameter(W_h)
+        if output_bias:
+            self.b = nn.Parameter(b)
+        else:
+            self.register_buffer("b", b)
+        self.W_y = None if tie != "none" else nn.Parameter(W_y)
 
     def readout_weight(self) -> torch.Tensor:
-        return self.W_x if self.tied_readout else self.W_y
+        """W_y [n, F]: its own, W_x, or W_h^k W_x (tied_readout)."""
+        if self.tied_readout == "output-direction":
+            return output_directions(self.W_x[None], self.W_h[None], [self.delay])[0]
+        return self.W_x if self.tied_readout == "input" else self.W_y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != self.num_features:
@@ -100,16 +134,17 @@ class RNNEnsemble(nn.Module):
     """I independent SmallRNNs with their own parameters and task settings, as one call.
 
     Parameters have a leading instance axis: W_x [I, n, F], W_h [I, n, n], W_y [I, n, F],
-    b [I, F]. Instance i is initialised from (seed, i) alone, so it does not depend on the
-    number of instances. forward(x): x [I, B, T, F] (each instance its own data) or
+    b [I, F] (a buffer of zeros with output_bias=False; no W_y when the readout is tied, see
+    the module's docstring). Instance i is initialised from (seed, i) alone, so it does not
+    depend on the number of instances. forward(x): x [I, B, T, F] (each instance its own data) or
     [B, T, F] (shared) -> [I, B, T, F]. `feature_probability` and `delay` (one value, or
     one per instance) are the instances' task settings, used by `sample_batch`.
     """
 
     def __init__(self, num_instances: int, num_features: int, hidden_size: int, variant: str = "linear",
-                 tied_readout: bool = False, feature_probability: Union[float, Sequence[float]] = 0.1,
+                 tied_readout: Union[bool, str] = False, feature_probability: Union[float, Sequence[float]] = 0.1,
                  delay: Union[int, Sequence[int]] = 1, seed: int = 0, backend: Optional[str] = None,
-                 dtype: Optional[torch.dtype] = None) -> None:
+                 dtype: Optional[torch.dtype] = None, output_bias: bool = True) -> None:
         super().__init__()
         if not isinstance(num_instances, int) or num_instances < 1:
             raise ValueError(f"num_instances must be a positive integer, got {num_instances!r}")
@@ -117,7 +152,9 @@ class RNNEnsemble(nn.Module):
         dtype = dtype or torch.get_default_dtype()
         I = num_instances
         self.num_instances, self.num_features, self.hidden_size = I, num_features, hidden_size
-        self.variant, self.tied_readout, self.backend, self.seed = variant, tied_readout, backend, seed
+        tie = tie_of(tied_readout)
+        self.variant, self.tied_readout, self.backend, self.seed = variant, tie, backend, seed
+        self.output_bias = bool(output_bias)
         probs = torch.as_tensor(feature_probability, dtype=torch.float64).expand(I).clone()
         delays = torch.as_tensor(delay, dtype=torch.int64).expand(I).clone()
         if ((probs < 0) | (probs > 1)).any():
@@ -126,17 +163,24 @@ class RNNEnsemble(nn.Module):
             raise ValueError(f"delay must be >= 0, got {delays.tolist()}")
         self.register_buffer("feature_probability", probs)
         self.register_buffer("delay", delays)
-        inits = [init_small_rnn(num_features, hidden_size, tied_readout, instance_generator(seed, i), dtype)
+        inits = [init_small_rnn(num_features, hidden_size, tie != "none", instance_generator(seed, i), dtype)
                  for i in range(I)]
         self.W_x = nn.Parameter(torch.stack([w[0] for w in inits]))
         self.W_h = nn.Parameter(torch.stack([w[1] for w in inits]))
-        self.W_y = None if tied_readout else nn.Parameter(torch.stack([w[2] for w in inits]))
-        self.b = nn.Parameter(torch.stack([w[3] for w in inits]))
+        self.W_y = None if tie != "none" else nn.Parameter(torch.stack([w[2] for w in inits]))
+        b = torch.stack([w[3] for w in inits])
+        if output_bias:
+            self.b = nn.Parameter(b)
+        else:
+            self.register_buffer("b", b)
         self.register_buffer("_empty_L", torch.zeros(0, hidden_size, hidden_size, dtype=dtype))
         self.register_buffer("_empty_idx", torch.zeros(0, 2, dtype=torch.int64))
 
     def readout_weight(self) -> torch.Tensor:
-        return self.W_x if self.tied_readout else self.W_y
+        """W_y [I, n, F]: its own, W_x, or W_h^k W_x per instance (tied_readout)."""
+        if self.tied_readout == "output-direction":
+            return output_directions(self.W_x, self.W_h, self.delay.tolist())
+        return self.W_x if self.tied_readout == "input" else self.W_y
 
     def _ensemble_backend(self) -> Optional[str]:
         """The fused ensemble ops exist for the cpu backend only, and for feature counts up to
@@ -211,10 +255,11 @@ class RNNEnsemble(nn.Module):
         if not 0 <= i < self.num_instances:
             raise ValueError(f"instance index must be in [0, {self.num_instances - 1}], got {i}")
         m = SmallRNN(self.num_features, self.hidden_size, self.variant, self.tied_readout, backend=self.backend,
-                     dtype=self.W_x.dtype).to(self.W_x.device)
+                     dtype=self.W_x.dtype, output_bias=self.output_bias,
+                     delay=int(self.delay[i])).to(self.W_x.device)
         m.W_x.copy_(self.W_x[i])
         m.W_h.copy_(self.W_h[i])
         m.b.copy_(self.b[i])
-        if not self.tied_readout:
+        if self.W_y is not None:
             m.W_y.copy_(self.W_y[i])
         return m

@@ -39,17 +39,31 @@ def small_rnn_by_hand(m: SmallRNN, x: torch.Tensor) -> torch.Tensor:
     outs = []
     for t in range(x.shape[1]):
         h = x[:, t] @ m.W_x.T + sigma(h) @ m.W_h.T
-        o = h @ m.readout_weight() + m.b
+        o = h @ readout_by_hand(m) + m.b
         outs.append(torch.relu(o) if m.variant != "linear" else o)
     return torch.stack(outs, 1)
 
 
+def readout_by_hand(m):
+    """W_y, W_x, or W_h^k W_x by k products (tied_readout)."""
+    if m.tied_readout == "output-direction":
+        w = m.W_x
+        for _ in range(m.delay):
+            w = m.W_h @ w
+        return w
+    return m.W_x if m.tied_readout == "input" else m.W_y
+
+
 @pytest.mark.parametrize("variant", ["linear", "relu_readout", "relu"])
-@pytest.mark.parametrize("tied", [False, True])
-def test_small_rnn_matches_its_definition(variant, tied):
-    m = SmallRNN(4, 3, variant, tied_readout=tied, seed=1, dtype=torch.float64)
-    with torch.no_grad():
-        m.b.normal_(0, 0.3)
+@pytest.mark.parametrize("tied,bias", [(False, True), (True, True), ("output-direction", True),
+                                       ("output-direction", False), (False, False)])
+def test_small_rnn_matches_its_definition(variant, tied, bias):
+    m = SmallRNN(4, 3, variant, tied_readout=tied, seed=1, dtype=torch.float64, output_bias=bias, delay=2)
+    if bias:
+        with torch.no_grad():
+            m.b.normal_(0, 0.3)
+    else:
+        assert "b" not in dict(m.named_parameters()) and torch.equal(m.b, torch.zeros(4, dtype=torch.float64))
     x = torch.rand(5, 9, 4, dtype=torch.float64)
     out, ref = m(x), small_rnn_by_hand(m, x)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
@@ -60,8 +74,10 @@ def test_small_rnn_matches_its_definition(variant, tied):
 
 
 @pytest.mark.parametrize("variant", ["linear", "relu_readout", "relu"])
-def test_ensemble_equals_its_instances(variant):
-    ens = RNNEnsemble(6, 4, 3, variant=variant, seed=2, dtype=torch.float64)
+@pytest.mark.parametrize("tied,bias", [(False, True), ("output-direction", False)])
+def test_ensemble_equals_its_instances(variant, tied, bias):
+    ens = RNNEnsemble(6, 4, 3, variant=variant, seed=2, dtype=torch.float64, tied_readout=tied, output_bias=bias,
+                      delay=[1, 2, 3, 1, 2, 3])
     x = torch.rand(6, 5, 7, 4, dtype=torch.float64)
     out = ens(x)
     assert out.shape == (6, 5, 7, 4)
@@ -188,3 +204,13 @@ def test_phase_transition_direction_shortened(tmp_path):
     assert not [p for p in os.listdir(out) if ".tmp" in p]
     # the run flushed subnormals but gave the process its setting back (off by default)
     assert (torch.tensor([1e-38]) / 100).item() != 0
+
+
+def test_the_config_checks_variant_and_readout_tie(tmp_path):
+    from rnnofrnns.experiments.errors import UsageError
+    from rnnofrnns.experiments.superposition.experiment import SuperpositionConfig
+
+    with pytest.raises(UsageError, match="--variant must be linear, relu_readout or relu, got 'tanh'"):
+        SuperpositionConfig(variant="tanh", out=str(tmp_path)).validate()
+    with pytest.raises(UsageError, match="--tied-readout must be one of none, input, output-direction, got 'output'"):
+        SuperpositionConfig(tied_readout="output", out=str(tmp_path)).validate()

@@ -93,10 +93,12 @@ def test_bad_input():
         torch.ops.rnnofrnns.ensemble_readout_loss(h[:1], W, b, y, True)
 
 
-@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("tied,bias", [(False, True), (True, True), ("output-direction", True),
+                                       ("output-direction", False)])
 @pytest.mark.parametrize("variant", ["linear", "relu_readout", "relu"])
-def test_training_loss_equals_unfused_loss(variant, tied):
-    ens = RNNEnsemble(6, 3, 2, variant=variant, tied_readout=tied, seed=0, dtype=torch.float64)
+def test_training_loss_equals_unfused_loss(variant, tied, bias):
+    ens = RNNEnsemble(6, 3, 2, variant=variant, tied_readout=tied, seed=0, dtype=torch.float64, output_bias=bias,
+                      delay=[1, 2, 3, 2, 1, 4])
     x, y = ens.sample_batch(5, 7, [torch.Generator().manual_seed(i) for i in range(6)])
     fused = ens.training_loss(x, y)
     ref = ens.loss(ens(x), y)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...models import RNNEnsemble
+from ...models.small_rnn import TIED_READOUTS
 from ...ops._backend import flush_denormal
 from .._files import atomic_save, atomic_write_json, command_run_folder, pyplot, save_figure
 from .._limits import check_fits, check_threads
@@ -34,6 +35,8 @@ class SuperpositionConfig:
     seq_len: int = 20
     lr: float = 0.01
     variant: str = "relu_readout"
+    tied_readout: str = "none"    # none, input (W_y = W_x) or output-direction (W_y = W_h^k W_x)
+    output_bias: bool = True
     out: str = "runs/superposition"
     threads: Optional[int] = None
     progress: bool = True
@@ -53,6 +56,11 @@ class SuperpositionConfig:
             if repeated:
                 raise UsageError(f"{flag} must not repeat a value (it would train the same RNNs twice), "
                                  f"got {', '.join(map(str, repeated))} more than once")
+        # (the variant check sat after memory_estimate's return until 2026-12-03: it never ran)
+        if self.variant not in ("linear", "relu_readout", "relu"):
+            raise UsageError(f"--variant must be linear, relu_readout or relu, got {self.variant!r}")
+        if self.tied_readout not in TIED_READOUTS:
+            raise UsageError(f"--tied-readout must be one of {', '.join(TIED_READOUTS)}, got {self.tied_readout!r}")
         check_threads(self.threads)
         check_fits(self.memory_estimate(), f"--delay x --sparsities x --seeds = {self.instances} RNNs of "
                                            f"--hidden {self.hidden}, --features {self.features}, "
@@ -69,8 +77,6 @@ class SuperpositionConfig:
         per_rnn = 6 * self.batch_size * self.seq_len * (2 * self.features + self.hidden) + \
             8 * (self.hidden * (2 * self.features + self.hidden) + self.features)
         return 4.0 * self.instances * per_rnn
-        if self.variant not in ("linear", "relu_readout", "relu"):
-            raise UsageError(f"--variant must be linear, relu_readout or relu, got {self.variant!r}")
 
 
 # Everything a superposition run writes into its folder (a rerun replaces them).
@@ -93,8 +99,9 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
         raise UsageError(f"--out {cfg.out} is a file, not a folder")
     os.makedirs(cfg.out, exist_ok=True)
     grid = [(k, s, seed) for k in cfg.delays for s in cfg.sparsities for seed in range(cfg.seeds)]
-    ens = RNNEnsemble(len(grid), cfg.features, cfg.hidden, variant=cfg.variant,
-                      feature_probability=[1.0 - s for _, s, _ in grid], delay=[k for k, _, _ in grid], seed=0)
+    ens = RNNEnsemble(len(grid), cfg.features, cfg.hidden, variant=cfg.variant, tied_readout=cfg.tied_readout,
+                      output_bias=cfg.output_bias, feature_probability=[1.0 - s for _, s, _ in grid],
+                      delay=[k for k, _, _ in grid], seed=0)
     opt = torch.optim.Adam(ens.parameters(), lr=cfg.lr)
     gens = [torch.Generator().manual_seed(10_000 + i) for i in range(len(grid))]
     log(f"training {len(grid)} RNNs of hidden size {cfg.hidden} jointly: delays {cfg.delays}, "
