@@ -23,7 +23,8 @@ import sys
 from typing import List, NoReturn, Optional
 
 # Integer arguments that must be positive, in every command that has them.
-_POSITIVE = ("area_size", "steps", "batch", "epochs", "hidden", "features", "seeds", "batch_size", "seq_len")
+_POSITIVE = ("area_size", "steps", "batch", "epochs", "hidden", "features", "seeds", "batch_size", "seq_len",
+             "record_every")
 
 
 class _Parser(argparse.ArgumentParser):

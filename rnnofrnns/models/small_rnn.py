@@ -216,7 +216,11 @@ class RNNEnsemble(nn.Module):
         return torch.relu(out) if relu_out else out
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The same value and gradients as loss(self(x), y). On the CPU (backend None or
+        """training_losses(x, y).sum(): the same value and gradients as loss(self(x), y)."""
+        return self.training_losses(x, y).sum()
+
+    def training_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Every instance's loss [I], differentiable; their sum is loss(self(x), y). On the CPU (backend None or
         "cpu") one fused op computes the loss and its parameter gradients in a single pass over
         x and y (ensemble_loss); elsewhere, above MAX_FUSED_DIM hidden units or features, or
         when x requires grad, the states come from modular_rnn and the fused readout+loss op
@@ -230,10 +234,21 @@ class RNNEnsemble(nn.Module):
         if (self.backend in (None, "cpu") and y.device.type == "cpu" and cpu_extension_available()
                 and not x.requires_grad and fits):
             return ensemble_loss(x, self.W_x, self.W_h, self.readout_weight(), self.b, y, nl == "relu", relu_out,
-                                 backend="cpu").sum()
+                                 backend="cpu")
         per_instance = ensemble_readout_loss(self.states(x), self.readout_weight(), self.b, y, relu_out,
                                              backend=self._ensemble_backend())
-        return per_instance.sum()
+        return per_instance
+
+    def projections(self, steps: int) -> torch.Tensor:
+        """w_y . w_s for s = 0..steps-1 per instance and feature, [I, steps, F]: how the readout
+        of feature f reads the direction w_s = W_h^s W_x its input took s steps ago (the
+        interference-free half-space is w_y . w_s <= 0 for s != k)."""
+        w_y = self.readout_weight()
+        w, out = self.W_x, []
+        for _ in range(steps):
+            out.append((w_y * w).sum(1))
+            w = self.W_h @ w
+        return torch.stack(out, 1)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, importance: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sum over instances of each instance's mean (importance-weighted) squared error."""

@@ -199,8 +199,14 @@ def test_phase_transition_direction_shortened(tmp_path):
         assert e["best_spectral_radius"] < dense["best_spectral_radius"] - 0.1, e
         assert e["best_loss"] < dense["best_loss"]
     assert len(m["instances"]) == 18
-    for name in ("angle_vs_sparsity.png", "spectral_radius_vs_sparsity.png", "feature_directions.png"):
+    for name in ("angle_vs_sparsity.png", "spectral_radius_vs_sparsity.png", "feature_directions.png",
+                 "dynamics.png"):
         assert (out / name).stat().st_size > 5_000
+    dyn = json.loads((out / "dynamics.json").read_text())
+    assert dyn["step"][:2] == [0, 20] and dyn["step"][-1] == 1999 and len(dyn["loss"][0]) == 18
+    assert len(dyn["projections"][0][0]) == 5  # s = 0..2k
+    # the ensemble's recorded loss falls, and the records are the per-instance training losses
+    assert sum(dyn["loss"][-1]) < 0.5 * sum(dyn["loss"][0])
     assert not [p for p in os.listdir(out) if ".tmp" in p]
     # the run flushed subnormals but gave the process its setting back (off by default)
     assert (torch.tensor([1e-38]) / 100).item() != 0
@@ -214,3 +220,16 @@ def test_the_config_checks_variant_and_readout_tie(tmp_path):
         SuperpositionConfig(variant="tanh", out=str(tmp_path)).validate()
     with pytest.raises(UsageError, match="--tied-readout must be one of none, input, output-direction, got 'output'"):
         SuperpositionConfig(tied_readout="output", out=str(tmp_path)).validate()
+
+
+def test_projections_read_the_delayed_directions():
+    ens = RNNEnsemble(3, 2, 3, tied_readout="output-direction", delay=[1, 2, 3], seed=4, dtype=torch.float64)
+    P = ens.projections(5)
+    assert P.shape == (3, 5, 2)
+    for i in range(3):
+        w_y = ens.readout_weight()[i]
+        for s in range(5):
+            w_s = torch.linalg.matrix_power(ens.W_h[i], s) @ ens.W_x[i]
+            torch.testing.assert_close(P[i, s], (w_y * w_s).sum(0))
+        k = int(ens.delay[i])  # the tie reads its own delay's direction: |w_k|^2
+        torch.testing.assert_close(P[i, k], ens.readout_weight()[i].square().sum(0))

@@ -37,12 +37,13 @@ class SuperpositionConfig:
     variant: str = "relu_readout"
     tied_readout: str = "none"    # none, input (W_y = W_x) or output-direction (W_y = W_h^k W_x)
     output_bias: bool = True
+    record_every: int = 20        # Adam steps between the recorded losses and projections (dynamics.json)
     out: str = "runs/superposition"
     threads: Optional[int] = None
     progress: bool = True
 
     def validate(self) -> None:
-        for name in ("hidden", "features", "seeds", "steps", "batch_size", "seq_len"):
+        for name in ("hidden", "features", "seeds", "steps", "batch_size", "seq_len", "record_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if not self.delays or any(k < 1 or k >= self.seq_len for k in self.delays):
@@ -81,7 +82,7 @@ class SuperpositionConfig:
 
 # Everything a superposition run writes into its folder (a rerun replaces them).
 OWN_FILES = ("metrics.json", "ensemble.pt", "angle_vs_sparsity.png", "spectral_radius_vs_sparsity.png",
-             "feature_directions.png")
+             "feature_directions.png", "dynamics.json", "dynamics.png")
 
 
 def run_superposition(cfg: SuperpositionConfig, log=print) -> Dict[str, Any]:
@@ -112,9 +113,18 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
 
         bar = tqdm(total=cfg.steps, desc="superposition", leave=False, dynamic_ncols=True)
     t0 = time.perf_counter()
+    # the training dynamics: every instance's loss and its projections w_y . w_s, s = 0..2k
+    span = min(cfg.seq_len, 2 * max(cfg.delays) + 1)
+    dynamics: Dict[str, List[Any]] = dict(step=[], loss=[], projections=[])
     for step in range(cfg.steps):
         x, y = ens.sample_batch(cfg.batch_size, cfg.seq_len, gens)
-        loss = ens.training_loss(x, y)
+        losses = ens.training_losses(x, y)
+        loss = losses.sum()
+        if step % cfg.record_every == 0 or step == cfg.steps - 1:
+            with torch.no_grad():
+                dynamics["step"].append(step)
+                dynamics["loss"].append(losses.detach().tolist())
+                dynamics["projections"].append(ens.projections(span).mean(2).tolist())
         if not bool(torch.isfinite(loss.detach())):
             if bar is not None:
                 bar.close()
@@ -158,7 +168,10 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
     metrics = dict(command="superposition", config=asdict(cfg), wall_time_s=wall, instances=rows, by_sparsity=table)
     atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
     atomic_save(ens.state_dict(), os.path.join(cfg.out, "ensemble.pt"))
+    atomic_write_json(dict(command="superposition", grid=[list(g) for g in grid], **dynamics),
+                      os.path.join(cfg.out, "dynamics.json"))
     pictures = save_plots(cfg, ens, grid, rows, table)
+    pictures.append(plot_dynamics(cfg, grid, table, dynamics, os.path.join(cfg.out, "dynamics.png")))
     log(f"trained in {wall:.1f} s")
     log("delay  sparsity | best seed: k*theta  spectral radius  loss      | median: k*theta  spectral radius  loss")
     for e in table:
@@ -230,3 +243,31 @@ def save_plots(cfg, ens, grid, rows, table) -> List[str]:
         fig.suptitle(f"feature directions w_s = W_h^s W_x, s = 0..{k} (colour: feature)", fontsize=9)
         paths.append(save_figure(fig, os.path.join(cfg.out, "feature_directions.png")))
     return paths
+
+
+def plot_dynamics(cfg: SuperpositionConfig, grid, table, dynamics: Dict[str, List[Any]], path: str) -> str:
+    """For the best seed of the first delay at the first, middle and last sparsity: its training
+    loss (the staircase) and its projections w_y . w_s over training (s = k drawn thick; the
+    interference-free half-space is w_y . w_s <= 0 for s != k)."""
+    plt = pyplot()
+    k = cfg.delays[0]
+    best = {(e["delay"], e["sparsity"]): e["best_seed"] for e in table}
+    picks = sorted({cfg.sparsities[0], cfg.sparsities[len(cfg.sparsities) // 2], cfg.sparsities[-1]})
+    chosen = [i for i, (kk, s, seed) in enumerate(grid) if kk == k and s in picks and seed == best[(kk, s)]]
+    steps = np.asarray(dynamics["step"])
+    loss = np.asarray(dynamics["loss"])
+    proj = np.asarray(dynamics["projections"])  # [records, I, span]
+    fig, axes = plt.subplots(2, len(chosen), figsize=(3.8 * len(chosen), 6), squeeze=False)
+    for col, i in enumerate(chosen):
+        axes[0, col].plot(steps, loss[:, i], lw=0.8)
+        axes[0, col].set_yscale("log")
+        axes[0, col].set_title(f"sparsity {grid[i][1]:g}, seed {grid[i][2]}", fontsize=9)
+        for s_ in range(proj.shape[2]):
+            axes[1, col].plot(steps, proj[:, i, s_], lw=2.0 if s_ == k else 0.8, label=f"s={s_}")
+        axes[1, col].axhline(0, color="grey", lw=0.4)
+        axes[1, col].set_xlabel("Adam step")
+    axes[0, 0].set_ylabel("training loss")
+    axes[1, 0].set_ylabel("w_y . w_s (mean over features)")
+    axes[1, -1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"training dynamics, delay k={k} (best seed of each sparsity)", fontsize=9)
+    return save_figure(fig, path)
