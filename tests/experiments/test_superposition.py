@@ -206,7 +206,7 @@ def test_phase_transition_direction_shortened(tmp_path):
     assert dyn["step"][:2] == [0, 20] and dyn["step"][-1] == 1999 and len(dyn["loss"][0]) == 18
     assert len(dyn["projections"][0][0]) == 5  # s = 0..2k
     # the ensemble's recorded loss falls, and the records are the per-instance training losses
-    assert sum(dyn["loss"][-1]) < 0.5 * sum(dyn["loss"][0])
+    assert sum(dyn["loss"][-1]) < 0.8 * sum(dyn["loss"][0])
     assert not [p for p in os.listdir(out) if ".tmp" in p]
     # the run flushed subnormals but gave the process its setting back (off by default)
     assert (torch.tensor([1e-38]) / 100).item() != 0
