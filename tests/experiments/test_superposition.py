@@ -199,6 +199,7 @@ def test_phase_transition_direction_shortened(tmp_path):
         assert e["best_spectral_radius"] < dense["best_spectral_radius"] - 0.1, e
         assert e["best_loss"] < dense["best_loss"]
     assert len(m["instances"]) == 18
+    assert all(0.0 <= r["interference_free"] <= 1.0 for r in m["instances"])
     for name in ("angle_vs_sparsity.png", "spectral_radius_vs_sparsity.png", "feature_directions.png",
                  "dynamics.png"):
         assert (out / name).stat().st_size > 5_000

@@ -144,9 +144,16 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
         x, y = ens.sample_batch(1024, cfg.seq_len, eval_gens)
         per_instance_loss = (ens(x) - y).square().mean(dim=(1, 2, 3))
     rows = []
+    with torch.no_grad():
+        proj = ens.projections(span)  # [I, span, F]
     for i, (k, s, seed) in enumerate(grid):
         stats = summary(ens.W_x[i].detach(), ens.W_h[i].detach(), k)
+        others = [t for t in range(span) if t != k]
+        # the interference-free half-space: the readout of a feature does not read (w_y . w_s <= 0)
+        # the directions its input took at the other delays s != k (features and s counted alike)
+        free = float((proj[i, others] <= 0).double().mean()) if others else float("nan")
         rows.append(dict(delay=k, sparsity=s, seed=seed, loss=float(per_instance_loss[i]),
+                         projection_k=float(proj[i, k].mean()), interference_free=free,
                          **{name: float(v) for name, v in stats.items()}))
     table = []
     for k in cfg.delays:
@@ -157,6 +164,7 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
             # the medians are kept beside it.
             best = min(sel, key=lambda r: r["loss"])
             entry = dict(delay=k, sparsity=s,
+                         best_interference_free=best["interference_free"],
                          median_spectral_radius=float(np.median([r["spectral_radius"] for r in sel])),
                          median_loss=float(np.median([r["loss"] for r in sel])),
                          best_seed=best["seed"], best_loss=best["loss"],
