@@ -124,3 +124,30 @@ def test_the_cli_sweep_takes_train_s_model_settings(tmp_path):
     assert rows[0]["certificate"]["discrete_holds"] is True
     r = subprocess.run(common + PAPERS[:-1] + ["glu"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert r.returncode == 2 and r.stderr.startswith("error: --out") and "run_settings differ" in r.stderr, r.stderr
+
+
+def test_the_design_space_axis_areas_by_area_size(tmp_path):
+    """--shapes repeats every run for each number of areas x area size: the runs have those
+    shapes, the rows and the table name them, and bad shapes are refused before anything runs."""
+    out = tmp_path / "s"
+    env = {**os.environ, "RNNOFRNNS_TRACEBACK": "0"}
+    common = [sys.executable, "-m", "rnnofrnns", "sweep", "--task", "row-digits", "--topologies", "gw",
+              "--feedback-sparsity", "0", "--seeds", "1", "--epochs", "1", "--threads", "1", "--no-progress",
+              "--out", str(out)]
+    r = subprocess.run(common + ["--shapes", "3x4", "4x3"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["row-digits-3x4-gw-sparsity0-seed0", "row-digits-4x3-gw-sparsity0-seed0"]
+    for name, (p, n) in zip(runs, [(3, 4), (4, 3)]):
+        saved = json.loads((out / "runs" / name / "config.json").read_text())
+        assert (saved["num_areas"], saved["area_size"]) == (p, n)
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    assert [(r["topology"], r["num_areas"], r["area_size"]) for r in rows] == [("gw 3x4", 3, 4), ("gw 4x3", 4, 3)]
+    assert "gw 3x4" in (out / "summary.txt").read_text()
+    for bad, message in ((["3by4"], "--shapes values must be PxN"), (["1x8"], "at least 2 areas"),
+                         (["3x4", "3x4"], "--shapes needs distinct PxN values")):
+        r = subprocess.run(common[:-1] + [str(tmp_path / "other"), "--shapes", *bad], capture_output=True, text=True,
+                           cwd=ROOT, timeout=300, env=env)
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not (tmp_path / "other").exists()

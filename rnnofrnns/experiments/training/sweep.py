@@ -10,6 +10,10 @@ differ): finished runs are kept and skipped, a run that stopped halfway continue
 last checkpoint. A run that fails (a non-finite loss) is kept as a row with
 its reason, and the sweep goes on.
 
+--shapes P1xN1 P2xN2 ... adds the design space the papers leave open: every run is repeated for
+each number of areas x area size (e.g. 8x64 16x32 24x32 32x16: the first, second and fourth
+hold 512 units), and the rows, table and plots name the shape beside the topology.
+
 Topologies: "gw" (a star through the last area), "all", "random:<density>" (each pair kept
 with that probability), "random-pairs:<count>", and "random:matched": as many randomly chosen
 pairs as the star has (p - 1), so that its trainable-parameter count is the star's exactly
@@ -22,7 +26,7 @@ import json
 import math
 import os
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import _files
 from ..errors import RunError, UsageError
@@ -46,8 +50,20 @@ def topology_spec(name: str, num_areas: int) -> str:
     return spec
 
 
-def run_name(task: str, topology: str, sparsity: float, seed: int) -> str:
-    return f"{task}-{topology.replace(':', '')}-sparsity{sparsity:g}-seed{seed}"
+def run_name(task: str, topology: str, sparsity: float, seed: int, shape: Optional[Tuple[int, int]] = None) -> str:
+    prefix = f"{shape[0]}x{shape[1]}-" if shape else ""
+    return f"{task}-{prefix}{topology.replace(':', '')}-sparsity{sparsity:g}-seed{seed}"
+
+
+def parse_shape(text: str) -> Tuple[int, int]:
+    """--shapes: "PxN" (areas x units per area), each a positive integer."""
+    try:
+        p, n = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--shapes values must be PxN (areas x units per area, e.g. 16x32), got {text!r}") from None
+    if p < 2 or n < 1:
+        raise UsageError(f"--shapes values need at least 2 areas of at least 1 unit, got {text!r}")
+    return p, n
 
 
 def _finished(path: str) -> Optional[Dict[str, Any]]:
@@ -97,21 +113,31 @@ def _check(task: str, topologies: Sequence[str], sparsities: Sequence[float], se
 
 
 def sweep(task: str, topologies: Sequence[str], sparsities: Sequence[float], *, seeds: int, epochs: int, out: str,
-          base: Optional[TrainConfig] = None, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+          base: Optional[TrainConfig] = None, log: Callable[[str], None] = print,
+          shapes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Dict[str, Any]]:
     """Train every (topology, sparsity, seed) of the study and write its results into `out`.
 
     base: the TrainConfig every run starts from (default: the certified default); its
-    model, task, topology, feedback_sparsity, seed, epochs and out are set per run."""
+    model, task, topology, feedback_sparsity, seed, epochs and out are set per run.
+    shapes: (num_areas, area_size) pairs to repeat the study for (default: base's only)."""
     base = base or TrainConfig()
     _check(task, topologies, sparsities, seeds, epochs)
-    specs = {t: topology_spec(t, base.num_areas) for t in topologies}
-    for t in topologies:  # every run's settings are checked before anything is written
-        replace(base, model="scn", task=task, topology=specs[t], feedback_sparsity=sparsities[0], epochs=epochs,
-                out=out).validate()
+    if shapes is not None and (not shapes or len(set(shapes)) != len(shapes)):
+        raise UsageError(f"--shapes needs distinct PxN values, got {' '.join(f'{p}x{n}' for p, n in shapes)}")
+    grid = list(shapes) if shapes else [None]
+    specs = {}
+    for shape in grid:  # every run's settings are checked before anything is written
+        p, n = shape or (base.num_areas, base.area_size)
+        for t in topologies:
+            specs[(shape, t)] = topology_spec(t, p)
+            replace(base, model="scn", task=task, topology=specs[(shape, t)], feedback_sparsity=sparsities[0],
+                    epochs=epochs, out=out, num_areas=p, area_size=n).validate()
     settings = dict(task=task, topologies=list(topologies), feedback_sparsity=list(sparsities), seeds=seeds,
                     epochs=epochs, run_settings={k: v for k, v in base.run_settings().items()
                                                  if k not in ("model", "task", "topology", "feedback_sparsity",
                                                               "seed") + RESUMABLE})
+    if shapes:  # (absent otherwise, so that a sweep from before the option resumes)
+        settings["shapes"] = [f"{p}x{n}" for p, n in shapes]
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a folder")
     saved_path = os.path.join(out, SWEEP_FILE)
@@ -128,14 +154,16 @@ def sweep(task: str, topologies: Sequence[str], sparsities: Sequence[float], *, 
     _files.atomic_write_json(settings, saved_path)
 
     rows = []
-    combos = [(t, s, seed) for t in topologies for s in sparsities for seed in range(seeds)]
-    for k, (t, s, seed) in enumerate(combos, 1):
-        run_dir = os.path.join(out, "runs", run_name(task, t, s, seed))
+    combos = [(shape, t, s, seed) for shape in grid for t in topologies for s in sparsities for seed in range(seeds)]
+    for k, (shape, t, s, seed) in enumerate(combos, 1):
+        run_dir = os.path.join(out, "runs", run_name(task, t, s, seed, shape))
+        p, n = shape or (base.num_areas, base.area_size)
+        label = f"{t} {p}x{n}" if shape else t
         done = _finished(run_dir)
         if done is None:
-            log(f"sweep: run {k}/{len(combos)}: {t}, feedback sparsity {s:g}, seed {seed}")
-            cfg = replace(base, model="scn", task=task, topology=specs[t], feedback_sparsity=s, seed=seed,
-                          epochs=epochs, out=run_dir)
+            log(f"sweep: run {k}/{len(combos)}: {label}, feedback sparsity {s:g}, seed {seed}")
+            cfg = replace(base, model="scn", task=task, topology=specs[(shape, t)], feedback_sparsity=s, seed=seed,
+                          epochs=epochs, out=run_dir, num_areas=p, area_size=n)
             # a run with a checkpoint continues; one that stopped before its first checkpoint
             # starts again (it has nothing to keep)
             resume = os.path.exists(os.path.join(run_dir, "last.pt"))
@@ -143,13 +171,15 @@ def sweep(task: str, topologies: Sequence[str], sparsities: Sequence[float], *, 
                 done = train(cfg, resume=resume, log=log, overwrite=not resume and is_run_folder(run_dir))
             except RunError as e:  # the run keeps its files and its reason; the sweep goes on
                 done = None
-                rows.append(dict(topology=t, feedback_sparsity=s, seed=seed, run=os.path.basename(run_dir),
+                rows.append(dict(topology=label, feedback_sparsity=s, seed=seed, run=os.path.basename(run_dir),
                                  test_accuracy=None, stopped=str(e)))
                 log(f"sweep: run {k} stopped: {e}")
         else:
             log(f"sweep: run {k}/{len(combos)} is done already ({run_dir})")
         if done is not None:
-            rows.append(row_of(done, t, s, seed, run_dir))
+            rows.append(row_of(done, label, s, seed, run_dir))
+            if shape:
+                rows[-1].update(num_areas=p, area_size=n)
         _files.atomic_write_json(dict(settings=settings, rows=rows), os.path.join(out, "metrics.json"))
     table = summary_table(rows, task)
     _files.atomic_write_text(table + "\n", os.path.join(out, "summary.txt"))
