@@ -187,7 +187,10 @@ def test_flush_to_zero_cpu():
     assert ((ref != 0) & (ref.abs() < tiny)).any()
 
 
-@pytest.mark.parametrize("feedback_step,pairs", [("euler", all_to_all(5)), ("cayley", star(5))])
+RING5 = [(i, (i + 1) % 5) for i in range(5)] + [((i + 1) % 5, i) for i in range(5)]  # a product of 3 stars
+
+
+@pytest.mark.parametrize("feedback_step,pairs", [("euler", all_to_all(5)), ("cayley", star(5)), ("cayley", RING5)])
 def test_cpu_backend_is_bitwise_deterministic_across_thread_counts(feedback_step, pairs):
     """The backward's weight-gradient (and alpha-gradient) reduction is split by batch size,
     not by threads; the cayley case has per-area alphas that require grad."""
