@@ -169,8 +169,10 @@ def _by_point(rows: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
 def study_table(rows: List[Dict[str, Any]], study: str, axis_label: str) -> str:
     """One line per point: mean (range) over seeds of every measure."""
     compose = sorted({k for r in rows for k in r.get("compose", {})})
-    head = ["series", axis_label, "seeds", "final specialisation", "switch time (late blocks)",
-            "late blocks not reached", "final loss", "regime (runs)"] + [f"compose {k}: loss" for k in compose]
+    categorical = study in ("constraints", "tasks")  # the series names the point: no axis column
+    head = (["series"] if categorical else ["series", axis_label]) + [
+        "seeds", "final specialisation", "switch time (late blocks)", "late blocks not reached", "final loss",
+        "regime (runs)"] + [f"compose {k}: loss" for k in compose]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, group in _by_point(rows).items():
         first = group[0]
@@ -178,11 +180,10 @@ def study_table(rows: List[Dict[str, Any]], study: str, axis_label: str) -> str:
         regimes = {}
         for r in group:
             regimes[r["regime"]] = regimes.get(r["regime"], 0) + 1
-        axis = first["series"] if study in ("constraints", "tasks") else f"{first['axis']:g}"
-        cells = [first["series"], axis, str(len(group)), _span([r["final_specialisation"] for r in group]),
-                 _span(times), str(sum(r["blocks_not_reached"] for r in group)),
-                 _span([r["final_loss"] for r in group], "{:.4f}"),
-                 ", ".join(f"{k} {v}" for k, v in sorted(regimes.items()))]
+        cells = [first["series"]] if categorical else [first["series"], f"{first['axis']:g}"]
+        cells += [str(len(group)), _span([r["final_specialisation"] for r in group]), _span(times),
+                  str(sum(r["blocks_not_reached"] for r in group)), _span([r["final_loss"] for r in group], "{:.4f}"),
+                  ", ".join(f"{k} {v}" for k, v in sorted(regimes.items()))]
         cells += [_span([r["compose"][k] for r in group if k in r.get("compose", {})], "{:.4f}") for k in compose]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
