@@ -52,3 +52,10 @@ def test_the_report_from_results(scaling, tmp_path, capsys):
     assert "| euler_star | 1.00 (1) / 1.00 (2) / 1.00 (1) / 1.00 (1) |" in out  # time linear in every factor
     assert "n/a" in out  # the skipped measurement
     assert (tmp_path / "scaling_time.png").exists() and (tmp_path / "scaling_memory.png").exists()
+
+
+def test_a_measurement_leaves_the_process_s_float_settings_alone(scaling):
+    import torch
+
+    scaling.measure("euler_star", 3, 2, 3, 2, rounds=1)
+    assert (torch.tensor([1e-38]) / 100).item() != 0  # subnormals still there: nothing was flushed globally
