@@ -70,6 +70,24 @@ def test_resume_skips_finished_runs_and_refuses_another_sweep(short_sweep):
         sweep("row-digits", ["gw", "all", "random:matched"], [0.0, 0.5], seeds=1, epochs=2, out=str(out), base=BASE)
 
 
+def test_a_sweep_from_before_a_setting_resumes_with_the_setting_it_ran(short_sweep, tmp_path):
+    """A sweep.json written before cayley_form existed ran the map now called "exact": resuming
+    it with the default ("auto") is refused naming the setting, with --cayley-form exact it resumes."""
+    import shutil
+
+    out, rows, _ = short_sweep
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    saved = json.loads((old / "sweep.json").read_text())
+    del saved["run_settings"]["cayley_form"]
+    (old / "sweep.json").write_text(json.dumps(saved))
+    args = ("row-digits", ["gw", "all", "random:matched"], [0.0, 0.5])
+    with pytest.raises(UsageError, match=r"its run_settings \(cayley_form\) differ"):
+        sweep(*args, seeds=1, epochs=1, out=str(old), base=BASE)
+    again = sweep(*args, seeds=1, epochs=1, out=str(old), base=replace(BASE, cayley_form="exact"), log=lambda _: None)
+    assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in rows]
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(topologies=["gw", "ring"]), r"--topologies: 'ring' cannot be used"),
     (dict(topologies=["gw", "gw"]), r"lists a topology twice"),

@@ -32,7 +32,7 @@ from .. import _files
 from ..errors import RunError, UsageError
 from ... import topology as topo
 from .data import TASKS
-from .config import RESUMABLE, TrainConfig
+from .config import LEGACY_SETTINGS, RESUMABLE, TrainConfig
 from .loop import train
 from .run_folder import is_run_folder
 
@@ -144,8 +144,16 @@ def sweep(task: str, topologies: Sequence[str], sparsities: Sequence[float], *, 
     if os.path.exists(saved_path):
         with open(saved_path) as f:
             saved = json.load(f)
-        if saved != json.loads(json.dumps(settings)):
-            differ = sorted(k for k in settings if saved.get(k) != json.loads(json.dumps(settings[k])))
+        if isinstance(saved, dict) and isinstance(saved.get("run_settings"), dict):
+            for name, value in LEGACY_SETTINGS.items():  # a sweep from before a setting existed ran without it
+                saved["run_settings"].setdefault(name, value)
+        wanted = json.loads(json.dumps(settings))
+        if saved != wanted:
+            differ = sorted(k for k in settings if saved.get(k) != wanted[k])
+            if "run_settings" in differ and isinstance(saved.get("run_settings"), dict):
+                names = sorted(k for k in wanted["run_settings"]
+                               if saved["run_settings"].get(k) != wanted["run_settings"][k])
+                differ[differ.index("run_settings")] = f"run_settings ({', '.join(names)})"
             raise UsageError(f"--out {out} holds another sweep (its {', '.join(differ)} differ); give the same "
                              "settings to resume it, or choose another folder")
     elif os.path.isdir(out) and os.listdir(out):
