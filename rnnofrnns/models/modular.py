@@ -616,4 +616,5 @@ class ModularRNN(nn.Module):
                 + (f", input_timescales=True, alpha_min={self.alpha_min}" if self.input_timescales else "")
                 + (f", input_encoder={self.input_encoder}" if self.input_encoder else "")
                 + (f", drive_scale={self.drive_scale!r}" if self.drive_scale != "none" else "")
-                + (", skew_feedback=False" if not self.skew_feedback else ""))
+                + (", skew_feedback=False" if not self.skew_feedback else "")
+                + (f", cayley_form={self.cayley_form!r}" if self.cayley_form != "auto" else ""))

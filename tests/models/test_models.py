@@ -246,3 +246,25 @@ def test_a_wrong_input_or_model_dtype_names_x_and_the_model_dtype(index):
         net(torch.zeros(*shape, dtype=torch.float16))
     net = net.to(torch.float64)
     assert net(torch.zeros(*shape, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_the_cayley_form_of_a_model():
+    """cayley_form chooses the map a non-star topology runs: the product of its stars ("auto"
+    here) or the Cayley map itself ("exact"); feedback_map() is the map that runs."""
+    a = SparseComboNet(2, 3, num_areas=5, area_size=4, topology="random-pairs:4", generator=gen(1))
+    b = SparseComboNet(2, 3, num_areas=5, area_size=4, topology="random-pairs:4", generator=gen(1),
+                       cayley_form="exact")
+    assert (a.rnn._feedback_plan.step, b.rnn._feedback_plan.step) == ("star", "dense")
+    assert "cayley_form='exact'" in repr(b.rnn) and "cayley_form" not in repr(a.rnn)
+    with torch.no_grad():
+        a.rnn.B.mul_(20.0)  # strong feedback: the two maps part
+        b.load_state_dict(a.state_dict())
+    Ca, Cb = a.rnn.feedback_map(), b.rnn.feedback_map()
+    assert Ca.shape == (20, 20) and (Ca - Cb).abs().max() > 1e-3
+    x = torch.randn(3, 6, 2)
+    assert not torch.allclose(a(x), b(x))
+    with pytest.raises(ValueError, match=r"cayley_form must be one of \('auto', 'exact', 'stars', 'dense'\)"):
+        SparseComboNet(2, 3, num_areas=3, area_size=4, cayley_form="pairs")
+    euler = SparseComboNet(2, 3, num_areas=3, area_size=4, feedback_step="euler")
+    with pytest.raises(ValueError, match="the euler step has no feedback map"):
+        euler.rnn.feedback_map()
