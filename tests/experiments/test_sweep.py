@@ -141,7 +141,7 @@ def test_the_cli_sweep_takes_train_s_model_settings(tmp_path):
     rows = json.loads((out / "metrics.json").read_text())["rows"]
     assert rows[0]["certificate"]["discrete_holds"] is True
     r = subprocess.run(common + PAPERS[:-1] + ["glu"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
-    assert r.returncode == 2 and r.stderr.startswith("error: --out") and "run_settings differ" in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: --out") and "run_settings (readout) differ" in r.stderr, r.stderr
 
 
 def test_the_design_space_axis_areas_by_area_size(tmp_path):
