@@ -12,6 +12,7 @@ from .areas import SVDAreas, area_kind
 from .feedback import CayleyStep
 from .modular import ModularRNN
 from .readouts import make_readout
+from .segments import RecomputeEvery, check_recompute, segment_length_for_budget, segmented_forward
 from .stack import ModularRNNStack, StackCertificate
 
 
@@ -26,13 +27,21 @@ class SparseComboNet(nn.Module):
     num_layers > 1 stacks certified layers (ModularRNNStack; between_layers "none" or "tanh"),
     and the readout reads the last layer; the certificate is then the stack's.
 
+    recompute_every: None (keep every state for the backward), K (run the sequence in segments
+    of K steps and keep only each segment's starting state; the backward recomputes a segment at
+    a time: memory (T/K + c K) instead of c T, one more forward in time) or "auto" (K from
+    memory_budget_gb, the GB the states of a training step may take). Not saved in the
+    state_dict; settable on a built net. See models/segments.py.
+
     forward(x, h0=None) -> logits [B, output_size]. Extra keyword arguments go to ModularRNN.
     """
 
     def __init__(self, input_size: int, output_size: int, num_areas: int = 16, area_size: int = 32,
                  topology: topo.Topology = "all", readout: Union[str, nn.Module] = "recent", num_layers: int = 1,
-                 between_layers: str = "none", **kwargs) -> None:
+                 between_layers: str = "none", recompute_every: RecomputeEvery = None,
+                 memory_budget_gb: Optional[float] = None, **kwargs) -> None:
         super().__init__()
+        check_recompute(recompute_every, memory_budget_gb)
         if not isinstance(output_size, int) or output_size < 1:
             raise ValueError(f"output_size must be a positive integer, got {output_size!r}")
         sizes = kwargs.pop("area_sizes", (num_areas, area_size))
@@ -42,8 +51,29 @@ class SparseComboNet(nn.Module):
             self.rnn = ModularRNNStack(input_size, sizes, num_layers, between_layers, topology=topology, **kwargs)
         self.readout = make_readout(readout, self.rnn.hidden_size, output_size, generator=kwargs.get("generator"),
                                     dtype=kwargs.get("dtype"))
+        if recompute_every is not None and not (hasattr(self.readout, "pool") and hasattr(self.readout, "head")):
+            raise ValueError(f"recompute_every needs a readout with pool() and head() (the built-in ones), got "
+                             f"{type(self.readout).__name__}")
+        self.recompute_every, self.memory_budget_gb = recompute_every, memory_budget_gb
+
+    def segment_length(self, steps: int, batch: int) -> Optional[int]:
+        """The segment length K that forward uses for `steps` x `batch` (None: one pass)."""
+        check_recompute(self.recompute_every, self.memory_budget_gb)
+        if self.recompute_every is None:
+            return None
+        if self.recompute_every == "auto":
+            assert self.memory_budget_gb is not None
+            hidden = self.rnn.hidden_size * getattr(self.rnn, "num_layers", 1)
+            size = torch.finfo(next(self.parameters()).dtype).bits // 8
+            return segment_length_for_budget(steps, batch, hidden, size, self.memory_budget_gb * 1e9)
+        return min(int(self.recompute_every), steps)
 
     def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.recompute_every is not None and isinstance(x, torch.Tensor) and x.dim() == 3:
+            batch_first = self.rnn.batch_first
+            K = self.segment_length(x.shape[1 if batch_first else 0], x.shape[0 if batch_first else 1])
+            if K is not None and K > 0:
+                return segmented_forward(self.rnn, self.readout, x, h0, K)
         output, h_n = self.rnn(x, h0)
         return self.readout(output if self.rnn.batch_first else output.transpose(0, 1), h_n)
 

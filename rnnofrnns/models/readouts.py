@@ -12,6 +12,12 @@ readout(output, h_n) with output [B, T, hidden_size] (batch first) and h_n [1, B
   the windows start spread log-uniformly over 4-512 steps. A short window reads the last states
   (what a long sequence needs), a long one the mean (what helps a short one).
 
+Every built-in readout is a sum over time followed by a head, so that a network run in segments
+of steps (models/segments.py) never holds all the states: `pool(output, start, total)` is a
+segment's share of the pooled quantity (output [B, K, hidden_size] holds steps start..start+K-1
+of total; None when the segment adds nothing), `head(pooled)` maps the sum of the shares to the
+outputs.
+
 `make_readout(name, hidden_size, output_size)` builds one; `readout_parameters` counts its
 parameters without building it (for the equal-parameter comparison with GRU and LSTM).
 """
@@ -53,6 +59,13 @@ class LastStateReadout(nn.Linear):
         last = output[:, -1] if h_n is None else h_n[-1]
         return super().forward(last)
 
+    def pool(self, output: torch.Tensor, start: int, total: int) -> Optional[torch.Tensor]:
+        """The last state when this segment holds the sequence's last step, else None."""
+        return output[:, -1] if start + output.shape[1] == total else None
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return nn.Linear.forward(self, pooled)
+
 
 class MeanStateReadout(LastStateReadout):
     """A linear map of the mean state over time, (1/T) sum_t h_t."""
@@ -61,6 +74,10 @@ class MeanStateReadout(LastStateReadout):
 
     def forward(self, output: torch.Tensor, h_n: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
         return nn.Linear.forward(self, output.mean(1))
+
+    def pool(self, output: torch.Tensor, start: int, total: int) -> Optional[torch.Tensor]:
+        """This segment's share of the mean state: sum_t h_t / total."""
+        return output.sum(1) / total
 
 
 class GLUPoolReadout(nn.Module):
@@ -95,6 +112,13 @@ class GLUPoolReadout(nn.Module):
     def forward(self, output: torch.Tensor, h_n: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.out(self.units(output).mean(1))
 
+    def pool(self, output: torch.Tensor, start: int, total: int) -> Optional[torch.Tensor]:
+        """This segment's share of the units' mean: sum_t u_t / total."""
+        return self.units(output).sum(1) / total
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out(pooled)
+
 
 class RecentGLUReadout(GLUPoolReadout):
     """The gated linear units of GLUPoolReadout, each pooled over a learned window of the most
@@ -127,6 +151,11 @@ class RecentGLUReadout(GLUPoolReadout):
     def forward(self, output: torch.Tensor, h_n: Optional[torch.Tensor] = None) -> torch.Tensor:
         pooled = torch.einsum("btj,tj->bj", self.units(output), self.pooling_weights(output.shape[1]))
         return self.out(pooled)
+
+    def pool(self, output: torch.Tensor, start: int, total: int) -> Optional[torch.Tensor]:
+        """This segment's share: sum_t w_{j,t} u_{j,t} over its steps (w of the whole sequence)."""
+        w = self.pooling_weights(total)[start:start + output.shape[1]]
+        return torch.einsum("btj,tj->bj", self.units(output), w)
 
 
 READOUTS: Dict[str, Type[nn.Module]] = {"last": LastStateReadout, "mean": MeanStateReadout, "glu": GLUPoolReadout,

@@ -142,6 +142,10 @@ def test_baselines_have_a_comparable_parameter_count(kind):
     (["train", "--batch-size", "0", "--out", "OUT"], 2, "--batch-size must be a positive integer"),
     (["train", "--lr", "-1", "--out", "OUT"], 2, "--lr must be positive"),
     (["train", "--task", "smnist", "--data-dir", "EMPTY", "--out", "OUT"], 1, "train-images-idx3-ubyte"),
+    (["train", "--recompute-every", "0", "--out", "OUT"], 2, "--recompute-every: must be a positive number of steps"),
+    (["train", "--recompute-every", "auto", "--out", "OUT"], 2, "--recompute-every='auto' needs --memory-budget-gb"),
+    (["train", "--model", "gru", "--recompute-every", "8", "--out", "OUT"], 2,
+     "--recompute-every is for the certified nets (gw, scn), not --model gru"),
     (["evaluate", "NOWHERE"], 1, "config.json is missing"),
     (["train", "--resume", "--out", "NOWHERE"], 2, "nothing to resume"),
 ])
@@ -284,6 +288,16 @@ def test_a_run_with_the_input_path_options_trains_and_evaluates(tmp_path):
     assert res.returncode == 0, res.stderr
     saved = json.loads((out / "config.json").read_text())
     assert (saved["input_encoder"], saved["drive_scale"], saved["alpha_log_spread"]) == (4, "rate", [0.05, 0.5])
+    res = cli("evaluate", str(out), "--threads", "1")
+    assert res.returncode == 0 and "matches metrics.json: True" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_run_in_recomputed_segments_trains_and_evaluates(tmp_path):
+    out = tmp_path / "run"
+    res = cli("train", "--model", "gw", "--task", "row-digits", "--epochs", "1", "--recompute-every", "5",
+              *SMALL, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "config.json").read_text())["recompute_every"] == 5
     res = cli("evaluate", str(out), "--threads", "1")
     assert res.returncode == 0 and "matches metrics.json: True" in res.stdout, res.stdout + res.stderr
 

@@ -61,11 +61,13 @@ def build_model(cfg: TrainConfig, input_size: int, num_classes: int) -> nn.Modul
     if cfg.model == "gw":
         return GlobalWorkspaceNet(input_size, num_classes, cfg.num_areas, cfg.area_size,
                                   workspace_size=cfg.workspace_size, readout=cfg.readout,
+                                  recompute_every=cfg.recompute_every, memory_budget_gb=cfg.memory_budget_gb,
                                   **modular_kwargs(cfg, gen, dtype))
     if cfg.model == "scn":
         topology = "all" if cfg.topology is None else cfg.topology
         return SparseComboNet(input_size, num_classes, cfg.num_areas, cfg.area_size, topology=topology,
-                              readout=cfg.readout, **modular_kwargs(cfg, gen, dtype))
+                              readout=cfg.readout, recompute_every=cfg.recompute_every,
+                              memory_budget_gb=cfg.memory_budget_gb, **modular_kwargs(cfg, gen, dtype))
     hidden = cfg.hidden_size
     if hidden is None:
         budget = trainable_parameters(GlobalWorkspaceNet(

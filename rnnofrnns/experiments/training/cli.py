@@ -40,6 +40,10 @@ TRAIN_HELP = {
     "sigma_max": "svd areas: largest singular value (< 1)",
     "cayley_form": "gw/scn, cayley step: auto (the cheaper per step of the dense map and a product of stars "
                    "covering the topology), exact (never split: dense unless the topology is a star), stars or dense",
+    "recompute_every": "gw/scn: run each sequence in segments of K steps and keep only their starting states; the "
+                       "backward recomputes one segment at a time (memory T/K + c K instead of c T, about one more "
+                       "forward in time; gradients equal to rounding); auto: K from --memory-budget-gb",
+    "memory_budget_gb": "with --recompute-every auto: the GB a training step's states may take",
     "readout": "every model: " + " or ".join(f"{name} ({kind.summary})" for name, kind in READOUTS.items()),
     "gamma": "Perron root of |W| of every area (< 1)", "density": "density of the intra-area matrices",
     "hidden_size": "gru/lstm hidden size (default: the GW net's trainable-parameter count)",
@@ -78,6 +82,10 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
             kind = _alpha_arg
         if f.name == "alpha_log_spread":
             kind = _spread_arg
+        if f.name == "recompute_every":
+            kind = _recompute_arg
+        if f.name == "memory_budget_gb":
+            kind = float
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=d(default),
                             help=TRAIN_HELP.get(f.name, ""))
     flag = dict(action="store_true") if not suppress else dict(action="store_true", default=argparse.SUPPRESS)
@@ -103,6 +111,19 @@ def _add_train_args(parser: argparse.ArgumentParser, defaults, suppress: bool = 
                         f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE if n != 'progress')} and "
                         "--no-progress may differ from the run's settings", **flag)
     parser.add_argument("--overwrite", help="replace the run in --out (its files are removed first)", **flag)
+
+
+def _recompute_arg(text: str):
+    """--recompute-every: a positive number of steps or auto."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of steps or auto, got {text!r}")
+    return value
 
 
 def _spread_arg(text: str):

@@ -17,6 +17,7 @@ from ...models.areas import AREA_KINDS
 from ...models.modular import DRIVE_SCALES
 from ...models.stack import BETWEEN_LAYERS
 from ...models.readouts import READOUTS
+from ...models.segments import STEP_VALUES_PER_UNIT, check_recompute
 from ...models.feedback import FEEDBACK_STEP_KINDS, feedback_step_of
 from ...ops import CAYLEY_FORMS
 from ...ops._common import FORMS, NONLINEARITIES
@@ -70,6 +71,8 @@ class TrainConfig:
     alpha_log_spread: Optional[Tuple[float, float]] = None  # gw/scn: the areas' rates from lo to hi, geometric
     num_layers: int = 1                     # gw/scn: stacked certified layers (ModularRNNStack)
     between_layers: str = "none"            # gw/scn: none or tanh between stacked layers
+    recompute_every: Optional[Union[int, str]] = None  # gw/scn: segments of K steps recomputed in the backward, or "auto"
+    memory_budget_gb: Optional[float] = None  # gw/scn with recompute_every auto: the GB a step's states may take
     readout: str = "recent"                 # every model: recent, glu, last or mean (models/readouts.py)
     hidden_size: Optional[int] = None       # gru/lstm; default: match the GW net's trainable parameters
     seed: int = 0
@@ -120,6 +123,13 @@ class TrainConfig:
             raise ValueError(f"cayley_form must be one of {CAYLEY_FORMS}, got {self.cayley_form!r}")
         if self.readout not in READOUTS:
             raise bad("readout", " or ".join(READOUTS), self.readout)
+        try:
+            check_recompute(self.recompute_every, self.memory_budget_gb)
+        except ValueError as e:
+            raise UsageError(re.sub(r"\b(recompute_every|memory_budget_gb)\b",
+                                    lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
+        if self.recompute_every is not None and self.model not in ("gw", "scn"):
+            raise UsageError(f"--recompute-every is for the certified nets (gw, scn), not --model {self.model}")
         if self.areas not in AREA_KINDS:
             raise bad("areas", " or ".join(AREA_KINDS), self.areas)
         if not 0.0 < self.sigma_max < 1.0:
@@ -217,7 +227,14 @@ def memory_estimate(cfg: "TrainConfig") -> float:
         pairs = 2 * (p - 1) if cfg.model == "gw" else p * (p - 1)
         hidden = p * n * cfg.num_layers  # every layer keeps its states
         weights = cfg.num_layers * (p + pairs) * n * n + hidden * 8
-    states = 6 * TASK_STEPS.get(cfg.task, 1024) * max(cfg.batch_size, 512) * hidden
+    steps, batch = TASK_STEPS.get(cfg.task, 1024), max(cfg.batch_size, 512)
+    states = 6 * steps * batch * hidden
+    if cfg.recompute_every is not None and cfg.model in ("gw", "scn"):  # segments: T/K states + one segment's
+        if cfg.recompute_every == "auto":
+            states = min(states, int((cfg.memory_budget_gb or 0) * 1e9 / size))
+        else:
+            k = min(int(cfg.recompute_every), steps)
+            states = min(states, (math.ceil(steps / k) + STEP_VALUES_PER_UNIT * k) * batch * hidden)
     return float(size) * (4 * weights + states)
 
 
@@ -237,7 +254,8 @@ RESUMABLE = ("epochs", "stop_after", "progress", "threads", "data_dir")
 LEGACY_SETTINGS = dict(feedback_step="euler", areas="sparse", sigma_max=0.99, learn_timescales=False, readout="last",
                        skew_feedback=True, cayley_form="exact",
                        lr_schedule="none", input_timescales=False, alpha_min=0.02, input_encoder=0, drive_scale="none",
-                       alpha_log_spread=None, num_layers=1, between_layers="none")
+                       alpha_log_spread=None, num_layers=1, between_layers="none", recompute_every=None,
+                       memory_budget_gb=None)
 
 
 def _config_field_types() -> Dict[str, Tuple[type, ...]]:
@@ -250,6 +268,10 @@ def _config_field_types() -> Dict[str, Tuple[type, ...]]:
             out[f.name] = (int, float, list)
         elif f.name == "alpha_log_spread":
             out[f.name] = (list, type(None))
+        elif f.name == "recompute_every":
+            out[f.name] = (int, str, type(None))
+        elif f.name == "memory_budget_gb":
+            out[f.name] = (int, float, type(None))
         elif isinstance(default, bool):
             out[f.name] = (bool,)
         elif isinstance(default, int):
