@@ -138,13 +138,15 @@ class RNNEnsemble(nn.Module):
     the module's docstring). Instance i is initialised from (seed, i) alone, so it does not
     depend on the number of instances. forward(x): x [I, B, T, F] (each instance its own data) or
     [B, T, F] (shared) -> [I, B, T, F]. `feature_probability` and `delay` (one value, or
-    one per instance) are the instances' task settings, used by `sample_batch`.
+    one per instance) are the instances' task settings, used by `sample_batch`; `importance`
+    ([F] or [I, F], >= 0; default ones) weighs each feature's squared error in training_loss.
     """
 
     def __init__(self, num_instances: int, num_features: int, hidden_size: int, variant: str = "linear",
                  tied_readout: Union[bool, str] = False, feature_probability: Union[float, Sequence[float]] = 0.1,
                  delay: Union[int, Sequence[int]] = 1, seed: int = 0, backend: Optional[str] = None,
-                 dtype: Optional[torch.dtype] = None, output_bias: bool = True) -> None:
+                 dtype: Optional[torch.dtype] = None, output_bias: bool = True,
+                 importance: Union[None, Sequence[float], torch.Tensor] = None) -> None:
         super().__init__()
         if not isinstance(num_instances, int) or num_instances < 1:
             raise ValueError(f"num_instances must be a positive integer, got {num_instances!r}")
@@ -163,6 +165,14 @@ class RNNEnsemble(nn.Module):
             raise ValueError(f"delay must be >= 0, got {delays.tolist()}")
         self.register_buffer("feature_probability", probs)
         self.register_buffer("delay", delays)
+        weights = torch.ones(I, num_features, dtype=dtype) if importance is None else \
+            torch.as_tensor(importance, dtype=dtype).clone()
+        if weights.dim() == 1 and weights.numel() == num_features:
+            weights = weights.expand(I, num_features).clone()
+        if tuple(weights.shape) != (I, num_features) or not bool(torch.isfinite(weights).all() and (weights >= 0).all()):
+            raise ValueError(f"importance must be F = {num_features} or [I, F] = [{I}, {num_features}] finite values "
+                             f">= 0, got {tuple(weights.shape)} values {weights.flatten()[:4].tolist()}")
+        self.register_buffer("importance", weights)
         inits = [init_small_rnn(num_features, hidden_size, tie != "none", instance_generator(seed, i), dtype)
                  for i in range(I)]
         self.W_x = nn.Parameter(torch.stack([w[0] for w in inits]))
@@ -175,6 +185,11 @@ class RNNEnsemble(nn.Module):
             self.register_buffer("b", b)
         self.register_buffer("_empty_L", torch.zeros(0, hidden_size, hidden_size, dtype=dtype))
         self.register_buffer("_empty_idx", torch.zeros(0, 2, dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # a state dict from before `importance` existed (2026-12-03) trained every feature alike
+        state_dict.setdefault(prefix + "importance", torch.ones_like(self.importance))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def readout_weight(self) -> torch.Tensor:
         """W_y [I, n, F]: its own, W_x, or W_h^k W_x per instance (tied_readout)."""
@@ -216,7 +231,8 @@ class RNNEnsemble(nn.Module):
         return torch.relu(out) if relu_out else out
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """training_losses(x, y).sum(): the same value and gradients as loss(self(x), y)."""
+        """training_losses(x, y).sum(): the same value and gradients as
+        loss(self(x), y, self.importance)."""
         return self.training_losses(x, y).sum()
 
     def training_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -231,13 +247,17 @@ class RNNEnsemble(nn.Module):
         nl, relu_out = _act(self.variant)
         x = self._per_instance(x)
         fits = max(self.hidden_size, self.num_features) <= MAX_FUSED_DIM
+        W_y, b = self.readout_weight(), self.b
+        if bool((self.importance != 1).any()):
+            # importance c_f >= 0 weighs feature f's squared error: c (r(z) - y)^2 = (r(sqrt(c) z) -
+            # sqrt(c) y)^2 for r = relu or the identity, so the fused ops run the weighted loss
+            # with the readout's columns, the bias and the targets scaled by sqrt(c)
+            root = self.importance.sqrt()
+            W_y, b, y = W_y * root[:, None, :], b * root, y * root[:, None, None, :]
         if (self.backend in (None, "cpu") and y.device.type == "cpu" and cpu_extension_available()
                 and not x.requires_grad and fits):
-            return ensemble_loss(x, self.W_x, self.W_h, self.readout_weight(), self.b, y, nl == "relu", relu_out,
-                                 backend="cpu")
-        per_instance = ensemble_readout_loss(self.states(x), self.readout_weight(), self.b, y, relu_out,
-                                             backend=self._ensemble_backend())
-        return per_instance
+            return ensemble_loss(x, self.W_x, self.W_h, W_y, b, y, nl == "relu", relu_out, backend="cpu")
+        return ensemble_readout_loss(self.states(x), W_y, b, y, relu_out, backend=self._ensemble_backend())
 
     def projections(self, steps: int) -> torch.Tensor:
         """w_y . w_s for s = 0..steps-1 per instance and feature, [I, steps, F]: how the readout
@@ -251,10 +271,11 @@ class RNNEnsemble(nn.Module):
         return torch.stack(out, 1)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, importance: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Sum over instances of each instance's mean (importance-weighted) squared error."""
+        """Sum over instances of each instance's mean (importance-weighted) squared error;
+        importance: [F] or [I, F] (self.importance is the one training_loss uses)."""
         err = (pred - target).square()
         if importance is not None:
-            err = err * importance
+            err = err * (importance[:, None, None, :] if importance.dim() == 2 else importance)
         return err.mean(dim=(1, 2, 3)).sum()
 
     def sample_batch(self, batch_size: int, seq_len: int, generators: Optional[Sequence[torch.Generator]] = None):

@@ -234,3 +234,62 @@ def test_projections_read_the_delayed_directions():
             torch.testing.assert_close(P[i, s], (w_y * w_s).sum(0))
         k = int(ens.delay[i])  # the tie reads its own delay's direction: |w_k|^2
         torch.testing.assert_close(P[i, k], ens.readout_weight()[i].square().sum(0))
+
+
+# --- feature importance --------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["linear", "relu_readout", "relu"])
+@pytest.mark.parametrize("tied", ["none", "output-direction"])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_importance_weighted_loss_fused_equals_its_definition(variant, tied, backend):
+    """training_loss with importances (the fused op through sqrt(c)-scaled readout, bias and
+    targets) = loss(self(x), y, importance): value and every gradient, float64."""
+    I, F, n = 3, 4, 3
+    imp = torch.tensor([[1.0, 0.5, 0.25, 0.0], [2.0, 1.0, 1.0, 1.0], [0.3, 0.3, 0.9, 1.5]], dtype=torch.float64)
+    ens = RNNEnsemble(I, F, n, variant=variant, tied_readout=tied, delay=[1, 2, 1], seed=2, backend=backend,
+                      dtype=torch.float64, importance=imp)
+    x, y = ens.sample_batch(5, 7, [torch.Generator().manual_seed(i) for i in range(I)])
+    params = [p for p in ens.parameters()]
+    fused = ens.training_loss(x, y)
+    g_fused = torch.autograd.grad(fused, params)
+    want = ens.loss(ens(x), y, ens.importance)
+    g_want = torch.autograd.grad(want, params)
+    torch.testing.assert_close(fused, want, rtol=1e-12, atol=1e-14)
+    for a, b in zip(g_fused, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # a feature of importance 0 gives its readout column no gradient
+    if tied == "none":
+        assert float(g_fused[[i for i, p in enumerate(params) if p is ens.W_y][0]][0, :, 3].abs().max()) == 0.0
+
+
+def test_importance_checks_and_old_state_dicts():
+    with pytest.raises(ValueError, match=r"importance must be F = 3 or \[I, F\] = \[2, 3\] finite values >= 0"):
+        RNNEnsemble(2, 3, 2, importance=[1.0, -1.0, 0.5])
+    with pytest.raises(ValueError, match="importance must be"):
+        RNNEnsemble(2, 3, 2, importance=[1.0, 0.5])
+    ens = RNNEnsemble(2, 3, 2, importance=[1.0, 0.5, 0.25])
+    assert ens.importance.shape == (2, 3)
+    old = {k: v for k, v in RNNEnsemble(2, 3, 2, seed=1).state_dict().items() if k != "importance"}
+    ens.load_state_dict(old)  # from before importances: every feature alike
+    assert bool((ens.importance == 1).all())
+
+
+def test_which_features_are_kept_is_reported(tmp_path):
+    from rnnofrnns.__main__ import main
+
+    out = tmp_path / "sp"
+    assert main(["superposition", "--hidden", "2", "--features", "3", "--delay", "1", "3", "--sparsities", "0.9",
+                 "--seeds", "2", "--steps", "300", "--importance-decay", "0.5", "--out", str(out),
+                 "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["importance_decay"] == 0.5
+    for e in m["by_sparsity"]:
+        assert len(e["best_feature_recall"]) == 3 and all(v <= 1.0 for v in e["best_feature_recall"])
+        assert 0 <= e["features_kept"] <= 3 and 0.0 <= e["best_partial_share"] <= 1.0
+    # the most important feature is recalled at the short delay
+    assert m["by_sparsity"][0]["best_feature_recall"][0] > 0.5
+    assert (out / "feature_recall.png").stat().st_size > 5_000
+    from rnnofrnns.experiments.errors import UsageError
+    from rnnofrnns.experiments.superposition.experiment import SuperpositionConfig
+    with pytest.raises(UsageError, match=r"--importance-decay must be in \(0, 1\], got 0.0"):
+        SuperpositionConfig(importance_decay=0.0, out=str(tmp_path)).validate()

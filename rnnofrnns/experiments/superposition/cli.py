@@ -11,7 +11,7 @@ def _superposition(args: argparse.Namespace) -> int:
                               sparsities=args.sparsities, seeds=args.seeds, steps=args.steps,
                               batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, variant=args.variant,
                               tied_readout=args.tied_readout, output_bias=not args.no_output_bias,
-                              record_every=args.record_every,
+                              record_every=args.record_every, importance_decay=args.importance_decay,
                               out=args.out, threads=args.threads, progress=not args.no_progress)
     run_superposition(cfg)
     return 0
@@ -37,6 +37,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                          "input takes after the delay k (output-direction, the paper's main figures)")
     sp.add_argument("--record-every", type=int, default=sd.record_every,
                     help="Adam steps between the recorded losses and projections w_y . w_s (dynamics.json)")
+    sp.add_argument("--importance-decay", type=float, default=sd.importance_decay,
+                    help="feature f's squared error weighs DECAY^f (1: every feature alike); metrics.json and "
+                         "feature_recall.png then say which features each net keeps as the delay grows")
     sp.add_argument("--no-output-bias", action="store_true", help="no trainable output bias (b = 0)")
     sp.add_argument("--out", default=sd.out, help="output folder (metrics.json, ensemble.pt, plots)")
     sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -38,6 +38,7 @@ class SuperpositionConfig:
     tied_readout: str = "none"    # none, input (W_y = W_x) or output-direction (W_y = W_h^k W_x)
     output_bias: bool = True
     record_every: int = 20        # Adam steps between the recorded losses and projections (dynamics.json)
+    importance_decay: float = 1.0  # feature f's squared error weighs importance_decay ** f (1: all alike)
     out: str = "runs/superposition"
     threads: Optional[int] = None
     progress: bool = True
@@ -52,6 +53,8 @@ class SuperpositionConfig:
             raise UsageError(f"--sparsities must lie in [0, 1), got {self.sparsities}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 < self.importance_decay <= 1.0:
+            raise UsageError(f"--importance-decay must be in (0, 1], got {self.importance_decay}")
         for flag, values in (("--delay", self.delays), ("--sparsities", self.sparsities)):
             repeated = sorted({v for v in values if list(values).count(v) > 1})
             if repeated:
@@ -82,7 +85,7 @@ class SuperpositionConfig:
 
 # Everything a superposition run writes into its folder (a rerun replaces them).
 OWN_FILES = ("metrics.json", "ensemble.pt", "angle_vs_sparsity.png", "spectral_radius_vs_sparsity.png",
-             "feature_directions.png", "dynamics.json", "dynamics.png")
+             "feature_directions.png", "dynamics.json", "dynamics.png", "feature_recall.png")
 
 
 def run_superposition(cfg: SuperpositionConfig, log=print) -> Dict[str, Any]:
@@ -102,7 +105,8 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
     grid = [(k, s, seed) for k in cfg.delays for s in cfg.sparsities for seed in range(cfg.seeds)]
     ens = RNNEnsemble(len(grid), cfg.features, cfg.hidden, variant=cfg.variant, tied_readout=cfg.tied_readout,
                       output_bias=cfg.output_bias, feature_probability=[1.0 - s for _, s, _ in grid],
-                      delay=[k for k, _, _ in grid], seed=0)
+                      delay=[k for k, _, _ in grid], seed=0,
+                      importance=[cfg.importance_decay ** f for f in range(cfg.features)])
     opt = torch.optim.Adam(ens.parameters(), lr=cfg.lr)
     gens = [torch.Generator().manual_seed(10_000 + i) for i in range(len(grid))]
     log(f"training {len(grid)} RNNs of hidden size {cfg.hidden} jointly: delays {cfg.delays}, "
@@ -142,7 +146,12 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
     with torch.no_grad():
         eval_gens = [torch.Generator().manual_seed(20_000 + i) for i in range(len(grid))]
         x, y = ens.sample_batch(1024, cfg.seq_len, eval_gens)
-        per_instance_loss = (ens(x) - y).square().mean(dim=(1, 2, 3))
+        err = (ens(x) - y).square()
+        per_instance_loss = (err * ens.importance[:, None, None, :]).mean(dim=(1, 2, 3))  # the objective
+        # how much of each feature's recall a net keeps: 1 - its error / the variance of its target
+        # (1: recalled exactly, 0: no better than a constant); the first k steps have no target
+        k_max = max(cfg.delays)
+        recall = 1 - err[:, :, k_max:].mean(dim=(1, 2)) / y[:, :, k_max:].var(dim=(1, 2)).clamp_min(1e-12)
     rows = []
     with torch.no_grad():
         proj = ens.projections(span)  # [I, span, F]
@@ -154,6 +163,7 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
         free = float((proj[i, others] <= 0).double().mean()) if others else float("nan")
         rows.append(dict(delay=k, sparsity=s, seed=seed, loss=float(per_instance_loss[i]),
                          projection_k=float(proj[i, k].mean()), interference_free=free,
+                         feature_recall=[round(float(v), 4) for v in recall[i]],
                          **{name: float(v) for name, v in stats.items()}))
     table = []
     for k in cfg.delays:
@@ -168,7 +178,12 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
                          median_spectral_radius=float(np.median([r["spectral_radius"] for r in sel])),
                          median_loss=float(np.median([r["loss"] for r in sel])),
                          best_seed=best["seed"], best_loss=best["loss"],
-                         best_spectral_radius=best["spectral_radius"])
+                         best_spectral_radius=best["spectral_radius"],
+                         best_feature_recall=best["feature_recall"],
+                         # all or none: the share of the best seed's features recalled neither
+                         # well (>= 0.8) nor hardly at all (<= 0.2)
+                         best_partial_share=float(np.mean([0.2 < v < 0.8 for v in best["feature_recall"]])),
+                         features_kept=int(sum(v >= 0.8 for v in best["feature_recall"])))
             if "k_theta" in sel[0]:
                 entry["median_k_theta"] = float(np.median([r["k_theta"] for r in sel]))
                 entry["best_k_theta"] = best["k_theta"]
@@ -180,6 +195,7 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
                       os.path.join(cfg.out, "dynamics.json"))
     pictures = save_plots(cfg, ens, grid, rows, table)
     pictures.append(plot_dynamics(cfg, grid, table, dynamics, os.path.join(cfg.out, "dynamics.png")))
+    pictures.append(plot_feature_recall(cfg, table, os.path.join(cfg.out, "feature_recall.png")))
     log(f"trained in {wall:.1f} s")
     log("delay  sparsity | best seed: k*theta  spectral radius  loss      | median: k*theta  spectral radius  loss")
     for e in table:
@@ -187,6 +203,12 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
         mkt = f"{e['median_k_theta']:15.1f}" if "median_k_theta" in e else f"{'-':>15}"
         log(f"{e['delay']:5d}  {e['sparsity']:8.2f} | {kt}  {e['best_spectral_radius']:15.3f}  {e['best_loss']:.3e} | "
             f"{mkt}  {e['median_spectral_radius']:15.3f}  {e['median_loss']:.3e}")
+    if cfg.features > 1:
+        log("delay  sparsity | best seed: recall of each feature (importance decay "
+            f"{cfg.importance_decay:g})  kept (>= 0.8)  partial share")
+        for e in table:
+            log(f"{e['delay']:5d}  {e['sparsity']:8.2f} | " + " ".join(f"{v:5.2f}" for v in e["best_feature_recall"])
+                + f"  {e['features_kept']:d}  {e['best_partial_share']:.2f}")
     log("plots: " + ", ".join(pictures))
     return metrics
 
@@ -278,4 +300,24 @@ def plot_dynamics(cfg: SuperpositionConfig, grid, table, dynamics: Dict[str, Lis
     axes[1, 0].set_ylabel("w_y . w_s (mean over features)")
     axes[1, -1].legend(fontsize=7, ncol=2)
     fig.suptitle(f"training dynamics, delay k={k} (best seed of each sparsity)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_feature_recall(cfg: SuperpositionConfig, table, path: str) -> str:
+    """Which features the best seed of every (delay, sparsity) keeps: the recall of each feature
+    (1 - error / variance of its target) as a delay x feature map, one panel per sparsity."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(cfg.sparsities), figsize=(0.5 * cfg.features * len(cfg.sparsities) + 2.5, 3.2),
+                             squeeze=False)
+    for ax, s_ in zip(axes[0], cfg.sparsities):
+        grid = np.array([next(e["best_feature_recall"] for e in table if e["delay"] == k and e["sparsity"] == s_)
+                         for k in cfg.delays])
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(cfg.features)), ax.set_yticks(range(len(cfg.delays)))
+        ax.set_yticklabels([str(k) for k in cfg.delays]), ax.set_xlabel("feature (importance decays ->)")
+        ax.set_title(f"sparsity {s_:g}", fontsize=9)
+    axes[0, 0].set_ylabel("delay k")
+    fig.colorbar(im, ax=axes[0].tolist(), label="recall (1 - error / variance)")
+    fig.suptitle(f"features kept by the best seed, importance {cfg.importance_decay:g}^f, hidden {cfg.hidden}",
+                 fontsize=9)
     return save_figure(fig, path)
