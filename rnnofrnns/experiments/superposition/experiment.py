@@ -20,7 +20,7 @@ from ...ops._backend import flush_denormal
 from .._files import atomic_save, atomic_write_json, command_run_folder, pyplot, save_figure
 from .._limits import check_fits, check_threads
 from ..errors import RunError, UsageError
-from .geometry import feature_directions, summary
+from .geometry import feature_directions, linear_loss_decomposition, summary
 
 
 @dataclass
@@ -161,7 +161,13 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
         # the interference-free half-space: the readout of a feature does not read (w_y . w_s <= 0)
         # the directions its input took at the other delays s != k (features and s counted alike)
         free = float((proj[i, others] <= 0).double().mean()) if others else float("nan")
-        rows.append(dict(delay=k, sparsity=s, seed=seed, loss=float(per_instance_loss[i]),
+        extra = {}
+        if cfg.variant == "linear":  # the expected loss from the weights, in parts (geometry.py)
+            with torch.no_grad():
+                extra["loss_decomposition"] = linear_loss_decomposition(
+                    ens.W_x[i], ens.W_h[i], ens.readout_weight()[i], ens.b[i], k, 1.0 - s, cfg.seq_len,
+                    ens.importance[i])
+        rows.append(dict(delay=k, sparsity=s, seed=seed, loss=float(per_instance_loss[i]), **extra,
                          projection_k=float(proj[i, k].mean()), interference_free=free,
                          feature_recall=[round(float(v), 4) for v in recall[i]],
                          **{name: float(v) for name, v in stats.items()}))
@@ -184,6 +190,8 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
                          # well (>= 0.8) nor hardly at all (<= 0.2)
                          best_partial_share=float(np.mean([0.2 < v < 0.8 for v in best["feature_recall"]])),
                          features_kept=int(sum(v >= 0.8 for v in best["feature_recall"])))
+            if "loss_decomposition" in best:
+                entry["best_loss_decomposition"] = best["loss_decomposition"]
             if "k_theta" in sel[0]:
                 entry["median_k_theta"] = float(np.median([r["k_theta"] for r in sel]))
                 entry["best_k_theta"] = best["k_theta"]
@@ -203,6 +211,13 @@ def _run_superposition(cfg: SuperpositionConfig, log) -> Dict[str, Any]:
         mkt = f"{e['median_k_theta']:15.1f}" if "median_k_theta" in e else f"{'-':>15}"
         log(f"{e['delay']:5d}  {e['sparsity']:8.2f} | {kt}  {e['best_spectral_radius']:15.3f}  {e['best_loss']:.3e} | "
             f"{mkt}  {e['median_spectral_radius']:15.3f}  {e['median_loss']:.3e}")
+    if cfg.variant == "linear":
+        log("delay  sparsity | best seed's expected loss from its weights: recall  temporal  spatial  mean  = total "
+            "| measured")
+        for e in table:
+            d = e["best_loss_decomposition"]
+            log(f"{e['delay']:5d}  {e['sparsity']:8.2f} | {d['recall']:.3e}  {d['temporal_interference']:.3e}  "
+                f"{d['spatial_interference']:.3e}  {d['mean']:.3e}  = {d['total']:.3e} | {e['best_loss']:.3e}")
     if cfg.features > 1:
         log("delay  sparsity | best seed: recall of each feature (importance decay "
             f"{cfg.importance_decay:g})  kept (>= 0.8)  partial share")

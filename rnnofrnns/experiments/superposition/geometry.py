@@ -8,7 +8,7 @@ direction, and k*theta the total turn between a feature's entry (w_0) and its re
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -81,3 +81,46 @@ def summary(W_x: torch.Tensor, W_h: torch.Tensor, delay: int) -> Dict[str, torch
     if W_h.shape[-1] == 2:
         out["k_theta"] = total_rotation(d, delay)
     return out
+
+
+def linear_loss_decomposition(W_x: torch.Tensor, W_h: torch.Tensor, W_y: torch.Tensor, b: torch.Tensor, delay: int,
+                              feature_probability: float, seq_len: int,
+                              importance: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    """The expected loss of the linear variant (h_t = W_x x_t + W_h h_{t-1}, h_{-1} = 0, output
+    W_y^T h_t + b) on k-delay recall, exactly, from its weights, in four parts.
+
+    With A_s = W_y^T W_h^s W_x (how output f reads input g seen s steps ago), the error of output
+    f at step t is sum_{s<=t, g} c_s[f, g] x_{t-s, g} + b_f with c = A - (the target: 1 at s = k,
+    g = f, from t = k on). Inputs are independent with mean mu = p/2 and variance
+    v = p/3 - p^2/4 (x = Bernoulli(p) U[0, 1]), so its expected square is
+        v (A_k[f, f] - 1)^2                      recall: what the net does not give back
+      + v sum_{s != k} A_s[f, f]^2               temporal interference: feature f at other delays
+      + v sum_{s, g != f} A_s[f, g]^2            spatial interference: the other features
+      + (mu sum_{s, g} c_s[f, g] + b_f)^2         mean: what the bias does not correct
+    (before step k the whole A enters the interference terms). Each part is averaged over the
+    seq_len steps and the features (weighted by importance, as the loss): the parts sum to the
+    expected training loss. This split is derived here; the paper names a four-term
+    decomposition whose definitions were not available to this package."""
+    F = W_x.shape[-1]
+    A = torch.stack([W_y.T @ w.T for w in feature_directions(W_x, W_h, seq_len - 1)]).double()  # [S, F, F]
+    bb = b.double()
+    mu, var = feature_probability / 2, feature_probability / 3 - feature_probability ** 2 / 4
+    eye = torch.eye(F, dtype=torch.float64)
+    weight = torch.ones(F, dtype=torch.float64) if importance is None else importance.double()
+    parts = dict(recall=0.0, temporal_interference=0.0, spatial_interference=0.0, mean=0.0)
+    sq = A.square()
+    diag_sq = torch.diagonal(sq, dim1=1, dim2=2)  # [S, F]
+    for t in range(seq_len):
+        recalls = t >= delay
+        c = A[: t + 1].clone()
+        if recalls:
+            c[delay] -= eye
+        recall = var * (A[delay].diagonal() - 1).square() if recalls else torch.zeros(F, dtype=torch.float64)
+        same = diag_sq[: t + 1].sum(0) - (diag_sq[delay] if recalls else 0)
+        other = sq[: t + 1].sum((0, 2)) - diag_sq[: t + 1].sum(0)
+        mean = (mu * c.sum((0, 2)) + bb).square()
+        for name, value in (("recall", recall), ("temporal_interference", var * same),
+                            ("spatial_interference", var * other), ("mean", mean)):
+            parts[name] += float((weight * value).sum()) / (seq_len * F)
+    parts["total"] = sum(parts.values())
+    return parts
