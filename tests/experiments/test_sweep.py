@@ -169,3 +169,33 @@ def test_the_design_space_axis_areas_by_area_size(tmp_path):
                            cwd=ROOT, timeout=300, env=env)
         assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert not (tmp_path / "other").exists()
+
+
+def test_the_workspace_size_axis(tmp_path):
+    """--workspace-sizes repeats the GW star for each size of its workspace: the runs are GW nets
+    with that workspace (sparse areas: sizes may differ), the rows name it, and what cannot work
+    is refused before anything is written (another topology; svd areas of unequal sizes)."""
+    out = tmp_path / "s"
+    base = replace(BASE, num_areas=3, area_size=4, feedback_step="euler", areas="sparse", alpha=0.5,
+                   learn_timescales=False, input_timescales=False, input_encoder=0, readout="last")
+    logs = []
+    rows = sweep("row-digits", ["gw"], [0.0], seeds=1, epochs=1, out=str(out), base=base, workspace_sizes=[4, 7],
+                 log=logs.append)
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["row-digits-ws4-gw-sparsity0-seed0", "row-digits-ws7-gw-sparsity0-seed0"]
+    saved = json.loads((out / "runs" / runs[1] / "config.json").read_text())
+    assert (saved["model"], saved["workspace_size"], saved["num_areas"]) == ("gw", 7, 3)
+    assert [(r["topology"], r["workspace_size"]) for r in rows] == [("gw ws4", 4), ("gw ws7", 7)]
+    assert rows[1]["trainable_parameters"] > rows[0]["trainable_parameters"]  # the larger workspace's blocks
+    assert "gw ws7" in (out / "summary.txt").read_text()
+    for kwargs, message in ((dict(topologies=["gw", "all"]), "--topologies must be gw alone"),
+                            (dict(workspace_sizes=[4, 4]), "distinct positive sizes")):
+        args = dict(topologies=["gw"], workspace_sizes=[4, 7])
+        args.update(kwargs)
+        with pytest.raises(UsageError, match=message):
+            sweep("row-digits", args["topologies"], [0.0], seeds=1, epochs=1, out=str(tmp_path / "o"), base=base,
+                  workspace_sizes=args["workspace_sizes"])
+    with pytest.raises(UsageError, match="--workspace-sizes 7: "):
+        sweep("row-digits", ["gw"], [0.0], seeds=1, epochs=1, out=str(tmp_path / "o"),
+              base=replace(BASE, num_areas=3, area_size=4), workspace_sizes=[7])
+    assert not (tmp_path / "o").exists()

@@ -251,7 +251,8 @@ def _sweep(args: argparse.Namespace) -> int:
     base = _config_from(args, TrainConfig())  # every model and training setting of train
     shapes = [parse_shape(v) for v in args.shapes] if args.shapes else None
     sweep(args.task, args.topologies, args.feedback_sparsity, seeds=args.seeds, epochs=args.epochs,
-          out=args.out or os.path.join("runs", f"sweep-{args.task}"), base=base, shapes=shapes)
+          out=args.out or os.path.join("runs", f"sweep-{args.task}"), base=base, shapes=shapes,
+          workspace_sizes=args.workspace_sizes)
     return 0
 
 
@@ -281,6 +282,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     sw.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every combination")
     sw.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every run")
     sw.add_argument("--out", default=None, help="sweep folder (default: runs/sweep-TASK); resumes the sweep it holds")
+    sw.add_argument("--workspace-sizes", nargs="+", type=int, default=None, metavar="W",
+                    help="repeat the GW star (--topologies gw) for each size of its workspace area (units; areas "
+                         "of different sizes need --areas sparse)")
     sw.add_argument("--shapes", nargs="+", default=None, metavar="PxN",
                     help="repeat the study for each number of areas x area size (e.g. 8x64 16x32 24x32 32x16; "
                          "default: --num-areas x --area-size only); with svd areas every area has the same size")

@@ -13,6 +13,8 @@ its reason, and the sweep goes on.
 --shapes P1xN1 P2xN2 ... adds the design space the papers leave open: every run is repeated for
 each number of areas x area size (e.g. 8x64 16x32 24x32 32x16: the first, second and fourth
 hold 512 units), and the rows, table and plots name the shape beside the topology.
+--workspace-sizes W1 W2 ... repeats the GW star (--topologies gw) for each size of its workspace
+area (GlobalWorkspaceNet's workspace_size; areas of different sizes need --areas sparse).
 
 Topologies: "gw" (a star through the last area), "all", "random:<density>" (each pair kept
 with that probability), "random-pairs:<count>", and "random:matched": as many randomly chosen
@@ -50,8 +52,9 @@ def topology_spec(name: str, num_areas: int) -> str:
     return spec
 
 
-def run_name(task: str, topology: str, sparsity: float, seed: int, shape: Optional[Tuple[int, int]] = None) -> str:
-    prefix = f"{shape[0]}x{shape[1]}-" if shape else ""
+def run_name(task: str, topology: str, sparsity: float, seed: int, shape: Optional[Tuple[int, int]] = None,
+             workspace_size: Optional[int] = None) -> str:
+    prefix = (f"{shape[0]}x{shape[1]}-" if shape else "") + (f"ws{workspace_size}-" if workspace_size else "")
     return f"{task}-{prefix}{topology.replace(':', '')}-sparsity{sparsity:g}-seed{seed}"
 
 
@@ -114,30 +117,50 @@ def _check(task: str, topologies: Sequence[str], sparsities: Sequence[float], se
 
 def sweep(task: str, topologies: Sequence[str], sparsities: Sequence[float], *, seeds: int, epochs: int, out: str,
           base: Optional[TrainConfig] = None, log: Callable[[str], None] = print,
-          shapes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Dict[str, Any]]:
+          shapes: Optional[Sequence[Tuple[int, int]]] = None,
+          workspace_sizes: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
     """Train every (topology, sparsity, seed) of the study and write its results into `out`.
 
     base: the TrainConfig every run starts from (default: the certified default); its
     model, task, topology, feedback_sparsity, seed, epochs and out are set per run.
-    shapes: (num_areas, area_size) pairs to repeat the study for (default: base's only)."""
+    shapes: (num_areas, area_size) pairs to repeat the study for (default: base's only).
+    workspace_sizes: sizes of the GW star's workspace area to repeat it for (topologies: gw only)."""
     base = base or TrainConfig()
     _check(task, topologies, sparsities, seeds, epochs)
     if shapes is not None and (not shapes or len(set(shapes)) != len(shapes)):
         raise UsageError(f"--shapes needs distinct PxN values, got {' '.join(f'{p}x{n}' for p, n in shapes)}")
+    if workspace_sizes is not None:
+        if not workspace_sizes or len(set(workspace_sizes)) != len(workspace_sizes) or min(workspace_sizes) < 1:
+            raise UsageError(f"--workspace-sizes needs distinct positive sizes, got {' '.join(map(str, workspace_sizes))}")
+        if list(topologies) != ["gw"]:
+            raise UsageError(f"--workspace-sizes sizes the GW star's workspace: --topologies must be gw alone, got "
+                             f"{' '.join(topologies)}")
     grid = list(shapes) if shapes else [None]
-    specs = {}
-    for shape in grid:  # every run's settings are checked before anything is written
+    spaces = list(workspace_sizes) if workspace_sizes else [None]
+
+    def config_of(shape, ws, t, s, seed, run_out):
         p, n = shape or (base.num_areas, base.area_size)
-        for t in topologies:
-            specs[(shape, t)] = topology_spec(t, p)
-            replace(base, model="scn", task=task, topology=specs[(shape, t)], feedback_sparsity=sparsities[0],
-                    epochs=epochs, out=out, num_areas=p, area_size=n).validate()
+        if ws is not None:  # the GW net itself, with its workspace of ws units
+            return replace(base, model="gw", task=task, topology=None, workspace_size=ws, feedback_sparsity=s,
+                           seed=seed, epochs=epochs, out=run_out, num_areas=p, area_size=n)
+        return replace(base, model="scn", task=task, topology=topology_spec(t, p), feedback_sparsity=s, seed=seed,
+                       epochs=epochs, out=run_out, num_areas=p, area_size=n)
+
+    for shape in grid:  # every run's settings are checked before anything is written
+        for ws in spaces:
+            for t in topologies:
+                try:
+                    config_of(shape, ws, t, sparsities[0], 0, out).validate()
+                except UsageError as e:
+                    raise UsageError(f"--workspace-sizes {ws}: {e}" if ws is not None else str(e)) from None
     settings = dict(task=task, topologies=list(topologies), feedback_sparsity=list(sparsities), seeds=seeds,
                     epochs=epochs, run_settings={k: v for k, v in base.run_settings().items()
                                                  if k not in ("model", "task", "topology", "feedback_sparsity",
                                                               "seed") + RESUMABLE})
     if shapes:  # (absent otherwise, so that a sweep from before the option resumes)
         settings["shapes"] = [f"{p}x{n}" for p, n in shapes]
+    if workspace_sizes:
+        settings["workspace_sizes"] = list(workspace_sizes)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a folder")
     saved_path = os.path.join(out, SWEEP_FILE)
@@ -162,16 +185,16 @@ def sweep(task: str, topologies: Sequence[str], sparsities: Sequence[float], *, 
     _files.atomic_write_json(settings, saved_path)
 
     rows = []
-    combos = [(shape, t, s, seed) for shape in grid for t in topologies for s in sparsities for seed in range(seeds)]
-    for k, (shape, t, s, seed) in enumerate(combos, 1):
-        run_dir = os.path.join(out, "runs", run_name(task, t, s, seed, shape))
+    combos = [(shape, ws, t, s, seed) for shape in grid for ws in spaces for t in topologies for s in sparsities
+              for seed in range(seeds)]
+    for k, (shape, ws, t, s, seed) in enumerate(combos, 1):
+        run_dir = os.path.join(out, "runs", run_name(task, t, s, seed, shape, ws))
         p, n = shape or (base.num_areas, base.area_size)
-        label = f"{t} {p}x{n}" if shape else t
+        label = (f"{t} {p}x{n}" if shape else t) + (f" ws{ws}" if ws is not None else "")
         done = _finished(run_dir)
         if done is None:
             log(f"sweep: run {k}/{len(combos)}: {label}, feedback sparsity {s:g}, seed {seed}")
-            cfg = replace(base, model="scn", task=task, topology=specs[(shape, t)], feedback_sparsity=s, seed=seed,
-                          epochs=epochs, out=run_dir, num_areas=p, area_size=n)
+            cfg = config_of(shape, ws, t, s, seed, run_dir)
             # a run with a checkpoint continues; one that stopped before its first checkpoint
             # starts again (it has nothing to keep)
             resume = os.path.exists(os.path.join(run_dir, "last.pt"))
@@ -188,6 +211,8 @@ def sweep(task: str, topologies: Sequence[str], sparsities: Sequence[float], *, 
             rows.append(row_of(done, label, s, seed, run_dir))
             if shape:
                 rows[-1].update(num_areas=p, area_size=n)
+            if ws is not None:
+                rows[-1].update(workspace_size=ws)
         _files.atomic_write_json(dict(settings=settings, rows=rows), os.path.join(out, "metrics.json"))
     table = summary_table(rows, task)
     _files.atomic_write_text(table + "\n", os.path.join(out, "summary.txt"))
