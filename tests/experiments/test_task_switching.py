@@ -49,6 +49,25 @@ def test_first_time_below():
     assert first_time_below(losses, 0.01, 0.01) is None
 
 
+def test_a_threshold_relative_to_the_block_s_first_loss(tmp_path, capsys):
+    from rnnofrnns.experiments.task_switching.experiment import TaskSwitchingConfig, block_threshold
+
+    losses = torch.tensor([2.0, 0.5, 0.15, 0.1])
+    assert block_threshold(TaskSwitchingConfig(), losses) == 0.1
+    cfg = TaskSwitchingConfig(relative_threshold=0.1)
+    assert block_threshold(cfg, losses) == pytest.approx(0.2)
+    assert first_time_below(losses, block_threshold(cfg, losses), 0.01) == pytest.approx(0.03)
+    out = tmp_path / "run"
+    assert main(["task-switching", "--regime", "flexible", "--blocks", "2", "--dt", "0.01", "--batch", "50",
+                 "--relative-threshold", "0.5", "--out", str(out), "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["relative_threshold"] == 0.5 and all(t is not None for t in m["time_to_threshold"])
+    assert "time to loss<0.5x first" in capsys.readouterr().out
+    assert main(["task-switching", "--relative-threshold", "1.5", "--out", str(tmp_path / "bad"),
+                 "--no-progress"]) == 2
+    assert "--relative-threshold must be a fraction in (0, 1) of a block's first loss, got 1.5" in capsys.readouterr().err
+
+
 def test_gate_regulariser_values():
     c = torch.tensor([0.7, -0.2])
     # nonneg: 0.2; norm (k=1): |c|_1 = 0.9 -> 1/2 (0.1)^2 = 0.005

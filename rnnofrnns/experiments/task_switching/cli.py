@@ -33,6 +33,8 @@ TASK_SWITCHING_HELP = {
     "dt": "Euler step; None: 1e-3 linear, 0.01 fc, 0.1 image",
     "batch": "examples per step (fresh Gaussian inputs for linear and fc); None: 200, image 100",
     "threshold": "loss level for the time-to-threshold metric",
+    "relative_threshold": "instead of --threshold: time until the loss falls below this fraction of the block's "
+                          "first loss (e.g. 0.1)",
     "record_every": "steps between recorded gates and alignments",
     "compose": "after the blocked phase, solve the composed tasks with the gates alone (mean and rows of A and B; "
                "with 3 teachers or more also the means BC, CA, ...)",

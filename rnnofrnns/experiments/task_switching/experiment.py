@@ -74,6 +74,7 @@ class TaskSwitchingConfig:
     dt: Optional[float] = None
     batch: Optional[int] = None
     threshold: float = 0.1
+    relative_threshold: Optional[float] = None  # time to loss < this fraction of the block's first loss instead
     init_gate: float = 0.5
     init_scale: float = 0.01
     seed: int = 0
@@ -117,6 +118,9 @@ class TaskSwitchingConfig:
             v = getattr(cfg, name)
             if not (math.isfinite(v) and v >= 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {v!r}")
+        r = cfg.relative_threshold
+        if r is not None and not (isinstance(r, (int, float)) and 0 < r < 1):
+            raise UsageError(f"--relative-threshold must be a fraction in (0, 1) of a block's first loss, got {r!r}")
         if cfg.norm_k not in (1, 2):
             raise UsageError(f"--norm-k must be 1 or 2, got {cfg.norm_k!r}")
         if cfg.gate_shape not in ("path", "neuron"):
@@ -208,6 +212,13 @@ def specialisation(align: torch.Tensor) -> float:
     return best
 
 
+def block_threshold(cfg: "TaskSwitchingConfig", losses: torch.Tensor) -> float:
+    """The loss level of a block's time to threshold: --threshold, or with --relative-threshold
+    r that fraction of the block's first loss (a level that means the same whatever the
+    input dimension and the loss right after a switch)."""
+    return cfg.threshold if cfg.relative_threshold is None else cfg.relative_threshold * float(losses[0])
+
+
 def first_time_below(losses: torch.Tensor, threshold: float, dt: float) -> Optional[float]:
     """Time (steps * dt, counting the first step as dt) until the loss first falls below
     the threshold; None if it never does."""
@@ -289,7 +300,7 @@ def run_linear(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> 
             bar.close()
         check_block_finite(cfg, b, losses)
         entry = dict(block=b + 1, task=int(task),
-                     time_to_threshold=first_time_below(losses, cfg.threshold, cfg.dt),
+                     time_to_threshold=first_time_below(losses, block_threshold(cfg, losses), cfg.dt),
                      final_loss=float(losses[-max(1, steps // 20):].mean()),
                      specialisation=network_specialisation(net.W.detach(), teacher_set, cfg.gate_shape))
         blocks.append(entry)
@@ -368,7 +379,7 @@ def _compose_phase(net: GatedLinearNetwork, flow: GradientFlow, cfg: TaskSwitchi
             initial = float(0.5 * (net(x) - x @ target.T).square().sum(1).mean())
         losses = flow.run(target, steps, learn_W=False)
         out[name] = dict(initial_loss=initial,
-                         time_to_threshold=first_time_below(losses, cfg.threshold, cfg.dt),
+                         time_to_threshold=first_time_below(losses, block_threshold(cfg, losses), cfg.dt),
                          final_loss=float(losses[-max(1, steps // 20):].mean()),
                          final_gates=net.c.detach().tolist())
     net.load_state_dict(start)
@@ -378,7 +389,9 @@ def _compose_phase(net: GatedLinearNetwork, flow: GradientFlow, cfg: TaskSwitchi
 def _log_summary(m: Dict[str, Any], log: Callable[[str], None]) -> None:
     cfg = m["config"]
     log(f"{cfg['regime']}: {m['steps']} Euler steps in {m['wall_time_s']:.1f} s ({m['steps_per_s']:.0f} steps/s)")
-    log("block  task  time to loss<%.2g  final loss  specialisation" % cfg["threshold"])
+    level = (f"{cfg['relative_threshold']:g}x first" if cfg.get("relative_threshold") is not None
+             else f"{cfg['threshold']:.2g}")
+    log(f"block  task  time to loss<{level}  final loss  specialisation")
     for e in m["blocks"]:
         t = "not reached" if e["time_to_threshold"] is None else f"{e['time_to_threshold']:.3f}"
         log(f"{e['block']:5d}  {e['task']:4d}  {t:>16}  {e['final_loss']:10.4f}  {e['specialisation']:14.3f}")
@@ -386,7 +399,7 @@ def _log_summary(m: Dict[str, Any], log: Callable[[str], None]) -> None:
     for name, r in m.get("compose", {}).items():
         t = "not reached" if r["time_to_threshold"] is None else f"{r['time_to_threshold']:.3f}"
         log(f"compose {name}: gates alone, loss {r['initial_loss']:.3f} -> {r['final_loss']:.4f}, "
-            f"time to loss<{cfg['threshold']:.2g}: {t}")
+            f"time to loss<{level}: {t}")
 
 
 def plot_task_switching(cfg, losses, steps, schedule, trace_t, trace_gates, trace_align, path: str) -> str:
@@ -395,10 +408,11 @@ def plot_task_switching(cfg, losses, steps, schedule, trace_t, trace_gates, trac
     fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
     t = (torch.arange(losses.numel()) + 1) * cfg.dt
     axes[0].plot(t, losses.cpu(), lw=0.6)
-    axes[0].axhline(cfg.threshold, color="k", ls=":", lw=0.8, label=f"loss = {cfg.threshold:g}")
+    if cfg.relative_threshold is None:
+        axes[0].axhline(cfg.threshold, color="k", ls=":", lw=0.8, label=f"loss = {cfg.threshold:g}")
+        axes[0].legend(loc="upper right", fontsize=8)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("loss")
-    axes[0].legend(loc="upper right", fontsize=8)
     gates = torch.tensor(trace_gates)
     for p in range(gates.shape[1]):
         axes[1].plot(trace_t, gates[:, p], label=f"c_{p + 1}")

@@ -16,7 +16,7 @@ import torch
 
 from ...models import TwoLayerLinearNetwork
 from .._files import atomic_save, atomic_write_json, pyplot, save_figure
-from .experiment import TaskSwitchingConfig, check_block_finite, first_time_below, gate_regulariser
+from .experiment import TaskSwitchingConfig, block_threshold, check_block_finite, first_time_below, gate_regulariser
 from .tasks import blocked_curriculum, teachers
 
 
@@ -71,7 +71,7 @@ def run_fc(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> Dict
         with torch.no_grad():
             align = unit_alignment(W1, teacher_set)
         blocks.append(dict(block=b + 1, task=int(task),
-                           time_to_threshold=first_time_below(losses, cfg.threshold, cfg.dt),
+                           time_to_threshold=first_time_below(losses, block_threshold(cfg, losses), cfg.dt),
                            final_loss=float(losses[-max(1, steps // 20):].mean()),
                            specialisation=float(align.max(1).values.mean())))
     wall = time.perf_counter() - wall0
@@ -101,7 +101,8 @@ def run_fc(cfg: TaskSwitchingConfig, log: Callable[[str], None] = print) -> Dict
                     os.path.join(cfg.out, "task_switching.png"))
     atomic_save(net.state_dict(), os.path.join(cfg.out, "network.pt"))
     log(f"{cfg.regime} fc network: {metrics['steps']} Euler steps in {wall:.1f} s")
-    log("block  task  time to loss<%.2g  final loss  W2 mass on the task's units  specialisation" % cfg.threshold)
+    level = f"{cfg.relative_threshold:g}x first" if cfg.relative_threshold is not None else f"{cfg.threshold:.2g}"
+    log(f"block  task  time to loss<{level}  final loss  W2 mass on the task's units  specialisation")
     for e in blocks:
         t = "not reached" if e["time_to_threshold"] is None else f"{e['time_to_threshold']:.3f}"
         log(f"{e['block']:5d}  {e['task']:4d}  {t:>16}  {e['final_loss']:10.4f}  {e['w2_mass_on_current_task']:27.3f}"
@@ -116,8 +117,11 @@ def _plot(cfg, losses, steps, schedule, trace_t, trace_mass, align, path: str) -
     fig, axes = plt.subplots(3, 1, figsize=(9, 7.5))
     t = (torch.arange(losses.numel()) + 1) * cfg.dt
     axes[0].plot(t.numpy(), losses.numpy(), lw=0.6)
-    axes[0].axhline(cfg.threshold, color="k", ls=":", lw=0.8, label=f"loss = {cfg.threshold:g}")
-    axes[0].set_yscale("log"), axes[0].set_ylabel("loss"), axes[0].legend(loc="upper right", fontsize=8)
+    if cfg.relative_threshold is None:
+        axes[0].axhline(cfg.threshold, color="k", ls=":", lw=0.8, label=f"loss = {cfg.threshold:g}")
+    axes[0].set_yscale("log"), axes[0].set_ylabel("loss")
+    if cfg.relative_threshold is None:
+        axes[0].legend(loc="upper right", fontsize=8)
     mass = torch.tensor(trace_mass)
     for m in range(mass.shape[1]):
         axes[1].plot(trace_t, mass[:, m].numpy(), label=f"units of teacher {'ABCDEFGH'[m % 8]}")
