@@ -236,8 +236,8 @@ class RNNEnsemble(nn.Module):
         return self.training_losses(x, y).sum()
 
     def training_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Every instance's loss [I], differentiable; their sum is loss(self(x), y). On the CPU (backend None or
-        "cpu") one fused op computes the loss and its parameter gradients in a single pass over
+        """Every instance's loss [I], differentiable; their sum is loss(self(x), y, self.importance).
+        On the CPU (backend None or "cpu") one fused op computes the loss and its parameter gradients in a single pass over
         x and y (ensemble_loss); elsewhere, above MAX_FUSED_DIM hidden units or features, or
         when x requires grad, the states come from modular_rnn and the fused readout+loss op
         (or its reference) finishes the loss."""

@@ -36,7 +36,7 @@ def test_the_gru_of_a_parameter_budget(scaling):
 @pytest.mark.parametrize("contender", ["euler_star", "cayley_pairs", "cayley_pairs_dense", "reference", "gru_params"])
 def test_one_measurement(scaling, contender):
     row = scaling.measure(contender, 4, 3, 5, 2, rounds=1)
-    assert row["time_s"] > 0 and row["peak_gb"] >= 0
+    assert row["time_s"] > 0 and row["peak_gb"] > -1e-3  # (ru_maxrss in KB against pages: rounding)
 
 
 def test_the_report_from_results(scaling, tmp_path, capsys):
