@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from typing import Optional
 
 # glibc serves a freed block's size from its heap from then on (its dynamic mmap threshold, up
@@ -30,12 +28,10 @@ from typing import Optional
 # per fresh page. Every contender runs in both: "default" and "mapped".
 MMAP_THRESHOLD = 4 * 2**20
 ALLOCATORS = {"default": {}, "mapped": {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scaling import rss_bytes, time_and_peak  # noqa: E402  (the same measurement as the scaling table)
+
 CONTENDERS = ("keep", "32", "64", "128", "256", "auto:1")
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def measure(contender: str, T: int, B: int, rounds: int) -> dict:
@@ -59,15 +55,7 @@ def measure(contender: str, T: int, B: int, rounds: int) -> dict:
         net.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(net(x), y).backward()
 
-    step()  # warm-up
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times.sort()
-    return dict(time_s=times[len(times) // 2], peak_gb=(peak - base_rss) / 1e9, segment=segment)
+    return dict(time_and_peak(step, rounds, base_rss), segment=segment)
 
 
 def report(results: list) -> str:

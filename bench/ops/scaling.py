@@ -112,6 +112,12 @@ def measure(contender: str, p: int, n: int, T: int, B: int, rounds: int) -> dict
                                   feedback_step=step_kind, feedback_plan=plan, backend="cpu")
             torch.autograd.grad((out * weights).sum(), params)
 
+    return time_and_peak(step, rounds, base_rss)
+
+
+def time_and_peak(step, rounds: int, base_rss: int) -> dict:
+    """The median time of `rounds` calls of step after one warm-up, and the process's peak
+    resident set over them minus base_rss, in GB."""
     step()  # warm-up
     times = []
     for _ in range(rounds):
