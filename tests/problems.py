@@ -15,6 +15,13 @@ def device_for(backend: str) -> torch.device:
     return torch.device("cpu")
 
 
+def gradcheck_steps(backend: str) -> Tuple[int, int]:
+    """(T, B) of the float64 gradchecks: Triton in its interpreter (no GPU) costs 0.05-0.1 s a
+    call and a gradcheck makes two calls per input element, so it runs 2 steps of one sequence
+    there (the areas, blocks and h0 as on the other backends); elsewhere 3 steps of 2."""
+    return (2, 1) if backend == "triton" and not torch.cuda.is_available() else (3, 2)
+
+
 def star(p: int) -> List[Tuple[int, int]]:
     """Global-workspace star through the last area, both directions."""
     hub = p - 1

@@ -38,10 +38,10 @@ def finished_run(tmp_path_factory):
 
 def test_a_second_run_into_a_held_folder_is_refused(tmp_path):
     out = tmp_path / "run"
-    with _files.hold_run_folder(str(out)):
-        line = one_line_error(cli(*RUN, "--epochs", "1", "--out", str(out)), 2)
+    with _files.hold_run_folder(str(out)):  # held by this process; the commands run in others
+        line = one_line_error(cli(*RUN, "--epochs", "1", "--out", str(out), process=True), 2)
         assert "in use by another run" in line
-        line = one_line_error(cli(*TS, "--out", str(out)), 2)
+        line = one_line_error(cli(*TS, "--out", str(out), process=True), 2)
         assert "in use by another run" in line
     assert os.listdir(out) == []
     assert cli(*RUN, "--epochs", "1", "--out", str(out)).returncode == 0  # free again

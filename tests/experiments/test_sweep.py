@@ -14,6 +14,7 @@ import pytest
 from rnnofrnns.experiments.errors import UsageError
 from rnnofrnns.experiments.training.config import TrainConfig
 from rnnofrnns.experiments.training.sweep import sweep
+from run_cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = replace(TrainConfig(), num_areas=4, area_size=8, progress=False, threads=1)
@@ -127,11 +128,10 @@ def test_the_cli_sweep_takes_train_s_model_settings(tmp_path):
     and readout trained) from the command line: every run has those settings, and a second
     sweep into the folder with other model settings is refused."""
     out = tmp_path / "s"
-    common = [sys.executable, "-m", "rnnofrnns", "sweep", "--task", "row-digits", "--topologies", "gw",
-              "--feedback-sparsity", "0", "--seeds", "1", "--epochs", "1", "--num-areas", "3", "--area-size", "4",
-              "--threads", "1", "--no-progress", "--out", str(out)]
-    env = {**os.environ, "RNNOFRNNS_TRACEBACK": "0"}
-    r = subprocess.run(common + PAPERS, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    common = ["sweep", "--task", "row-digits", "--topologies", "gw", "--feedback-sparsity", "0", "--seeds", "1",
+              "--epochs", "1", "--num-areas", "3", "--area-size", "4", "--threads", "1", "--no-progress",
+              "--out", str(out)]
+    r = cli(*common, *PAPERS)
     assert r.returncode == 0, r.stderr
     (run,) = (out / "runs").iterdir()
     saved = json.loads((run / "config.json").read_text())
@@ -140,7 +140,7 @@ def test_the_cli_sweep_takes_train_s_model_settings(tmp_path):
                                                                             0, "scn", 3)
     rows = json.loads((out / "metrics.json").read_text())["rows"]
     assert rows[0]["certificate"]["discrete_holds"] is True
-    r = subprocess.run(common + PAPERS[:-1] + ["glu"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    r = cli(*common, *PAPERS[:-1], "glu")
     assert r.returncode == 2 and r.stderr.startswith("error: --out") and "run_settings (readout) differ" in r.stderr, r.stderr
 
 
@@ -148,12 +148,9 @@ def test_the_design_space_axis_areas_by_area_size(tmp_path):
     """--shapes repeats every run for each number of areas x area size: the runs have those
     shapes, the rows and the table name them, and bad shapes are refused before anything runs."""
     out = tmp_path / "s"
-    env = {**os.environ, "RNNOFRNNS_TRACEBACK": "0"}
-    common = [sys.executable, "-m", "rnnofrnns", "sweep", "--task", "row-digits", "--topologies", "gw",
-              "--feedback-sparsity", "0", "--seeds", "1", "--epochs", "1", "--threads", "1", "--no-progress",
-              "--out", str(out)]
-    r = subprocess.run(common + ["--shapes", "3x4", "4x3"], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env=env)
+    common = ["sweep", "--task", "row-digits", "--topologies", "gw", "--feedback-sparsity", "0", "--seeds", "1",
+              "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(out)]
+    r = cli(*common, "--shapes", "3x4", "4x3")
     assert r.returncode == 0, r.stderr
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert runs == ["row-digits-3x4-gw-sparsity0-seed0", "row-digits-4x3-gw-sparsity0-seed0"]
@@ -165,8 +162,7 @@ def test_the_design_space_axis_areas_by_area_size(tmp_path):
     assert "gw 3x4" in (out / "summary.txt").read_text()
     for bad, message in ((["3by4"], "--shapes values must be PxN"), (["1x8"], "at least 2 areas"),
                          (["3x4", "3x4"], "--shapes needs distinct PxN values")):
-        r = subprocess.run(common[:-1] + [str(tmp_path / "other"), "--shapes", *bad], capture_output=True, text=True,
-                           cwd=ROOT, timeout=300, env=env)
+        r = cli(*common[:-1], str(tmp_path / "other"), "--shapes", *bad)
         assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert not (tmp_path / "other").exists()
 

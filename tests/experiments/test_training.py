@@ -18,13 +18,9 @@ from rnnofrnns.experiments.training.config import TrainConfig
 from rnnofrnns.experiments.training.loop import lr_at
 from rnnofrnns.models import GlobalWorkspaceNet, RNNClassifier
 from rnnofrnns.models.readouts import READOUTS
+from run_cli import cli
 
 SMALL = ["--num-areas", "4", "--area-size", "8", "--no-progress", "--threads", "1"]
-
-
-def cli(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "rnnofrnns", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -44,6 +40,16 @@ def test_builtin_tasks(task, T, F, n_train_val, n_test):
     other = rdata.load_task(task, seed=1)
     assert torch.equal(other.y_test, d.y_test)            # the test split is fixed
     assert not torch.equal(other.y_val, d.y_val)          # the validation split follows the seed
+
+
+def test_the_digits_are_scikit_learns_digits():
+    """Read from scikit-learn's file without importing it: the same pixels and labels as
+    load_digits, in the same order."""
+    from sklearn.datasets import load_digits
+
+    pixels, labels = rdata._digits_table()
+    d = load_digits()
+    assert np.array_equal(pixels, d.data) and np.array_equal(labels, d.target) and labels.dtype == np.int64
 
 
 def test_permuted_mnist5k_is_a_fixed_permutation_of_the_pixels():

@@ -4,18 +4,13 @@ certificates, computed from the weights, fail once the blocks leave the tie."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from rnnofrnns import ModularRNN, SparseComboNet
 from rnnofrnns.stability import negative_feedback
-
-ROOT = Path(__file__).resolve().parents[2]
+from run_cli import cli
 
 
 def gen(seed=0):
@@ -74,18 +69,15 @@ def test_what_the_free_feedback_refuses():
 
 
 def test_the_cli_trains_the_control_and_reports_its_certificate(tmp_path):
-    env = {**os.environ, "RNNOFRNNS_TRACEBACK": "0"}
     small = ["--task", "row-digits", "--epochs", "2", "--num-areas", "3", "--area-size", "4", "--threads", "1",
              "--no-progress"]
     out = tmp_path / "free"
-    r = subprocess.run([sys.executable, "-m", "rnnofrnns", "train", "--model", "gw", *small, "--no-skew-feedback",
-                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    r = cli("train", "--model", "gw", *small, "--no-skew-feedback", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "config.json").read_text())["skew_feedback"] is False
     cert = json.loads((out / "metrics.json").read_text())["certificate"]
     assert cert["holds"] is False and cert["worst_skew"] > 0  # two epochs move the blocks off the tie
-    r = subprocess.run([sys.executable, "-m", "rnnofrnns", "train", "--model", "gw", *small, "--no-skew-feedback",
-                        "--feedback-step", "euler", "--no-learn-timescales", "--no-input-timescales",
-                        "--out", str(tmp_path / "e")], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    r = cli("train", "--model", "gw", *small, "--no-skew-feedback", "--feedback-step", "euler",
+            "--no-learn-timescales", "--no-input-timescales", "--out", str(tmp_path / "e"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("error: --no-skew-feedback needs --no-guarantee")

@@ -11,7 +11,7 @@ from rnnofrnns.ops import modular_rnn
 from rnnofrnns.ops.modular_rnn.cayley import kernel_operands
 from rnnofrnns.ops.modular_rnn.plan import FeedbackPlan, StarFactor, feedback_plan, star_hub
 from rnnofrnns.ops.modular_rnn.reference import cayley_map, cayley_product, dense_feedback
-from problems import FUSED_BACKENDS, all_to_all, device_for, make_problem, star
+from problems import FUSED_BACKENDS, all_to_all, device_for, gradcheck_steps, make_problem, star
 
 TOPOLOGIES = {
     "star": star(5),
@@ -80,7 +80,7 @@ def test_cayley_odd_sizes(backend, T, B, p, n, pairs):
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_cayley_gradcheck_float64(backend):
     dev = device_for(backend)
-    prob = make_problem(3, 2, 3, 3, star(3), device=dev, scale=2.0)
+    prob = make_problem(*gradcheck_steps(backend), 3, 3, star(3), device=dev, scale=2.0)
     idx = prob.L_index
 
     def f(drive, W, L, h0, alpha):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rnnofrnns.ops import modular_rnn
-from problems import FUSED_BACKENDS, all_to_all, device_for, make_problem, star
+from problems import FUSED_BACKENDS, all_to_all, device_for, gradcheck_steps, make_problem, star
 
 TOPOLOGIES = {
     "star": star(5),
@@ -82,8 +82,9 @@ def test_rates_per_step_odd_sizes(backend, T, B, p, n, pairs):
 @pytest.mark.parametrize("feedback_step", ["euler", "cayley"])
 def test_rates_per_step_gradcheck_float64(backend, feedback_step):
     dev = device_for(backend)
-    prob = make_problem(3, 2, 3, 3, star(3), device=dev, scale=1.5)
-    a = step_rates(3, 2, 3, dev)
+    T, B = gradcheck_steps(backend)
+    prob = make_problem(T, B, 3, 3, star(3), device=dev, scale=1.5)
+    a = step_rates(T, B, 3, dev)
     fa = feedback_rates(3, dev) if feedback_step == "cayley" else None
 
     def f(drive, W, L, h0, a, *rest):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rnnofrnns.ops import modular_rnn, modular_rnn_reference
-from problems import FUSED_BACKENDS, all_to_all, device_for, make_problem, star
+from problems import FUSED_BACKENDS, all_to_all, device_for, gradcheck_steps, make_problem, star
 
 FORMS = ("rate", "hopfield")
 NONLINEARITIES = ("relu", "tanh", "identity")
@@ -92,7 +92,7 @@ def test_float32_triton(form, nonlinearity):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_gradcheck_float64(backend, form, nonlinearity):
-    prob = make_problem(3, 2, 3, 3, [(0, 2), (2, 0), (1, 0)], device=device_for(backend))
+    prob = make_problem(*gradcheck_steps(backend), 3, 3, [(0, 2), (2, 0), (1, 0)], device=device_for(backend))
     idx = prob.L_index
 
     def f(drive, W, L, h0):

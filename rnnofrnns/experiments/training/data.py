@@ -89,13 +89,31 @@ def _fixed_split(x: np.ndarray, y: np.ndarray, n_test: int):
     return x[train], y[train], x[test], y[test]
 
 
-def _digits(rows: bool):
-    from sklearn.datasets import load_digits
+def _digits_table() -> Tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's copy of the UCI digits: pixels [1797, 64] (0..16) and labels [1797]. Read
+    from its CSV file directly when it is where scikit-learn keeps it: importing
+    sklearn.datasets takes longer than a short run on these digits."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise DataError("tasks row-digits and seq-digits need scikit-learn's copy of the digits: "
+                        "pip install scikit-learn")
+    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz")
+    if os.path.isfile(path):
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",")
+        if table.shape == (1797, 65):
+            return table[:, :-1], table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits  # another layout: the loader itself
 
     d = load_digits()
-    x = d.images.astype(np.float32)  # [1797, 8, 8], values 0..16
+    return d.data, d.target.astype(np.int64)
+
+
+def _digits(rows: bool):
+    pixels, labels = _digits_table()
+    x = pixels.astype(np.float32).reshape(-1, 8, 8)
     x = x if rows else x.reshape(len(x), 64, 1)
-    return _fixed_split(x, d.target.astype(np.int64), 360)
+    return _fixed_split(x, labels, 360)
 
 
 def _mnist1d():
