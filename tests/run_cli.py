@@ -32,12 +32,12 @@ def cli(*args: str, cwd: Optional[str] = None, env: Optional[Mapping[str, str]] 
     """Run the command line with `args`.
 
     By default in this process through rnnofrnns.__main__.main, printing captured: a fresh
-    interpreter spends 4-5 s importing torch and torch._dynamo (for the optimiser), most of a
-    small run's time. The process-wide state a command may change is put back afterwards:
+    interpreter spends about 4 s importing torch and torch._dynamo (for the optimiser), most of
+    a small run's time. The process-wide state a command may change is put back afterwards:
     torch's thread count, the random generators of random, numpy and torch, the environment.
     Warnings are printed into the captured stderr under a fresh interpreter's filters, so a
-    warning a user would see still breaks a test's "one line" check. An exception that escapes main (a bug: the command line turns every error into one line)
-    propagates and fails the test.
+    warning a user would see still breaks a test's "one line" check. An exception that escapes
+    main (a bug: the command line turns every error into one line) fails the test.
 
     In a fresh interpreter (`python -m rnnofrnns`) with process=True, or when `env` or `cwd` is
     given (settings read at import, a relative --out): for what only a real process shows.

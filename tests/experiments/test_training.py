@@ -52,6 +52,13 @@ def test_the_digits_are_scikit_learns_digits():
     assert np.array_equal(pixels, d.data) and np.array_equal(labels, d.target) and labels.dtype == np.int64
 
 
+def test_the_digits_without_scikit_learn_are_one_line(monkeypatch):
+    real = rdata.importlib.util.find_spec
+    monkeypatch.setattr(rdata.importlib.util, "find_spec", lambda name: None if name == "sklearn" else real(name))
+    with pytest.raises(rdata.DataError, match="row-digits and seq-digits need scikit-learn"):
+        rdata.load_task("row-digits")
+
+
 def test_permuted_mnist5k_is_a_fixed_permutation_of_the_pixels():
     s, p = rdata.load_task("smnist-5k"), rdata.load_task("psmnist-5k")
     assert torch.equal(s.y_test, p.y_test)
