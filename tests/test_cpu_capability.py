@@ -16,6 +16,7 @@ import torch
 import rnnofrnns
 from rnnofrnns.ops import _capability
 from rnnofrnns.ops._capability import CAPABILITIES, CapabilityError, choose
+from run_cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("capability_probe.py")
@@ -106,9 +107,8 @@ def test_forcing_and_its_errors():
 
 
 def test_the_cli_reports_a_bad_capability_in_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "rnnofrnns", "train", "--task", "row-digits", "--epochs", "1",
-                        "--out", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env={**os.environ, "RNNOFRNNS_CPU_CAPABILITY": "avx3"})
+    r = cli("train", "--task", "row-digits", "--epochs", "1", "--out", str(tmp_path / "run"),
+            env={**os.environ, "RNNOFRNNS_CPU_CAPABILITY": "avx3"})
     assert r.returncode == 1
     assert r.stderr.strip() == "error: RNNOFRNNS_CPU_CAPABILITY: expected one of avx512, avx2, default, got 'avx3'"
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +13,6 @@ from rnnofrnns.experiments.training.config import TrainConfig
 from rnnofrnns.experiments.training.sweep import sweep
 from run_cli import cli
 
-ROOT = Path(__file__).resolve().parents[2]
 BASE = replace(TrainConfig(), num_areas=4, area_size=8, progress=False, threads=1)
 ROW_KEYS = {"topology", "feedback_sparsity", "seed", "run", "test_accuracy", "trainable_parameters",
             "feedback_parameters", "certificate", "ablation_test_accuracy", "mean_drop", "worst_drop",
@@ -105,9 +101,8 @@ def test_bad_arguments_write_nothing(tmp_path, kwargs, message):
 
 
 def test_cli_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "rnnofrnns", "sweep", "--topologies", "gw", "ring", "--out",
-                        str(tmp_path / "s")], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                       env={**os.environ, "RNNOFRNNS_TRACEBACK": "0"})
+    r = cli("sweep", "--topologies", "gw", "ring", "--out", str(tmp_path / "s"),
+            env={**os.environ, "RNNOFRNNS_TRACEBACK": "0"})
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("error: --topologies: 'ring' cannot be used")
 
